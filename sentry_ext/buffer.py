@@ -1,0 +1,138 @@
+"""A queue bounded by item count and bytes, with in-flight tracking for ``join``."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional
+
+
+@dataclass
+class Request:
+    """One accepted SDK request, forwarded to ``upstream_path`` with exactly these headers and body."""
+
+    upstream_path: str  # "/api/<project>/<endpoint>/" plus "?query" when there is one
+    headers: Dict[str, str]
+    body: bytes
+    public_key: str
+    received_at: float = field(default_factory=time.time)  # wall clock: survives spooling
+    attempts: int = 0
+    event_id: Optional[str] = None
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + 256
+
+
+class BoundedQueue:
+    """FIFO bounded by items and bytes; an item counts against the caps until ``done``."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: Deque[Request] = collections.deque()
+        self._in_flight: List[Request] = []
+        self._bytes = 0
+        self.cond = threading.Condition()
+        self._paused_until = 0.0  # monotonic; getters wait while upstream is in its grace period
+        self._closed = False
+
+    def put(self, req: Request) -> bool:
+        """Queue ``req``; returns False if the item or byte cap would be exceeded."""
+        with self.cond:
+            if self._closed:
+                return False
+            if (len(self._items) + len(self._in_flight) >= self.max_items
+                    or self._bytes + req.size > self.max_bytes):
+                return False
+            self._items.append(req)
+            self._bytes += req.size
+            self.cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Optional[Request]:
+        """Take the oldest item, waiting up to ``timeout`` (and past any pause); None if none."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                if self._closed or now >= deadline:
+                    return None
+                if self._items and now >= self._paused_until:
+                    req = self._items.popleft()
+                    self._in_flight.append(req)
+                    return req
+                wait = deadline - now
+                if self._items:
+                    wait = min(wait, self._paused_until - now)
+                self.cond.wait(max(wait, 0.001))
+
+    def _release(self, req: Request) -> bool:
+        # take_all() may have handed the item to the spool already
+        for index, held in enumerate(self._in_flight):
+            if held is req:
+                del self._in_flight[index]
+                return True
+        return False
+
+    def done(self, req: Request) -> None:
+        """Release an item taken with ``get`` (delivered or dropped)."""
+        with self.cond:
+            if self._release(req):
+                self._bytes -= req.size
+            self.cond.notify_all()
+
+    def requeue(self, req: Request) -> None:
+        """Put an in-flight item back at the front (it keeps its place in the caps)."""
+        with self.cond:
+            if self._release(req) and not self._closed:
+                self._items.appendleft(req)
+            self.cond.notify_all()
+
+    def pause_until(self, until: float) -> None:
+        """Hold back ``get`` until the monotonic time ``until`` (upstream grace period)."""
+        with self.cond:
+            self._paused_until = max(self._paused_until, until)
+            self.cond.notify_all()
+
+    def resume(self) -> None:
+        with self.cond:
+            self._paused_until = 0.0
+            self.cond.notify_all()
+
+    @property
+    def paused_until(self) -> float:
+        with self.cond:
+            return self._paused_until
+
+    def join(self, deadline: float) -> bool:
+        """Wait until nothing is queued or in flight, or until ``deadline`` (monotonic), or until a
+        pause reaches past the deadline; returns True only when everything was delivered."""
+        with self.cond:
+            while self._items or self._in_flight:
+                now = time.monotonic()
+                if now >= deadline or (self._items and not self._in_flight and self._paused_until >= deadline):
+                    return False
+                self.cond.wait(deadline - now)
+            return True
+
+    def take_all(self) -> List[Request]:
+        """Close the queue and hand back everything queued or in flight (for the spool)."""
+        with self.cond:
+            self._closed = True
+            taken = list(self._in_flight) + list(self._items)
+            self._items.clear()
+            self._in_flight.clear()
+            self._bytes = 0
+            self.cond.notify_all()
+            return taken
+
+    def depth(self) -> Dict[str, int]:
+        with self.cond:
+            return {"queued": len(self._items), "in_flight": len(self._in_flight), "bytes": self._bytes}
+
+    def __len__(self) -> int:
+        with self.cond:
+            return len(self._items) + len(self._in_flight)

@@ -1,0 +1,341 @@
+"""The local HTTP server the SDKs post to: validates, authenticates and queues requests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import __version__
+from .buffer import BoundedQueue, Request
+from .config import Config
+from .dsn import Dsn, DsnError, parse_auth_header, query_auth
+from .envelope import EnvelopeError, first_line, parse_header
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+API_PATH = re.compile(r"^/api/(?P<project>\d+)/(?P<endpoint>[A-Za-z0-9_\-./]+)$")
+FORWARDED_HEADERS = ("content-type", "content-encoding", "x-sentry-auth", "user-agent")
+QUEUE_FULL_BACKOFF_S = 1
+# Sentry's SDKs honour X-Sentry-Rate-Limits on a 429 exactly; a bare 429 would mean 60 s of
+# silence for every category. One second for everything is the briefest back-off we can ask for.
+QUEUE_FULL_HEADERS = {"Retry-After": str(QUEUE_FULL_BACKOFF_S),
+                      "X-Sentry-Rate-Limits": "%d::organization:extension_queue_full" % QUEUE_FULL_BACKOFF_S}
+
+# Returns (status, body, extra headers) for an accepted request, or None to use the default flow.
+IngestHook = Callable[[Request, Optional[Dict[str, Any]]], Optional[Tuple[int, Dict[str, Any], Dict[str, str]]]]
+
+
+class BadRequest(Exception):
+    """An input error answered with ``status`` and a JSON ``{"detail": ...}``."""
+
+    def __init__(self, status: int, detail: str, close: bool = False,
+                 headers: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.close = close
+        self.headers = headers or {}
+
+
+class IngestServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer on a socket bound earlier (so the port is held from the first ms)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, sock: socket.socket, cfg: Config, queue: BoundedQueue, stats: Stats,
+                 health_extra: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
+        super().__init__(sock.getsockname()[:2], IngestHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        self.cfg = cfg
+        self.dsn: Dsn = cfg.dsn  # type: ignore[assignment]
+        self.queue = queue
+        self.stats = stats
+        self.health_extra = health_extra
+        self.before_queue: Optional[IngestHook] = None
+        self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="sentry-ext-ingest", daemon=True)
+        self._thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Cap concurrent connections: a flood of idle sockets must not become a flood of threads.
+        if not self._slots.acquire(blocking=False):
+            self.stats.incr("connections_refused")
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\nRetry-After: 1\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("ingest connection error (survived)")
+
+
+class IngestHandler(BaseHTTPRequestHandler):
+    """Routes: POST /api/<project>/<endpoint>/, POST /envelope, GET /health."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: IngestServer
+    server_version = "sentry-lambda-extension/" + __version__
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.timeout = self.server.cfg.client_timeout_s
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    # -- responses -----------------------------------------------------------------------------
+
+    def _reply(self, status: int, payload: Dict[str, Any], headers: Optional[Dict[str, str]] = None,
+               close: bool = False) -> None:
+        body = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _fail(self, exc: BadRequest) -> None:
+        self.server.stats.reject(exc.status)
+        log.debug("rejected %s %s: %d %s", self.command, self.path, exc.status, exc.detail)
+        self._reply(exc.status, {"detail": exc.detail}, exc.headers, close=exc.close)
+
+    # -- routes --------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/health", "/health/"):
+            self._reply(200, self._health())
+        else:
+            self._fail(BadRequest(404, "unknown route; this is the Sentry Lambda extension"))
+
+    def do_POST(self) -> None:
+        try:
+            self._post()
+        except BadRequest as exc:
+            self._fail(exc)
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+        except Exception:
+            log.exception("ingest handler error (survived)")
+            self._reply(500, {"detail": "internal error in the extension"}, close=True)
+
+    def do_PUT(self) -> None:
+        self._method_not_allowed()
+
+    def do_DELETE(self) -> None:
+        self._method_not_allowed()
+
+    def _method_not_allowed(self) -> None:
+        self._fail(BadRequest(405, "method not allowed", close=True))
+
+    def _health(self) -> Dict[str, Any]:
+        server = self.server
+        data: Dict[str, Any] = {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - server.stats.started, 3),
+            "queue": server.queue.depth(),
+            "counters": server.stats.snapshot(),
+        }
+        if server.health_extra is not None:
+            data.update(server.health_extra())
+        return data
+
+    def _post(self) -> None:
+        path, _, query = self.path.partition("?")
+        dsn = self.server.dsn
+        if path in ("/envelope", "/envelope/"):
+            kind, project, endpoint = "tunnel", None, "envelope"
+        else:
+            match = API_PATH.match(path)
+            if match is None:
+                if path in ("/api/store", "/api/store/"):
+                    project, endpoint = None, "store"
+                else:
+                    raise BadRequest(404, "unknown route %s" % path[:100], close=True)
+            else:
+                project, endpoint = match.group("project"), match.group("endpoint").rstrip("/")
+            kind = "api"
+        body = self._read_body()
+        encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
+        header: Optional[Dict[str, Any]] = None
+        if endpoint == "envelope":
+            header = self._envelope_header(body, encoding, required=kind == "tunnel")
+        public_key = self._authenticate(project, query, header)
+        if kind == "tunnel":
+            upstream_path = "/api/%s/envelope/?sentry_key=%s&sentry_version=7" % (dsn.project_id, public_key)
+        else:
+            upstream_path = path if not query else "%s?%s" % (path, query)
+        headers = {}
+        for name in FORWARDED_HEADERS:
+            value = self.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        event_id = header.get("event_id") if header else None
+        req = Request(upstream_path=upstream_path, headers=headers, body=body, public_key=public_key,
+                      event_id=event_id if isinstance(event_id, str) else None)
+        self._enqueue(req, header)
+
+    def _enqueue(self, req: Request, header: Optional[Dict[str, Any]]) -> None:
+        server = self.server
+        stats = server.stats
+        stats.incr("received")
+        stats.incr("bytes_received", len(req.body))
+        hook = server.before_queue
+        if hook is not None:
+            answer = hook(req, header)
+            if answer is not None:
+                status, payload, extra = answer
+                self._reply(status, payload, extra)
+                return
+        if not server.queue.put(req):
+            stats.drop("queue_overflow")
+            stats.reject(429)
+            log.debug("queue full: refused %s", req.upstream_path)
+            self._reply(429, {"detail": "extension queue is full; back off briefly"}, QUEUE_FULL_HEADERS)
+            return
+        log.debug("queued %s (%d bytes)", req.upstream_path, len(req.body))
+        self._reply(200, {"id": req.event_id} if req.event_id else {})
+
+    # -- input checks --------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        cap = self.server.cfg.max_body_bytes
+        te_values = self.headers.get_all("Transfer-Encoding") or []
+        cl_values = self.headers.get_all("Content-Length") or []
+        if te_values:
+            if cl_values:
+                raise BadRequest(400, "both Transfer-Encoding and Content-Length", close=True)
+            codings = [c.strip().lower() for v in te_values for c in v.split(",") if c.strip()]
+            if codings != ["chunked"]:
+                raise BadRequest(501, "unsupported Transfer-Encoding %r" % ",".join(codings)[:60], close=True)
+            return self._read_chunked(cap)
+        if not cl_values:
+            raise BadRequest(411, "Content-Length required", close=True)
+        lengths = {v.strip() for v in ",".join(cl_values).split(",")}
+        if len(lengths) != 1:
+            raise BadRequest(400, "conflicting Content-Length headers", close=True)
+        raw = lengths.pop()
+        if not raw.isdigit():
+            raise BadRequest(400, "invalid Content-Length", close=True)
+        length = int(raw)
+        if length > cap:
+            # Answer without reading the body; the connection cannot be reused after that.
+            raise BadRequest(413, "body of %d bytes exceeds the %d-byte cap" % (length, cap), close=True)
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise ConnectionError("client sent %d of %d bytes" % (len(body), length))
+        return body
+
+    def _read_chunked(self, cap: int) -> bytes:
+        parts: List[bytes] = []
+        total = 0
+        for _ in range(1_000_000):
+            line = self.rfile.readline(1026)
+            if not line.endswith(b"\n"):
+                raise BadRequest(400, "malformed chunk size line", close=True)
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadRequest(400, "malformed chunk size", close=True) from None
+            if size < 0:
+                raise BadRequest(400, "malformed chunk size", close=True)
+            if size == 0:
+                # Trailer section: skip lines until the empty one.
+                for _ in range(100):
+                    trailer = self.rfile.readline(8192)
+                    if trailer in (b"\r\n", b"\n", b""):
+                        return b"".join(parts)
+                raise BadRequest(400, "too many trailer lines", close=True)
+            total += size
+            if total > cap:
+                raise BadRequest(413, "chunked body exceeds the %d-byte cap" % cap, close=True)
+            chunk = self.rfile.read(size)
+            if len(chunk) != size:
+                raise ConnectionError("client vanished mid-chunk")
+            parts.append(chunk)
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise BadRequest(400, "chunk not followed by CRLF", close=True)
+        raise BadRequest(400, "too many chunks", close=True)
+
+    def _envelope_header(self, body: bytes, encoding: str, required: bool) -> Optional[Dict[str, Any]]:
+        if encoding in ("br", "zstd") and not required:
+            return None  # not inspectable with the stdlib; forwarded untouched
+        try:
+            return parse_header(first_line(body, encoding))
+        except EnvelopeError as exc:
+            raise BadRequest(400, "malformed envelope: %s" % exc) from None
+
+    def _authenticate(self, project: Optional[str], query: str,
+                      header: Optional[Dict[str, Any]]) -> str:
+        """Every key and project the request names must agree and match SENTRY_DSN; 403 otherwise."""
+        dsn = self.server.dsn
+        keys: List[str] = []
+        projects: List[str] = [] if project is None else [project]
+        auth_value = self.headers.get("X-Sentry-Auth")
+        if auth_value:
+            try:
+                key = parse_auth_header(auth_value).get("sentry_key")
+            except DsnError as exc:
+                raise BadRequest(403, "bad X-Sentry-Auth: %s" % exc) from None
+            if key:
+                keys.append(key)
+        key = query_auth(query)
+        if key is not None:
+            keys.append(key)
+        env_dsn = header.get("dsn") if header else None
+        if env_dsn is not None:
+            try:
+                parsed = Dsn.parse(env_dsn) if isinstance(env_dsn, str) else None
+            except DsnError:
+                parsed = None
+            if parsed is None:
+                raise BadRequest(403, "envelope header dsn is not a valid DSN")
+            keys.append(parsed.public_key)
+            projects.append(parsed.project_id)
+        if not keys:
+            raise BadRequest(403, "missing authentication (X-Sentry-Auth, sentry_key or envelope dsn)")
+        if any(k != dsn.public_key for k in keys):
+            raise BadRequest(403, "unknown public key: this extension only relays for its SENTRY_DSN")
+        if any(p != dsn.project_id for p in projects):
+            raise BadRequest(403, "project does not match the extension's SENTRY_DSN")
+        return dsn.public_key

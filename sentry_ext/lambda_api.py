@@ -1,0 +1,190 @@
+"""Client for the Lambda Extensions and Telemetry APIs over raw sockets.
+
+Raw sockets keep ``http.client`` (and the ``email``/``ssl`` imports it drags in) off the
+start-up path, so registration happens a few ms after the process starts.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any, Callable, Dict, Optional, Tuple
+
+EXTENSION_PREFIX = "/2020-01-01/extension"
+TELEMETRY_PATH = "/2022-07-01/telemetry"
+TELEMETRY_SCHEMA = "2022-12-13"
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # an INVOKE event is small; this bounds a broken peer
+
+
+class LambdaApiError(Exception):
+    """A non-2xx answer or a transport failure talking to the Lambda API."""
+
+    def __init__(self, message: str, status: int = 0, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def _split_addr(addr: str) -> Tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise LambdaApiError("AWS_LAMBDA_RUNTIME_API must be host:port, got %r" % addr)
+    return host.strip("[]"), int(port)
+
+
+def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise LambdaApiError("connection closed before the response headers")
+        buf += chunk
+        if len(buf) > 65536 and b"\r\n\r\n" not in buf:
+            raise LambdaApiError("response headers too large")
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise LambdaApiError("malformed status line %r" % lines[0][:80])
+    status = int(parts[1])
+    headers: Dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _read_chunked(sock, rest)
+    elif "content-length" in headers:
+        length = int(headers["content-length"])
+        if length > MAX_RESPONSE_BYTES:
+            raise LambdaApiError("response body too large (%d bytes)" % length)
+        body = rest
+        while len(body) < length:
+            chunk = sock.recv(min(65536, length - len(body)))
+            if not chunk:
+                raise LambdaApiError("connection closed mid-body")
+            body += chunk
+    else:
+        body = rest
+        while len(body) <= MAX_RESPONSE_BYTES:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return status, headers, body
+
+
+def _read_chunked(sock: socket.socket, buf: bytes) -> bytes:
+    body = b""
+    while True:
+        while b"\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise LambdaApiError("connection closed mid-chunk")
+            buf += chunk
+        size_line, _, buf = buf.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            return body
+        if len(body) + size > MAX_RESPONSE_BYTES:
+            raise LambdaApiError("chunked response too large")
+        while len(buf) < size + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise LambdaApiError("connection closed mid-chunk")
+            buf += chunk
+        body += buf[:size]
+        buf = buf[size + 2:]
+
+
+class LambdaApi:
+    """The Extensions API (register, next, errors) and the Telemetry API subscription."""
+
+    def __init__(self, runtime_api: str) -> None:
+        self.host, self.port = _split_addr(runtime_api)
+        self.extension_id: Optional[str] = None
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None,
+                headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0,
+                on_sent: Optional[Callable[[], None]] = None) -> Tuple[int, Dict[str, str], bytes]:
+        """One HTTP request on a fresh connection; ``timeout=None`` waits forever (long poll)."""
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (self.host, self.port),
+                 "Connection: close"]
+        if self.extension_id:
+            lines.append("Lambda-Extension-Identifier: %s" % self.extension_id)
+        for name, value in (headers or {}).items():
+            lines.append("%s: %s" % (name, value))
+        payload = body or b""
+        if body is not None or method in ("POST", "PUT"):
+            lines.append("Content-Type: application/json")
+            lines.append("Content-Length: %d" % len(payload))
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+        try:
+            with socket.create_connection((self.host, self.port), timeout=5.0) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(data)
+                if on_sent is not None:
+                    on_sent()
+                return _read_response(sock)
+        except OSError as exc:
+            raise LambdaApiError("%s %s failed: %s" % (method, path, exc)) from None
+
+    def _json(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None,
+              headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0,
+              on_sent: Optional[Callable[[], None]] = None) -> Tuple[int, Dict[str, str], Any]:
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        status, resp_headers, raw = self.request(method, path, body, headers, timeout, on_sent)
+        if not 200 <= status < 300:
+            raise LambdaApiError("%s %s answered %d: %s" % (method, path, status,
+                                                           raw[:200].decode("utf-8", "replace")),
+                                 status, raw)
+        try:
+            parsed = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")
+        return status, resp_headers, parsed
+
+    def register(self, name: str, events: Tuple[str, ...] = ("INVOKE", "SHUTDOWN")) -> Dict[str, Any]:
+        """Register the extension; stores and returns its identifier and function info."""
+        self.extension_id = None
+        _, headers, info = self._json("POST", EXTENSION_PREFIX + "/register", {"events": list(events)},
+                                      {"Lambda-Extension-Name": name})
+        ext_id = headers.get("lambda-extension-identifier")
+        if not ext_id:
+            raise LambdaApiError("register answered without Lambda-Extension-Identifier")
+        self.extension_id = ext_id
+        return info if isinstance(info, dict) else {}
+
+    def next_event(self, on_sent: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+        """Block (no timeout: it is a long poll) until the next lifecycle event.
+
+        ``on_sent`` runs once the request is on the wire, before the wait begins.
+        """
+        _, _, event = self._json("GET", EXTENSION_PREFIX + "/event/next", timeout=None, on_sent=on_sent)
+        if not isinstance(event, dict) or "eventType" not in event:
+            raise LambdaApiError("event/next answered something that is not an event")
+        return event
+
+    def report_error(self, phase: str, error_type: str, message: str) -> None:
+        """POST ``/init/error`` or ``/exit/error`` (phase is ``init`` or ``exit``)."""
+        self._json("POST", "%s/%s/error" % (EXTENSION_PREFIX, phase),
+                   {"errorMessage": message, "errorType": error_type, "stackTrace": []},
+                   {"Lambda-Extension-Function-Error-Type": error_type})
+
+    def subscribe_telemetry(self, host: str, port: int) -> Tuple[int, Any]:
+        """Subscribe ``http://host:port/telemetry`` to platform events; returns (status, parsed body).
+
+        Platform events only: subscribing to extension logs while logging from the listener loops.
+        """
+        status, _, parsed = self._json("PUT", TELEMETRY_PATH, telemetry_subscription(host, port))
+        return status, parsed
+
+
+def telemetry_subscription(host: str, port: int) -> Dict[str, Any]:
+    """The Telemetry API subscription body (25 ms batching, as Datadog and OpenTelemetry use)."""
+    return {
+        "schemaVersion": TELEMETRY_SCHEMA,
+        "types": ["platform"],
+        "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
+        "destination": {"protocol": "HTTP", "URI": "http://%s:%d/telemetry" % (host, port)},
+    }

@@ -1,0 +1,105 @@
+"""Telemetry API listener: learns when the runtime finished each invocation (platform.runtimeDone).
+
+The subscription itself is made by ``lambda_api`` during Init; this module loads after it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Optional
+
+log = logging.getLogger(__name__)
+
+KEEP_REQUESTS = 64  # runtimeDone records remembered (bounded memory)
+MAX_BATCH_BYTES = 2 * 1024 * 1024
+
+
+class RuntimeDoneTracker:
+    """Remembers recent ``platform.runtimeDone`` records and lets the main thread wait for one."""
+
+    def __init__(self) -> None:
+        self._done: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self.batches = 0
+
+    def record(self, events: Any) -> None:
+        if not isinstance(events, list):
+            return
+        with self._cond:
+            self.batches += 1
+            for event in events:
+                if not isinstance(event, dict) or event.get("type") != "platform.runtimeDone":
+                    continue
+                record = event.get("record")
+                if isinstance(record, dict) and isinstance(record.get("requestId"), str):
+                    self._done[record["requestId"]] = record
+                    while len(self._done) > KEEP_REQUESTS:
+                        self._done.popitem(last=False)
+            self._cond.notify_all()
+
+    def wait(self, request_id: str, deadline: float) -> Optional[Dict[str, Any]]:
+        """The runtimeDone record of ``request_id``, waiting until ``deadline`` (monotonic); None on timeout."""
+        with self._cond:
+            while request_id not in self._done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._done[request_id]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: "TelemetryListener"
+    timeout = 30.0
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        # Debug only, and never about telemetry records themselves.
+        pass
+
+    def do_POST(self) -> None:
+        status = 200
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BATCH_BYTES or length < 0:
+                status = 413
+                self.close_connection = True
+            else:
+                body = self.rfile.read(length)
+                self.server.tracker.record(json.loads(body) if body else [])
+        except (ValueError, UnicodeDecodeError):
+            status = 400
+        except Exception:
+            log.exception("telemetry listener error (survived)")
+            status = 500
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class TelemetryListener(ThreadingHTTPServer):
+    """HTTP listener on a socket bound during Init, served from a daemon thread."""
+
+    daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, sock: socket.socket, tracker: RuntimeDoneTracker) -> None:
+        super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        self.tracker = tracker
+
+    def start(self) -> None:
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
+                         name="sentry-ext-telemetry", daemon=True).start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("telemetry connection error (survived)")

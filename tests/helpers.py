@@ -1,0 +1,113 @@
+"""Test helpers: a live pipeline on loopback and small HTTP utilities."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+from sentry_ext.config import load
+from sentry_ext.main import bind_listener
+from sentry_ext.pipeline import Pipeline
+
+KEY = "0123456789abcdef0123456789abcdef"
+PROJECT = "42"
+
+
+def make_pipeline(upstream_dsn: str, start: bool = True, **env: str) -> Pipeline:
+    """A started pipeline on a free loopback port relaying to ``upstream_dsn``."""
+    settings = {"SENTRY_DSN": upstream_dsn, "SENTRY_EXT_SPOOL_DIR": env.pop("spool", "/nonexistent")}
+    settings.update(env)
+    cfg = load(settings)
+    assert cfg.active, cfg.problem
+    sock = bind_listener("127.0.0.1", 0)
+    pipeline = Pipeline(cfg, sock, None)
+    if start:
+        pipeline.start()
+    return pipeline
+
+
+def port_of(pipeline: Pipeline) -> int:
+    return pipeline.server.server_address[1]
+
+
+def post(port: int, path: str, body: bytes, headers: Optional[Dict[str, str]] = None,
+         conn: Optional[http.client.HTTPConnection] = None) -> Tuple[int, Dict[str, str], dict]:
+    """POST and return (status, headers, parsed JSON body)."""
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(data or b"{}")
+    finally:
+        if own:
+            conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and _complete(out):
+                break
+        return out
+
+
+def _complete(data: bytes) -> bool:
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return False
+
+
+def envelope(event_id: str = "a" * 32, dsn: Optional[str] = None, item_type: str = "event",
+             payload: bytes = b'{"message":"hi"}') -> bytes:
+    header: Dict[str, str] = {"event_id": event_id}
+    if dsn:
+        header["dsn"] = dsn
+    return (json.dumps(header).encode() + b"\n" + json.dumps({"type": item_type, "length": len(payload)}).encode()
+            + b"\n" + payload + b"\n")
+
+
+def auth(key: str = KEY) -> Dict[str, str]:
+    return {"X-Sentry-Auth": "Sentry sentry_key=%s, sentry_version=7, sentry_client=test/1" % key,
+            "Content-Type": "application/x-sentry-envelope", "User-Agent": "test/1"}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` every 10 ms until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def stop(pipeline: Pipeline) -> None:
+    """Stop sender threads and the server; the serve loop notices within its poll interval."""
+    pipeline.forwarder.stop()
+    threading.Thread(target=_shutdown, args=(pipeline,), daemon=True).start()
+
+
+def _shutdown(pipeline: Pipeline) -> None:
+    pipeline.server.shutdown()
+    pipeline.server.server_close()
+
+

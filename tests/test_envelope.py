@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from sentry_ext.envelope import HEADER_LINE_LIMIT, Envelope, EnvelopeError, category, first_line, parse_header
+
+SAMPLE = (b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","dsn":"https://e12d836b15bb49d7bbf99e64295d995b@sentry.io/42"}\n'
+          b'{"type":"attachment","length":10,"content_type":"text/plain","filename":"hello.txt"}\n'
+          b'\xef\xbb\xbfHello\r\n\n'
+          b'{"type":"event","length":41,"content_type":"application/json","filename":"application.log"}\n'
+          b'{"message":"hello world","level":"error"}\n')
+
+
+def test_parse_documented_example() -> None:
+    env = Envelope.parse(SAMPLE)
+    assert env.headers["event_id"] == "9ec79c33ec9942ab8353589fcb2e04dc"
+    assert [i.type for i in env.items] == ["attachment", "event"]
+    assert env.items[0].payload == b"\xef\xbb\xbfHello\r\n"
+    assert env.items[0].headers["filename"] == "hello.txt"
+    assert env.items[1].data_category == "error"
+    assert env.raw == SAMPLE
+
+
+def test_items_without_length_and_no_trailing_newline() -> None:
+    env = Envelope.parse(b'{}\n{"type":"session"}\n{"started":"2020"}\n{"type":"x","custom":1}\n{"a":1}')
+    assert [(i.type, i.payload) for i in env.items] == [("session", b'{"started":"2020"}'), ("x", b'{"a":1}')]
+    assert env.items[1].headers["custom"] == 1  # unknown keys preserved
+
+
+def test_serialize_round_trip_adds_lengths() -> None:
+    env = Envelope.parse(SAMPLE)
+    again = Envelope.parse(env.serialize())
+    assert again.headers == env.headers
+    assert [(i.headers, i.payload) for i in again.items] == [(dict(i.headers, length=len(i.payload)), i.payload)
+                                                            for i in env.items]
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"not json\n", b"[1,2]\n", b'{}\n{"length":3}\nabc\n', b'{}\n{"type":"event","length":50}\nshort\n',
+    b'{}\n{"type":"event","length":-1}\n\n', b'{}\n{"type":"event","length":"3"}\nabc\n',
+    b'{}\n{"type":"event","length":3}\nabcX', b'{}\nnot json\n',
+])
+def test_malformed_envelopes_raise_typed_error(data: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        Envelope.parse(data)
+
+
+def test_first_line_identity_gzip_deflate() -> None:
+    assert first_line(SAMPLE, "") == SAMPLE.split(b"\n", 1)[0]
+    assert first_line(gzip.compress(SAMPLE), "gzip") == SAMPLE.split(b"\n", 1)[0]
+    assert first_line(zlib.compress(SAMPLE), "deflate") == SAMPLE.split(b"\n", 1)[0]
+    raw = zlib.compressobj(wbits=-15)
+    assert first_line(raw.compress(SAMPLE) + raw.flush(), "deflate") == SAMPLE.split(b"\n", 1)[0]
+
+
+def test_first_line_bounds_decompression() -> None:
+    bomb = gzip.compress(b"{" + b" " * (50 * 1024 * 1024))
+    with pytest.raises(EnvelopeError):
+        first_line(bomb, "gzip")
+    with pytest.raises(EnvelopeError):
+        first_line(b"\x00" * (HEADER_LINE_LIMIT + 10), "")
+    with pytest.raises(EnvelopeError):
+        first_line(b"not gzip at all", "gzip")
+    with pytest.raises(EnvelopeError):
+        first_line(b"{}", "br")
+
+
+def test_parse_header() -> None:
+    assert parse_header(b'{"event_id":"x"}') == {"event_id": "x"}
+    for bad in (b"", b"  ", b"{", b'"str"', b"\xff\xfe"):
+        with pytest.raises(EnvelopeError):
+            parse_header(bad)
+
+
+def test_categories() -> None:
+    assert category("event") == "error"
+    assert category("transaction") == "transaction"
+    assert category("sessions") == "session"
+    assert category("log") == "log_item"
+    assert category("check_in") == "monitor"
+    assert category("replay_recording") == "replay"
+    assert category("something_new") == "default"

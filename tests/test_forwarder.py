@@ -1,0 +1,128 @@
+"""The sender threads against the fake upstream: retries, drops, flush, stale connections."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop
+from sentry_ext.config import load
+from sentry_ext.transport import pool_options, proxy_bypassed
+from tools.fake_upstream import FakeUpstream, Reply
+
+
+def send(pipe, n: int) -> None:
+    for i in range(n):
+        status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % i), auth())
+        assert status == 200
+
+
+def test_retries_5xx_and_dropped_connections_until_delivered(upstream: FakeUpstream) -> None:
+    upstream.script([Reply(500), Reply(action="drop"), Reply(503), Reply(action="reset"),
+                     Reply(action="drop_mid_response")])
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT))
+    try:
+        send(pipe, 3)
+        assert pipe.flush(20)
+        delivered = {r.envelope.event_id for r in upstream.requests if r.status == 200}
+        assert delivered == {"%032x" % i for i in range(3)}
+        assert pipe.stats.get("retried") >= 4 and pipe.stats.snapshot()["dropped"] == {}
+    finally:
+        stop(pipe)
+
+
+def test_4xx_is_dropped_as_send_error_and_429_is_not_retried(upstream: FakeUpstream) -> None:
+    upstream.script([Reply(400), Reply(429, headers={"Retry-After": "30"})])
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="1")
+    try:
+        send(pipe, 3)
+        assert pipe.flush(10)
+        assert len(upstream.requests) == 3  # nothing re-sent
+        assert pipe.stats.dropped("send_error") == 1
+        assert pipe.stats.dropped("ratelimited_upstream") == 1
+        assert pipe.stats.get("forwarded") == 1
+    finally:
+        stop(pipe)
+
+
+def test_gives_up_after_max_attempts_and_counts_network_error(upstream: FakeUpstream) -> None:
+    upstream.default = Reply(action="reset")
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3", SENTRY_EXT_SENDERS="1")
+    try:
+        send(pipe, 1)
+        assert pipe.flush(10)
+        assert pipe.stats.dropped("network_error") == 1
+    finally:
+        stop(pipe)
+
+
+def test_flush_is_bounded_while_upstream_is_down(upstream: FakeUpstream) -> None:
+    upstream.default = Reply(503)
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="100")
+    try:
+        send(pipe, 2)
+        t0 = time.monotonic()
+        assert not pipe.flush(0.5)
+        assert time.monotonic() - t0 < 1.5
+        assert len(pipe.queue) == 2  # still queued, to be sent after the thaw
+        upstream.default = Reply(200)
+        pipe.forwarder.health.success()
+        pipe.queue.resume()
+        assert pipe.flush(10)
+        assert pipe.stats.get("forwarded") == 2
+    finally:
+        stop(pipe)
+
+
+def test_stale_keepalive_connection_is_replaced_at_once(upstream: FakeUpstream) -> None:
+    upstream.idle_close_s = 0.2
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="1")
+    try:
+        send(pipe, 1)
+        assert pipe.flush(5)
+        assert upstream.wait_for(lambda _: upstream.idle_closes >= 1, 5)
+        t0 = time.monotonic()
+        send(pipe, 1)
+        assert pipe.flush(5)
+        assert time.monotonic() - t0 < 1.0  # no back-off for a connection that died while idle
+        assert pipe.stats.get("forwarded") == 2
+    finally:
+        stop(pipe)
+
+
+def test_concurrent_senders_overlap_round_trips(upstream: FakeUpstream) -> None:
+    upstream.delay_s = 0.3
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="4")
+    try:
+        send(pipe, 4)
+        t0 = time.monotonic()
+        assert pipe.flush(10)
+        assert time.monotonic() - t0 < 0.9  # four in parallel, not 4 x 0.3 s
+    finally:
+        stop(pipe)
+
+
+def test_pool_options_are_pure_and_use_the_ca_bundle() -> None:
+    cfg = load({"SENTRY_DSN": "https://k@example.com/1", "SSL_CERT_FILE": "/custom/ca.pem",
+                "SENTRY_EXT_CONNECT_TIMEOUT_MS": "1500", "SENTRY_EXT_SENDERS": "3"})
+    opts = pool_options(cfg)
+    assert opts["ca_certs"] == "/custom/ca.pem" and opts["cert_reqs"] == "CERT_REQUIRED"
+    assert opts["maxsize"] == 3 and opts["retries"] is False
+    assert opts["timeout"].connect_timeout == 1.5
+    import certifi
+    assert pool_options(load({"SENTRY_DSN": "https://k@example.com/1"}))["ca_certs"] == certifi.where()
+
+
+@pytest.mark.parametrize("host,port,no_proxy,expected", [
+    ("o1.ingest.sentry.io", 443, "", False),
+    ("o1.ingest.sentry.io", 443, "*", True),
+    ("o1.ingest.sentry.io", 443, "sentry.io", True),
+    ("o1.ingest.sentry.io", 443, ".sentry.io", True),
+    ("o1.ingest.sentry.io", 443, "localhost,127.0.0.1", False),
+    ("o1.ingest.sentry.io", 443, "o1.ingest.sentry.io:8443", False),
+    ("o1.ingest.sentry.io", 443, "o1.ingest.sentry.io:443", True),
+    ("notsentry.io", 443, "sentry.io", False),
+])
+def test_no_proxy_matching(host: str, port: int, no_proxy: str, expected: bool) -> None:
+    assert proxy_bypassed(host, port, no_proxy) is expected

@@ -1,0 +1,177 @@
+"""The ingest server on a live loopback socket, relaying to the fake upstream."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import socket
+import time
+from typing import Iterator
+
+import pytest
+
+from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, raw_exchange, stop, wait_until
+from sentry_ext.pipeline import Pipeline
+from tools.fake_upstream import FakeUpstream, Reply
+
+
+@pytest.fixture
+def pipe(upstream: FakeUpstream) -> Iterator[Pipeline]:
+    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_BODY_BYTES="65536",
+                      SENTRY_EXT_CLIENT_TIMEOUT_MS="500")
+    yield p
+    stop(p)
+
+
+def test_python_sdk_route_forwards_byte_for_byte(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    body = gzip.compress(envelope("b" * 32))
+    headers = dict(auth(), **{"Content-Encoding": "gzip"})
+    status, _, answer = post(port_of(pipe), "/api/42/envelope/", body, headers)
+    assert status == 200 and answer == {"id": "b" * 32}
+    assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
+    rec = upstream.requests[0]
+    assert rec.path == "/api/42/envelope/" and rec.raw_body == body
+    for name in ("x-sentry-auth", "content-encoding", "content-type", "user-agent"):
+        assert rec.headers[name] == headers[{"x-sentry-auth": "X-Sentry-Auth", "content-encoding": "Content-Encoding",
+                                              "content-type": "Content-Type", "user-agent": "User-Agent"}[name]]
+    assert rec.envelope is not None and rec.envelope.event_id == "b" * 32
+
+
+def test_query_auth_and_other_api_routes(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    port = port_of(pipe)
+    status, _, _ = post(port, "/api/42/envelope/?sentry_key=%s&sentry_version=7" % KEY, envelope())
+    assert status == 200
+    status, _, _ = post(port, "/api/42/store/", b'{"message":"legacy"}', auth())
+    assert status == 200
+    status, _, _ = post(port, "/api/42/minidump/?sentry_key=%s" % KEY, b"MDMP", {"Content-Type": "application/octet-stream"})
+    assert status == 200
+    assert upstream.wait_for(lambda reqs: len(reqs) == 3, 5)
+    targets = sorted(r.target for r in upstream.requests)
+    assert targets == sorted(["/api/42/envelope/?sentry_key=%s&sentry_version=7" % KEY, "/api/42/store/",
+                              "/api/42/minidump/?sentry_key=%s" % KEY])
+
+
+def test_js_tunnel_route_uses_envelope_dsn(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    dsn = "https://%s@o1.ingest.sentry.io/%s" % (KEY, PROJECT)
+    body = envelope("c" * 32, dsn=dsn)
+    status, _, answer = post(port_of(pipe), "/envelope", body, {"Content-Type": "text/plain;charset=UTF-8"})
+    assert status == 200 and answer == {"id": "c" * 32}
+    assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
+    rec = upstream.requests[0]
+    # Upstream is the configured one, never the host named in the envelope.
+    assert rec.path == "/api/42/envelope/" and rec.query["sentry_key"] == KEY
+    assert rec.raw_body == body
+
+
+@pytest.mark.parametrize("path,body,headers", [
+    ("/api/42/envelope/", envelope(), auth("f" * 32)),                      # wrong key
+    ("/api/43/envelope/", envelope(), auth()),                              # wrong project
+    ("/api/42/envelope/", envelope(), {}),                                  # no auth at all
+    ("/api/42/envelope/?sentry_key=" + "e" * 32, envelope(), auth()),       # header and query disagree
+    ("/api/42/envelope/", envelope(dsn="https://%s@h/43" % KEY), auth()),    # envelope dsn names another project
+    ("/envelope", envelope(dsn="https://%s@h/42" % ("d" * 32)), {}),         # tunnel with a foreign key
+    ("/envelope", envelope(), {}),                                          # tunnel without dsn
+    ("/envelope", envelope(dsn="not a dsn"), {}),                           # tunnel with a broken dsn
+])
+def test_authentication_failures_are_403(pipe: Pipeline, upstream: FakeUpstream, path: str, body: bytes,
+                                         headers: dict) -> None:
+    status, _, answer = post(port_of(pipe), path, body, headers)
+    assert status == 403 and "detail" in answer
+    assert pipe.stats.get("received") == 0 and len(pipe.queue) == 0
+
+
+def test_health_reports_counters(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    post(port_of(pipe), "/api/42/envelope/", envelope(), auth())
+    assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
+    assert wait_until(lambda: pipe.stats.get("forwarded") == 1, 5)
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(pipe), timeout=5)
+    conn.request("GET", "/health")
+    resp = conn.getresponse()
+    data = json.loads(resp.read())
+    assert resp.status == 200
+    assert data["version"] and data["uptime_s"] >= 0
+    assert data["queue"]["queued"] == 0
+    counters = data["counters"]
+    assert counters["received"] == 1 and counters["forwarded"] == 1 and counters["bytes_forwarded"] > 0
+    assert "dropped" in counters and "retried" in counters
+
+
+def test_bad_input_answers(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    port = port_of(pipe)
+    status, _, answer = post(port, "/api/42/envelope/", b"this is not json\n{}", auth())
+    assert status == 400 and "malformed envelope" in answer["detail"]
+    status, _, _ = post(port, "/api/42/envelope/", b"\x1f\x8bgarbage", dict(auth(), **{"Content-Encoding": "gzip"}))
+    assert status == 400
+    status, _, _ = post(port, "/nowhere", b"{}", auth())
+    assert status == 404
+    # missing Content-Length
+    answer_raw = raw_exchange(port, b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer_raw.startswith(b"HTTP/1.1 411")
+    # conflicting Content-Length headers
+    answer_raw = raw_exchange(port, b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                    b"Content-Length: 4\r\n\r\nabcd")
+    assert answer_raw.startswith(b"HTTP/1.1 400")
+    # Transfer-Encoding together with Content-Length
+    answer_raw = raw_exchange(port, b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert answer_raw.startswith(b"HTTP/1.1 400")
+    assert pipe.stats.get("received") == 0
+
+
+def test_oversized_body_is_refused_without_reading_it(pipe: Pipeline) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(pipe)), timeout=5) as sock:
+        sock.sendall(b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n" % KEY.encode())
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in answer.lower()
+
+
+def test_chunked_bodies_decoded_within_cap(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    body = envelope("d" * 32)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+    request = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n" % (KEY.encode(), chunks))
+    assert raw_exchange(port_of(pipe), request).startswith(b"HTTP/1.1 200")
+    assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
+    assert upstream.requests[0].raw_body == body
+    big = b"%x\r\n%s\r\n" % (40000, b"x" * 40000)
+    request = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + big * 2)
+    assert raw_exchange(port_of(pipe), request).startswith(b"HTTP/1.1 413")
+
+
+def test_idle_client_is_disconnected(pipe: Pipeline) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(pipe)), timeout=5) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        assert sock.recv(1024) == b""  # server closes after the 0.5 s client timeout
+        assert time.monotonic() - t0 < 4
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(pipe: Pipeline, upstream: FakeUpstream) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(pipe), timeout=5)
+    for i in range(20):
+        status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % i), auth(), conn=conn)
+        assert status == 200
+    conn.close()
+    assert upstream.wait_for(lambda reqs: len(reqs) == 20, 10)
+    assert sorted(r.envelope.event_id for r in upstream.requests) == ["%032x" % i for i in range(20)]
+
+
+def test_queue_overflow_asks_for_a_brief_backoff(upstream: FakeUpstream) -> None:
+    upstream.delay_s = 0.5
+    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
+    try:
+        statuses = []
+        for i in range(4):
+            status, headers, _ = post(port_of(p), "/api/42/envelope/", envelope("%032x" % i), auth())
+            statuses.append((status, headers.get("x-sentry-rate-limits"), headers.get("retry-after")))
+        assert statuses[:2] == [(200, None, None)] * 2
+        assert statuses[2:] == [(429, "1::organization:extension_queue_full", "1")] * 2
+        assert p.stats.dropped("queue_overflow") == 2
+        upstream.delay_s = 0
+        assert p.flush(10)
+        assert len(upstream.requests) == 2
+    finally:
+        stop(p)

@@ -1,0 +1,1 @@
+"""Developer tools for sentry-lambda-extension (local Lambda sandbox emulator)."""
