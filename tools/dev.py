@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cmd = [str(PYTHON), "-m", "tools.demo", *opts.args]
     else:
         cmd = [str(PYTHON), "-m", "pytest", "-q", *opts.args]
-    return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1")).returncode
+    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":
