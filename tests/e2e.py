@@ -1,0 +1,33 @@
+"""End-to-end harness: the emulator running bin/sentry-lambda-extension beside the real
+sentry-sdk function under the real awslambdaric, relaying to a fake upstream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from tools.emulator import Emulator, InvokeResult
+from tools.fake_upstream import FakeUpstream
+from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt
+
+
+def make_emulator(tmp: Path, upstream: FakeUpstream, spool: Optional[Path] = None,
+                  runtime_env: Optional[Dict[str, str]] = None, **kwargs: Any) -> Emulator:
+    """An Emulator whose function env points the extension at ``upstream`` and the SDK at the extension."""
+    overrides = {k: v for k, v in kwargs.items() if k.isupper()}
+    options = {k: v for k, v in kwargs.items() if not k.isupper()}
+    env = function_env(upstream.dsn(), spool or tmp / "spool", **overrides)
+    rt_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), env["SENTRY_EXT_PORT"])}
+    rt_env.update(runtime_env or {})
+    options.setdefault("function_name", "e2e-function")
+    return Emulator(make_opt(tmp), task_root=SAMPLE_FUNCTION, env=env, runtime_env=rt_env, **options)
+
+
+def event_ids(result: InvokeResult) -> List[str]:
+    """Event ids the sample function reported capturing in this invocation."""
+    return list(json.loads(result.response or b"{}").get("event_ids", []))
+
+
+def ext_log(emu: Emulator) -> str:
+    return emu.output(EXTENSION_NAME)

@@ -1,0 +1,83 @@
+"""End-to-end demo: fake Sentry + Lambda emulator + this extension + a real sentry-sdk function.
+
+``python3 tools/dev.py demo [--invocations N] [--freeze-s S] [--flush end|background|adaptive]
+[--upstream-delay-ms MS]`` prints what reached the fake upstream and the per-invocation timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+from tools.emulator import Emulator
+from tools.fake_upstream import FakeUpstream
+from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--invocations", type=int, default=5)
+    parser.add_argument("--freeze-s", type=float, default=1.0, help="how long the sandbox stays frozen between invocations")
+    parser.add_argument("--flush", default="end", choices=["end", "background", "adaptive"])
+    parser.add_argument("--upstream-delay-ms", type=float, default=0.0, help="fake upstream reply delay")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the extension's own log")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    with tempfile.TemporaryDirectory(prefix="sentry-ext-demo-") as tmp, FakeUpstream() as upstream:
+        upstream.delay_s = opts.upstream_delay_ms / 1000.0
+        env = function_env(upstream.dsn(), Path(tmp) / "spool", SENTRY_EXT_FLUSH=opts.flush)
+        runtime_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), env["SENTRY_EXT_PORT"])}
+        print("fake Sentry upstream on %s; extension on 127.0.0.1:%s (flush=%s)"
+              % (upstream.base_url, env["SENTRY_EXT_PORT"], opts.flush))
+        with Emulator(make_opt(Path(tmp)), task_root=SAMPLE_FUNCTION, env=env, runtime_env=runtime_env,
+                      function_name="sentry-ext-demo") as emu:
+            emu.start()
+            captured: List[str] = []
+            print("\n%-4s %-8s %12s %16s %12s %14s" % ("inv", "status", "runtime ms", "post-runtime ms",
+                                                        "upstream", "before freeze"))
+            for index in range(opts.invocations):
+                result = emu.invoke({"messages": 1})
+                body = result.response or b"{}"
+                import json
+
+                captured.extend(json.loads(body).get("event_ids", []))
+                before_freeze = sum(1 for r in upstream.requests if result.freeze_t is None or r.t <= result.freeze_t)
+                print("%-4d %-8s %12.1f %16.1f %12d %14d" % (index + 1, result.status, result.runtime_ms,
+                                                             result.post_runtime_ms, len(upstream.requests),
+                                                             before_freeze))
+                if index + 1 < opts.invocations:
+                    emu.wait_frozen_for(opts.freeze_s)
+            shutdown = emu.shutdown()
+            log_text = emu.output(EXTENSION_NAME)
+
+        post = [r.post_runtime_ms for r in emu.invocations]
+        types = collections.Counter(t for r in upstream.requests if r.envelope for t in r.envelope.item_types)
+        arrived = set(upstream.event_ids("event"))
+        print("\nshutdown: exit code %s after %.0f ms (deadline window 2000 ms)%s"
+              % (shutdown.exit_codes.get(EXTENSION_NAME), shutdown.exit_ms.get(EXTENSION_NAME) or -1,
+                 ", SIGKILLed" if shutdown.killed else ""))
+        print("upstream received %d request(s); items by type: %s"
+              % (len(upstream.requests), ", ".join("%s=%d" % kv for kv in sorted(types.items())) or "none"))
+        print("events captured by the function: %d, arrived upstream: %d"
+              % (len(captured), len(arrived & set(captured))))
+        if post:
+            print("post-runtime extension time: median %.1f ms, max %.1f ms" % (statistics.median(post), max(post)))
+        summary = [line for line in log_text.splitlines() if "summary:" in line]
+        if summary:
+            print("extension: " + summary[-1].split("] ", 1)[-1])
+        if opts.verbose:
+            print("\n--- extension log ---\n" + log_text)
+        ok = captured and set(captured) <= arrived and not shutdown.killed
+        print("\nRESULT: %s" % ("every captured event reached the upstream" if ok else "SOMETHING WAS LOST"))
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
