@@ -25,6 +25,7 @@ log = logging.getLogger("sentry_ext.main")
 SIGNAL_DRAIN_S = 1.5  # drain budget after SIGTERM/SIGINT, inside Lambda's 2 s shutdown window
 POLL_BACKOFF_CAP_S = 1.0
 READY_WAIT_S = 5.0
+TELEMETRY_GRACE_S = 3.0  # platform.start must arrive within this of INVOKE, or telemetry is broken
 
 
 class StopSignal(BaseException):
@@ -206,6 +207,13 @@ class Extension:
             return
         pipeline = self.pipeline
         request_id = str(event.get("requestId", ""))
+        # platform.start comes within ~25 ms of INVOKE; if it does not, telemetry is broken and
+        # waiting for runtimeDone could hold every invocation until its deadline.
+        if pipeline.tracker.wait(request_id, min(deadline, now + TELEMETRY_GRACE_S),
+                                 ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+            self._fallback("no telemetry for %s within %.0f s" % (request_id, TELEMETRY_GRACE_S))
+            pipeline.mode = self.mode
+            return
         done = pipeline.tracker.wait(request_id, deadline)
         if done is None:
             log.warning("no runtimeDone for %s before the deadline; calling next", request_id)

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,13 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024
 
 
 class RuntimeDoneTracker:
-    """Remembers recent ``platform.runtimeDone`` records and lets the main thread wait for one."""
+    """Remembers recent ``platform.start``/``platform.runtimeDone`` records per request; the main
+    thread waits on them."""
+
+    KINDS = {"platform.start": "start", "platform.runtimeDone": "runtimeDone"}
 
     def __init__(self) -> None:
-        self._done: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
+        self._seen: "collections.OrderedDict[str, Dict[str, Dict[str, Any]]]" = collections.OrderedDict()
         self._cond = threading.Condition()
         self.batches = 0
 
@@ -34,24 +37,30 @@ class RuntimeDoneTracker:
         with self._cond:
             self.batches += 1
             for event in events:
-                if not isinstance(event, dict) or event.get("type") != "platform.runtimeDone":
+                if not isinstance(event, dict):
                     continue
+                kind = self.KINDS.get(event.get("type"))  # type: ignore[arg-type]
                 record = event.get("record")
-                if isinstance(record, dict) and isinstance(record.get("requestId"), str):
-                    self._done[record["requestId"]] = record
-                    while len(self._done) > KEEP_REQUESTS:
-                        self._done.popitem(last=False)
+                if kind is None or not isinstance(record, dict) or not isinstance(record.get("requestId"), str):
+                    continue
+                self._seen.setdefault(record["requestId"], {})[kind] = record
+                while len(self._seen) > KEEP_REQUESTS:
+                    self._seen.popitem(last=False)
             self._cond.notify_all()
 
-    def wait(self, request_id: str, deadline: float) -> Optional[Dict[str, Any]]:
-        """The runtimeDone record of ``request_id``, waiting until ``deadline`` (monotonic); None on timeout."""
+    def wait(self, request_id: str, deadline: float, kinds: Tuple[str, ...] = ("runtimeDone",)) -> Optional[Dict[str, Any]]:
+        """The first record of ``kinds`` seen for ``request_id``, waiting until ``deadline``
+        (monotonic); None on timeout."""
         with self._cond:
-            while request_id not in self._done:
+            while True:
+                seen = self._seen.get(request_id, {})
+                for kind in kinds:
+                    if kind in seen:
+                        return seen[kind]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            return self._done[request_id]
 
 
 class _Handler(BaseHTTPRequestHandler):
