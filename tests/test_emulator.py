@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -30,6 +29,8 @@ HANDLER_SRC = textwrap.dedent(
             time.sleep(event["sleep"])
         if event.get("raise"):
             raise RuntimeError("boom")
+        if event.get("exit"):
+            os._exit(3)
         return {
             "ok": True,
             "request_id": context.aws_request_id,
@@ -41,18 +42,6 @@ HANDLER_SRC = textwrap.dedent(
         }
     '''
 )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    for _ in range(100000):
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def proc_state(pid: int) -> str:
@@ -185,6 +174,12 @@ def test_lifecycle_freeze_telemetry_and_clean_shutdown(task_root: Path, files: D
         assert resp.status == 403
         resp = api_request(emu, "GET", "/2020-01-01/extension/event/next", None, {"Lambda-Extension-Identifier": "nope"})
         assert resp.status == 403
+        resp = api_request(emu, "POST", "/2020-01-01/extension/register", {"events": ["BOGUS"]}, {"Lambda-Extension-Name": EXT})
+        assert resp.status == 400
+        resp = api_request(emu, "POST", "/2020-01-01/extension/register", {"events": ["INVOKE"]}, {"Lambda-Extension-Name": "late"})
+        assert resp.status == 403  # registration is only possible during Init
+        resp = api_request(emu, "POST", "/2018-06-01/runtime/invocation/bogus/response", {}, {})
+        assert resp.status == 400
 
         sd = emu.shutdown()
         assert isinstance(sd, ShutdownResult)
@@ -230,6 +225,18 @@ def test_runtime_timeout_resets_and_next_invoke_reinits(task_root: Path, files: 
     events = read_jsonl(files["events"])
     assert [e["shutdownReason"] for e in events if e.get("eventType") == "SHUTDOWN"] == ["timeout", "spindown"]
     assert len([e for e in events if e.get("event") == "register"]) == 2
+
+
+def test_runtime_crash_resets_with_failure(task_root: Path, files: Dict[str, Path]) -> None:
+    with make_emulator(task_root, ext_env(files), timeout_s=5.0) as emu:
+        emu.start()
+        res = emu.invoke({"exit": True})
+        assert res.status == "error" and res.reset and res.error_type == "Runtime.ExitError"
+        assert res.shutdown is not None and res.shutdown.reason == "failure"
+        assert res.shutdown.exit_codes == {EXT: 0}
+        assert emu.invoke({}).status == "success"
+    events = read_jsonl(files["events"])
+    assert [e["shutdownReason"] for e in events if e.get("eventType") == "SHUTDOWN"] == ["failure"]
 
 
 def test_extension_not_calling_next_times_out(task_root: Path, files: Dict[str, Path]) -> None:
