@@ -1183,7 +1183,8 @@ class Emulator:
         hostname = spec["hostname"]
         if hostname == "sandbox":
             logger.warning("telemetry destination host 'sandbox' may resolve elsewhere in a VPC; use sandbox.localdomain")
-        elif hostname not in TELEMETRY_SANDBOX_HOSTS:
+        elif hostname not in TELEMETRY_SANDBOX_HOSTS and not hostname.startswith("127."):
+            # a loopback listener is how local runs avoid binding 0.0.0.0; anything else is suspicious
             logger.warning("telemetry destination host %r is not sandbox.localdomain", hostname)
         host = "127.0.0.1" if hostname in TELEMETRY_SANDBOX_HOSTS else hostname
         sub = _Subscriber(ext.ext_id, ext.name, spec["types"], spec["buffering"], spec["uri"], host, spec["port"], spec["path"])
