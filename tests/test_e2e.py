@@ -53,7 +53,6 @@ def test_port_taken_leaves_an_inert_extension(tmp_path: Path, upstream: FakeUpst
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
-        blocker.listen(1)
         port = str(blocker.getsockname()[1])
         with make_emulator(tmp_path, upstream, SENTRY_EXT_PORT=port) as emu:
             emu.start()
