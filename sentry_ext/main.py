@@ -80,12 +80,14 @@ class Extension:
         cfg = self.cfg
         if not cfg.active:
             log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", cfg.problem)
+            self.ready.set()
             return
         try:
             ingest_sock = bind_listener(cfg.host, cfg.port)
         except OSError as exc:
             log.error("inert: cannot listen on %s:%d (%s); set SENTRY_EXT_PORT to a free port",
                       cfg.host, cfg.port, exc)
+            self.ready.set()
             return
         telemetry_sock = None
         if self.mode != "background":
