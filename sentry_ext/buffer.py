@@ -77,12 +77,14 @@ class BoundedQueue:
                 return True
         return False
 
-    def done(self, req: Request) -> None:
-        """Release an item taken with ``get`` (delivered or dropped)."""
+    def done(self, req: Request) -> bool:
+        """Release an item taken with ``get`` (delivered or dropped); False if it was not in flight."""
         with self.cond:
-            if self._release(req):
+            released = self._release(req)
+            if released:
                 self._bytes -= req.size
             self.cond.notify_all()
+            return released
 
     def requeue(self, req: Request) -> None:
         """Put an in-flight item back at the front (it keeps its place in the caps)."""

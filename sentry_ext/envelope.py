@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -27,7 +28,24 @@ CATEGORIES: Dict[str, str] = {
     "metric_buckets": "metric_bucket",
 }
 
+# Non-envelope endpoints (first path segment after /api/<project>/) -> category of what they carry.
+ENDPOINT_CATEGORIES: Dict[str, str] = {
+    "store": "error",
+    "minidump": "error",
+    "unreal": "error",
+    "security": "security",
+    "csp-report": "security",
+    "nel": "security",
+    "cron": "monitor",
+    "events": "attachment",  # /api/<id>/events/<event_id>/attachments/
+    "otlp": "span",
+}
+
+# Every category a limit can usefully name: the ones items and endpoints map to.
+KNOWN_CATEGORIES = frozenset(CATEGORIES.values()) | frozenset(ENDPOINT_CATEGORIES.values()) | {"default", "log_byte"}
+
 HEADER_LINE_LIMIT = 64 * 1024  # bytes of decoded envelope header we are willing to inspect
+INSPECTABLE_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")  # what the stdlib can decode
 
 
 class EnvelopeError(ValueError):
@@ -39,10 +57,26 @@ def category(item_type: str) -> str:
     return CATEGORIES.get(item_type, "default")
 
 
+def endpoint_of(upstream_path: str) -> str:
+    """The endpoint of ``/api/<project>/<endpoint>/[?query]``: ``envelope``, ``store``, ``cron/slug``, ...
+
+    The legacy ``/api/store/`` gives ``store``.
+    """
+    parts = upstream_path.split("?", 1)[0].strip("/").split("/", 2)
+    if len(parts) == 2 and parts[1] == "store":
+        return "store"
+    return parts[2].rstrip("/") if len(parts) == 3 else ""
+
+
+def endpoint_category(endpoint: str) -> Optional[str]:
+    """Category of a non-envelope endpoint such as ``store`` or ``cron/slug``; None if unknown."""
+    return ENDPOINT_CATEGORIES.get(endpoint.split("/", 1)[0])
+
+
 def _json_object(line: bytes, what: str) -> Dict[str, Any]:
     try:
         value = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting overflows the decoder
         raise EnvelopeError("%s is not valid JSON" % what) from None
     if not isinstance(value, dict):
         raise EnvelopeError("%s is not a JSON object" % what)
@@ -68,12 +102,17 @@ def first_line(body: bytes, encoding: str) -> bytes:
     return head[:end]
 
 
+def _wbits(body: bytes, encoding: str) -> int:
+    if encoding != "deflate":
+        return 31
+    # RFC 9110 says zlib-wrapped; some clients send raw deflate. A zlib header is CM=8 and a
+    # 16-bit check value divisible by 31.
+    wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+    return 15 if wrapped else -15
+
+
 def _inflate_prefix(body: bytes, encoding: str) -> bytes:
-    if encoding == "deflate":
-        # RFC 9110 says zlib-wrapped; some clients send raw deflate.
-        wbits = 15 if body[:1] == b"\x78" else -15
-    else:
-        wbits = 31
+    wbits = _wbits(body, encoding)
     decomp = zlib.decompressobj(wbits)
     out = b""
     pos = 0
@@ -86,6 +125,50 @@ def _inflate_prefix(body: bytes, encoding: str) -> bytes:
     except zlib.error as exc:
         raise EnvelopeError("body is not valid %s: %s" % (encoding, exc)) from None
     return out
+
+
+def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
+    """The whole decoded body (identity, gzip incl. several members, deflate), at most ``limit`` bytes.
+
+    Raises EnvelopeError for another encoding, a corrupt or truncated stream, or more than ``limit``.
+    """
+    if encoding in ("", "identity"):
+        if len(body) > limit:
+            raise EnvelopeError("body larger than %d bytes" % limit)
+        return body
+    if encoding not in INSPECTABLE_ENCODINGS:
+        raise EnvelopeError("cannot inspect a %r body" % encoding)
+    wbits = _wbits(body, encoding)
+    out: List[bytes] = []
+    total = 0
+    rest = body
+    try:
+        for _ in range(1000):  # gzip members; one in practice
+            decomp = zlib.decompressobj(wbits)
+            chunk = decomp.decompress(rest, limit - total + 1)
+            total += len(chunk)
+            if total > limit or decomp.unconsumed_tail:
+                raise EnvelopeError("body decodes to more than %d bytes" % limit)
+            out.append(chunk)
+            if not decomp.eof:
+                raise EnvelopeError("truncated %s stream" % encoding)
+            rest = decomp.unused_data
+            if wbits != 31 or not rest.strip(b"\x00"):
+                return b"".join(out)
+    except zlib.error as exc:
+        raise EnvelopeError("body is not valid %s: %s" % (encoding, exc)) from None
+    raise EnvelopeError("too many gzip members")
+
+
+def encode_body(data: bytes, encoding: str, like: bytes) -> bytes:
+    """``data`` encoded the way ``like`` (the original body) was: gzip, zlib or raw deflate, identity."""
+    if encoding in ("gzip", "x-gzip"):
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if encoding == "deflate":
+        wbits = _wbits(like, encoding)
+        comp = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        return comp.compress(data) + comp.flush()
+    return data
 
 
 def parse_header(line: bytes) -> Dict[str, Any]:
@@ -101,6 +184,7 @@ class Item:
 
     headers: Dict[str, Any]
     payload: bytes
+    header_line: Optional[bytes] = field(default=None, repr=False, compare=False)  # as parsed
 
     @property
     def type(self) -> str:
@@ -118,6 +202,7 @@ class Envelope:
     headers: Dict[str, Any]
     items: List[Item] = field(default_factory=list)
     raw: Optional[bytes] = None
+    header_line: Optional[bytes] = field(default=None, repr=False, compare=False)  # as parsed
 
     @classmethod
     def parse(cls, data: bytes) -> "Envelope":
@@ -155,17 +240,31 @@ class Envelope:
                 nl = data.find(b"\n", pos)
                 payload = data[pos:] if nl < 0 else data[pos:nl]
                 pos = size if nl < 0 else nl + 1
-            items.append(Item(item_headers, payload))
-        return cls(headers, items, data)
+            items.append(Item(item_headers, payload, line))
+        return cls(headers, items, data, header_line)
 
     def serialize(self) -> bytes:
-        """Envelope bytes with explicit ``length`` on every item."""
-        out = [json.dumps(self.headers, separators=(",", ":"), ensure_ascii=False).encode("utf-8"), b"\n"]
+        """Envelope bytes with explicit ``length`` on every item; unchanged header lines are kept verbatim."""
+        out = [_header_bytes(self.headers, self.header_line), b"\n"]
         for item in self.items:
-            headers = dict(item.headers)
-            headers["length"] = len(item.payload)
-            out.append(json.dumps(headers, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+            headers, line = item.headers, item.header_line
+            length = headers.get("length")
+            if isinstance(length, bool) or length != len(item.payload):
+                headers, line = dict(headers, length=len(item.payload)), None
+            out.append(_header_bytes(headers, line))
             out.append(b"\n")
             out.append(item.payload)
             out.append(b"\n")
         return b"".join(out)
+
+
+def _header_bytes(headers: Dict[str, Any], line: Optional[bytes]) -> bytes:
+    # Re-dumping JSON can change key order, escapes and number spelling: keep the original
+    # line whenever it still says the same thing.
+    if line is not None:
+        try:
+            if _json_object(line, "header") == headers:
+                return line
+        except EnvelopeError:
+            pass
+    return json.dumps(headers, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -34,17 +34,28 @@ class UpstreamHealth:
         self.failures = 0
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
+        self._until = 0.0  # monotonic end of the current grace period
 
     def failure(self) -> float:
-        """Record a failure; returns the grace period in seconds (full jitter over the upper half)."""
+        """Record a failure; returns the grace period in seconds (full jitter over the upper half).
+
+        A failure inside the current grace period came from a request already in flight when it
+        began (parallel senders): same outage, so it does not escalate the period again.
+        """
+        now = time.monotonic()
         with self._lock:
+            if now < self._until:
+                return self._until - now
             self.failures += 1
             ceiling = min(self.cap_s, self.base_s * (2 ** min(self.failures - 1, 20)))
-            return ceiling * (0.5 + self._rng.random() / 2)
+            grace = ceiling * (0.5 + self._rng.random() / 2)
+            self._until = now + grace
+            return grace
 
     def success(self) -> None:
         with self._lock:
             self.failures = 0
+            self._until = 0.0
 
 
 class Forwarder:
@@ -89,12 +100,28 @@ class Forwarder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            req = None
             try:
                 req = self.queue.get(timeout=1.0)
                 if req is not None:
                     self._deliver(req)
             except Exception:  # a bug here must not kill the thread: log it and go on
                 log.exception("sender thread error (survived)")
+                if req is not None:
+                    self._recover(req)
+
+    def _recover(self, req: Request) -> None:
+        """After a bug while delivering ``req``: never leave it in flight (a flush would wait for it
+        forever); retry it up to max_attempts, then drop it as ``internal_sdk_error``."""
+        try:
+            if req.attempts < self.max_attempts:
+                self.queue.requeue(req)  # a no-op if it was released before the error
+            elif self.queue.done(req):
+                self.stats.drop("internal_sdk_error")
+                if self.on_drop is not None:
+                    self.on_drop(req, "internal_sdk_error")
+        except Exception:
+            log.exception("sender thread error while recovering (survived)")
 
     def _deliver(self, req: Request) -> None:
         deadline = self._deadline

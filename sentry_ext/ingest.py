@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 API_PATH = re.compile(r"^/api/(?P<project>\d+)/(?P<endpoint>[A-Za-z0-9_\-./]+)$")
 FORWARDED_HEADERS = ("content-type", "content-encoding", "x-sentry-auth", "user-agent")
 QUEUE_FULL_BACKOFF_S = 1
+# At the connection cap, a new connection takes the slot of the one that has waited longest on its
+# client (idle keep-alive, or a request trickled in), once it has waited this long.
+EVICT_AFTER_S = 0.5
+EVICT_WAIT_S = 1.0  # how long the accept loop waits for the evicted connection's slot
 # Sentry's SDKs honour X-Sentry-Rate-Limits on a 429 exactly; a bare 429 would mean 60 s of
 # silence for every category. One second for everything is the briefest back-off we can ask for.
 QUEUE_FULL_HEADERS = {"Retry-After": str(QUEUE_FULL_BACKOFF_S),
@@ -62,7 +67,13 @@ class IngestServer(ThreadingHTTPServer):
         self.stats = stats
         self.health_extra = health_extra
         self.before_queue: Optional[IngestHook] = None
+        # Extra headers for an accepted request's 200 (e.g. active rate limits mirrored to the SDK).
+        self.accepted_headers: Optional[Callable[[Request], Dict[str, str]]] = None
+        # Told about each request the ingest side gives up (reason "queue_overflow"), for client reports.
+        self.on_drop: Optional[Callable[[Request, str], None]] = None
         self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        self._waiting: Dict[socket.socket, float] = {}  # connection -> since when it waits on its client
+        self._waiting_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -71,8 +82,10 @@ class IngestServer(ThreadingHTTPServer):
         self._thread.start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # Cap concurrent connections: a flood of idle sockets must not become a flood of threads.
-        if not self._slots.acquire(blocking=False):
+        # Cap concurrent connections: a flood of idle sockets must not become a flood of threads,
+        # nor starve the SDK: at the cap, the longest-waiting idle or trickling connection yields.
+        if not self._slots.acquire(blocking=False) and not (
+                self._evict() and self._slots.acquire(timeout=EVICT_WAIT_S)):
             self.stats.incr("connections_refused")
             try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
@@ -93,7 +106,34 @@ class IngestServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def client_wait(self, conn: socket.socket, waiting: bool) -> None:
+        """Mark ``conn`` as waiting on its client (from now) or as busy with a complete request."""
+        with self._waiting_lock:
+            if waiting:
+                self._waiting[conn] = time.monotonic()
+            else:
+                self._waiting.pop(conn, None)
+
+    def _evict(self) -> bool:
+        """Close the connection that has waited longest on its client, if it waited EVICT_AFTER_S."""
+        with self._waiting_lock:
+            if not self._waiting:
+                return False
+            conn, since = min(self._waiting.items(), key=lambda item: item[1])
+            if time.monotonic() - since < EVICT_AFTER_S:
+                return False
+            del self._waiting[conn]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # its handler reads EOF, ends, and frees the slot
+        except OSError:
+            pass
+        self.stats.incr("connections_evicted")
+        return True
+
     def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client reset, vanished or was evicted: routine
+            log.debug("ingest connection ended: %s", sys.exc_info()[1])
+            return
         log.exception("ingest connection error (survived)")
 
 
@@ -109,6 +149,18 @@ class IngestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.cfg.client_timeout_s
         super().setup()
+
+    def handle_one_request(self) -> None:
+        self.server.client_wait(self.connection, True)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.client_wait(self.connection, False)
+
+    def parse_request(self) -> bool:
+        # The request line is in: the client gets EVICT_AFTER_S afresh for its headers and body.
+        self.server.client_wait(self.connection, True)
+        return super().parse_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)
@@ -195,6 +247,7 @@ class IngestHandler(BaseHTTPRequestHandler):
                 project, endpoint = match.group("project"), match.group("endpoint").rstrip("/")
             kind = "api"
         body = self._read_body()
+        self.server.client_wait(self.connection, False)
         encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
         header: Optional[Dict[str, Any]] = None
         if endpoint == "envelope":
@@ -231,9 +284,12 @@ class IngestHandler(BaseHTTPRequestHandler):
             stats.reject(429)
             log.debug("queue full: refused %s", req.upstream_path)
             self._reply(429, {"detail": "extension queue is full; back off briefly"}, QUEUE_FULL_HEADERS)
+            if server.on_drop is not None:  # after the reply: counting may parse the body
+                server.on_drop(req, "queue_overflow")
             return
         log.debug("queued %s (%d bytes)", req.upstream_path, len(req.body))
-        self._reply(200, {"id": req.event_id} if req.event_id else {})
+        extra = server.accepted_headers(req) if server.accepted_headers is not None else None
+        self._reply(200, {"id": req.event_id} if req.event_id else {}, extra)
 
     # -- input checks --------------------------------------------------------------------------
 

@@ -6,9 +6,11 @@ start-up path, so registration happens a few ms after the process starts.
 
 from __future__ import annotations
 
-import json
 import socket
-from typing import Any, Callable, Dict, Optional, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and json (with re) cost ~12 ms of start-up, before the first /event/next
+    from typing import Any, Callable, Dict, Optional, Tuple
 
 EXTENSION_PREFIX = "/2020-01-01/extension"
 TELEMETRY_PATH = "/2022-07-01/telemetry"
@@ -102,7 +104,11 @@ class LambdaApi:
 
     def __init__(self, runtime_api: str) -> None:
         self.host, self.port = _split_addr(runtime_api)
+        # getaddrinfo() runs a str host through the idna codec, whose import (with re) costs ~4 ms
+        # of start-up; an ASCII host needs no encoding, so it goes as bytes.
+        self._connect_host = self.host.encode("ascii") if self.host.isascii() else self.host
         self.extension_id: Optional[str] = None
+        self.register_body = b""
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
                 headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0,
@@ -120,7 +126,7 @@ class LambdaApi:
             lines.append("Content-Length: %d" % len(payload))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
         try:
-            with socket.create_connection((self.host, self.port), timeout=5.0) as sock:
+            with socket.create_connection((self._connect_host, self.port), timeout=5.0) as sock:
                 sock.settimeout(timeout)
                 sock.sendall(data)
                 if on_sent is not None:
@@ -132,27 +138,39 @@ class LambdaApi:
     def _json(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None,
               headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0,
               on_sent: Optional[Callable[[], None]] = None) -> Tuple[int, Dict[str, str], Any]:
-        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        body = None if payload is None else _dumps(payload).encode("utf-8")
         status, resp_headers, raw = self.request(method, path, body, headers, timeout, on_sent)
         if not 200 <= status < 300:
             raise LambdaApiError("%s %s answered %d: %s" % (method, path, status,
                                                            raw[:200].decode("utf-8", "replace")),
                                  status, raw)
-        try:
-            parsed = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            parsed = raw.decode("utf-8", "replace")
-        return status, resp_headers, parsed
+        return status, resp_headers, _loads(raw)
 
-    def register(self, name: str, events: Tuple[str, ...] = ("INVOKE", "SHUTDOWN")) -> Dict[str, Any]:
-        """Register the extension; stores and returns its identifier and function info."""
+    def register(self, name: str, events: Tuple[str, ...] = ("INVOKE", "SHUTDOWN"),
+                 parse: bool = True) -> Dict[str, Any]:
+        """Register the extension; stores its identifier and returns the function info.
+
+        ``parse=False`` keeps ``json`` off the start-up path: the info is then ``{}`` and the raw
+        body stays in ``register_body`` for later.
+        """
         self.extension_id = None
-        _, headers, info = self._json("POST", EXTENSION_PREFIX + "/register", {"events": list(events)},
-                                      {"Lambda-Extension-Name": name})
+        status, headers, raw = self.request("POST", EXTENSION_PREFIX + "/register",
+                                            _dumps({"events": list(events)}).encode("utf-8"),
+                                            {"Lambda-Extension-Name": name})
+        if not 200 <= status < 300:
+            raise LambdaApiError("POST %s/register answered %d: %s" % (
+                EXTENSION_PREFIX, status, raw[:200].decode("utf-8", "replace")), status, raw)
         ext_id = headers.get("lambda-extension-identifier")
         if not ext_id:
             raise LambdaApiError("register answered without Lambda-Extension-Identifier")
         self.extension_id = ext_id
+        self.register_body = raw
+        info = _loads(raw) if parse else {}
+        return info if isinstance(info, dict) else {}
+
+    def function_info(self) -> Dict[str, Any]:
+        """The function info the last ``register`` answered (parsed now if it was not then)."""
+        info = _loads(self.register_body)
         return info if isinstance(info, dict) else {}
 
     def next_event(self, on_sent: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
@@ -188,3 +206,62 @@ def telemetry_subscription(host: str, port: int) -> Dict[str, Any]:
         "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
         "destination": {"protocol": "HTTP", "URI": "http://%s:%d/telemetry" % (host, port)},
     }
+
+
+# A JSON text starts with one of these (after whitespace); any other body is not JSON.
+_JSON_START = frozenset(b'{["-0123456789tfnNI\x00\xef\xfe\xff')  # NaN, Infinity, UTF-16/32 and BOMs too
+# Strings made of these encode as themselves between quotes, exactly as json.dumps writes them.
+_JSON_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - frozenset('"\\')
+
+
+def _loads(raw: bytes) -> Any:
+    """The parsed JSON body, ``{}`` for an empty one, or the decoded text if it is not JSON.
+
+    A body that cannot be JSON (``OK``) is decoded without importing ``json``.
+    """
+    text = raw.strip()
+    if not text:
+        return {}
+    if text[0] in _JSON_START:
+        import json
+
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+    return raw.decode("utf-8", "replace")
+
+
+def _dumps(value: Any) -> str:
+    """``json.dumps(value)``, written without importing ``json`` for the plain values sent at start-up."""
+    plain = _dumps_plain(value)
+    if plain is not None:
+        return plain
+    import json
+
+    return json.dumps(value)
+
+
+def _dumps_plain(value: Any) -> Optional[str]:
+    if isinstance(value, str):
+        return '"%s"' % value if _JSON_PLAIN.issuperset(value) else None
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if type(value) is int:
+        return str(value)
+    parts = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            k, v = _dumps_plain(key) if isinstance(key, str) else None, _dumps_plain(item)
+            if k is None or v is None:
+                return None
+            parts.append("%s: %s" % (k, v))
+        return "{%s}" % ", ".join(parts)
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            v = _dumps_plain(item)
+            if v is None:
+                return None
+            parts.append(v)
+        return "[%s]" % ", ".join(parts)
+    return None

@@ -1,26 +1,29 @@
 """Lifecycle on the main thread: register, start the pipeline, loop on /event/next.
 
-Only light modules are imported before registration; the pipeline (urllib3, ssl, http.server)
-loads on a background thread once the first ``/event/next`` is on the wire.
+Only light modules are imported before the first ``/event/next`` (no logging, json, typing,
+dataclasses or urllib.parse: each would add to every cold start); the pipeline (urllib3, ssl,
+http.server) loads on a background thread once that ``/event/next`` is on the wire.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any, Deque, Dict, Optional
 
 from . import __version__, logs
 from .config import Config, load
 from .lambda_api import LambdaApi, LambdaApiError
 
-log = logging.getLogger("sentry_ext.main")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Deque, Dict, Optional
+
+log = logs.get("sentry_ext.main")  # imports logging at its first use
 
 SIGNAL_DRAIN_S = 1.5  # drain budget after SIGTERM/SIGINT, inside Lambda's 2 s shutdown window
 POLL_BACKOFF_CAP_S = 1.0
@@ -59,6 +62,7 @@ class Extension:
         self._signal: Optional[int] = None
         self._invokes: Deque[float] = collections.deque(maxlen=cfg.adaptive_window)
         self._first_poll_sent = threading.Event()
+        self._registered_ms: Optional[float] = None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -66,25 +70,35 @@ class Extension:
         """Run until SHUTDOWN or a signal; returns the process exit code."""
         started = time.monotonic()
         try:
-            info = self.api.register(self.name)
+            self.api.register(self.name, parse=False)  # no json before the first /event/next
         except LambdaApiError as exc:
             log.error("could not register with the Extensions API: %s", exc)
             return 1
-        log.info("registered %s %s for %s (%.1f ms after start)", self.name, __version__,
-                 info.get("functionName", "?"), (time.monotonic() - started) * 1000)
+        self._registered_ms = (time.monotonic() - started) * 1000
         self._install_signals()
         self._prepare()
         return self._loop()
 
+    def _announce(self) -> None:
+        """Log the registration (deferred off the start-up path; once)."""
+        if self._registered_ms is None:
+            return
+        ms, self._registered_ms = self._registered_ms, None
+        info = self.api.function_info()
+        log.info("registered %s %s for %s (%.1f ms after start)", self.name, __version__,
+                 info.get("functionName", "?"), ms)
+
     def _prepare(self) -> None:
         cfg = self.cfg
         if not cfg.active:
+            self._announce()
             log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", cfg.problem)
             self.ready.set()
             return
         try:
             ingest_sock = bind_listener(cfg.host, cfg.port)
         except OSError as exc:
+            self._announce()
             log.error("inert: cannot listen on %s:%d (%s); set SENTRY_EXT_PORT to a free port",
                       cfg.host, cfg.port, exc)
             self.ready.set()
@@ -116,12 +130,15 @@ class Extension:
         return sock
 
     def _fallback(self, why: str) -> None:
+        self._announce()
         log.warning("%s: falling back to background flushing", why)
         self.mode = "background"
 
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
         self._first_poll_sent.wait(1.0)
+        logs.setup(self.cfg.log_level)
+        self._announce()
         try:
             from .pipeline import Pipeline
 
@@ -161,8 +178,9 @@ class Extension:
                     self._polling = False
             except StopSignal:
                 continue
-            except LambdaApiError as exc:
-                log.warning("event/next failed (%s); retrying in %.2fs", exc, backoff)
+            except Exception as exc:  # LambdaApiError, or a reply malformed in a way the client missed
+                log.warning("event/next failed (%s); retrying in %.2fs", exc, backoff,
+                            exc_info=not isinstance(exc, LambdaApiError))
                 self._sleep(backoff)
                 backoff = min(POLL_BACKOFF_CAP_S, backoff * 2)
                 continue
@@ -261,7 +279,7 @@ def _deadline(event: Dict[str, Any], margin_ms: int) -> float:
 def run(name: Optional[str] = None) -> int:
     """Entry point: configure logging, run the extension, flush the logs, exit without waiting on threads."""
     cfg = load()
-    logs.setup(cfg.log_level)
+    logs.defer(cfg.log_level)  # logging loads at the first log line, after the first /event/next
     ext_name = name or os.path.basename(sys.argv[0]) or "sentry-lambda-extension"
     code = 1
     ext = Extension(cfg, ext_name)
@@ -274,7 +292,7 @@ def run(name: Optional[str] = None) -> int:
                 ext.api.report_error("exit", "Extension.UnexpectedError", "sentry-lambda-extension crashed")
         except LambdaApiError:
             pass
-    logging.shutdown()
+    logs.shutdown()
     sys.stdout.flush()
     # Daemon threads may be blocked on sockets; do not wait for them at interpreter exit.
     os._exit(code)

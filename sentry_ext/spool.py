@@ -59,7 +59,8 @@ def decode(data: bytes) -> List[Request]:
             headers = {str(k): str(v) for k, v in dict(meta["headers"]).items()}
             path, key = str(meta["path"]), str(meta["key"])
             received_at = float(meta["received_at"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+            attempts = int(meta.get("attempts") or 0)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise SpoolError("bad meta line") from None
         if length < 0 or not path.startswith("/api/"):
             raise SpoolError("bad record")
@@ -69,7 +70,7 @@ def decode(data: bytes) -> List[Request]:
             raise SpoolError("truncated body")
         event_id = meta.get("event_id")
         out.append(Request(upstream_path=path, headers=headers, body=data[start:end], public_key=key,
-                           received_at=received_at, attempts=int(meta.get("attempts") or 0),
+                           received_at=received_at, attempts=attempts,
                            event_id=event_id if isinstance(event_id, str) else None))
         pos = end + 1
     return out

@@ -1,0 +1,97 @@
+"""Applies active upstream rate limits at ingest: refuse with 429, remove limited items, or pass."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from .buffer import Request
+from .envelope import (INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, Item, decode_body, encode_body,
+                       endpoint_category, endpoint_of)
+from .outcomes import DECODE_LIMIT, Outcomes, item_outcomes
+from .ratelimit import RateLimits, limited
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+REASON = "ratelimit_backoff"
+DETAIL = "Sentry dropped data due to a quota or rate limit; the SDK should back off (relayed by the extension)"
+
+Answer = Tuple[int, Dict[str, Any], Dict[str, str]]
+
+
+class IngestLimiter:
+    """The ingest ``before_queue`` hook for rate limits; it fails open (forwards unchanged) on any bug."""
+
+    def __init__(self, limits: RateLimits, outcomes: Outcomes, stats: Stats,
+                 decode_limit: int = DECODE_LIMIT) -> None:
+        self.limits = limits
+        self.outcomes = outcomes
+        self.stats = stats
+        self.decode_limit = decode_limit
+
+    def __call__(self, req: Request, header: Optional[Dict[str, Any]] = None) -> Optional[Answer]:
+        """A 429 answer if everything in ``req`` is limited; else None, with limited items cut from ``req.body``."""
+        if not self.limits.any_active(req.public_key):
+            return None  # the fast path: nothing decoded, nothing parsed
+        try:
+            return self._apply(req)
+        except Exception:
+            log.exception("rate-limit check failed; forwarding unchanged (survived)")
+            return None
+
+    def accepted_headers(self, req: Request) -> Dict[str, str]:
+        """Headers for a queued request's 200: the active limits, so the SDK stops sending what we would drop."""
+        if not self.limits.any_active(req.public_key):
+            return {}
+        value = self.limits.header_value(req.public_key)
+        return {"X-Sentry-Rate-Limits": value} if value else {}
+
+    def _apply(self, req: Request) -> Optional[Answer]:
+        key = req.public_key
+        active = self.limits.active(key)
+        now = self.limits.now()
+        if limited(active, None, now):  # a limit on everything: no need to look inside
+            self.outcomes.record_request(req, REASON)
+            return self._refuse(req, None)
+        endpoint = endpoint_of(req.upstream_path)
+        if endpoint != "envelope":
+            category = endpoint_category(endpoint)
+            if category is not None and limited(active, category, now):
+                self.outcomes.record_request(req, REASON)
+                return self._refuse(req, [category])
+            return None
+        encoding = (req.headers.get("content-encoding") or "").strip().lower()
+        if encoding not in INSPECTABLE_ENCODINGS:
+            return None  # br/zstd: the stdlib cannot look inside, only envelope-wide limits apply
+        try:
+            envelope = Envelope.parse(decode_body(req.body, encoding, self.decode_limit))
+        except EnvelopeError as exc:
+            log.debug("not inspecting %s for rate limits: %s", req.upstream_path, exc)
+            return None  # oversized or malformed: upstream has the last word
+        kept: List[Item] = []
+        dropped: List[Item] = []
+        for item in envelope.items:
+            (dropped if limited(active, item.data_category, now) else kept).append(item)
+        if not dropped:
+            return None
+        for item in dropped:
+            for category, quantity in item_outcomes(item):
+                self.outcomes.record(key, REASON, category, quantity)
+        if not kept:
+            return self._refuse(req, {item.data_category for item in dropped})
+        envelope.items = kept
+        req.body = encode_body(envelope.serialize(), encoding, req.body)
+        self.stats.incr("items_ratelimited", len(dropped))
+        log.debug("removed %d rate-limited item(s) from %s", len(dropped), req.upstream_path)
+        return None
+
+    def _refuse(self, req: Request, categories: Optional[Iterable[str]]) -> Answer:
+        # Mirror Sentry: 429 with the active limits, which the SDKs honour per category.
+        key = req.public_key
+        self.stats.drop(REASON)
+        self.stats.reject(429)
+        headers = {"Retry-After": str(self.limits.retry_after(key, categories)),
+                   "X-Sentry-Rate-Limits": self.limits.header_value(key)}
+        log.debug("refused %s: rate limited (%s)", req.upstream_path, headers["X-Sentry-Rate-Limits"])
+        return 429, {"detail": DETAIL}, headers

@@ -1,0 +1,76 @@
+"""Sends pending client reports upstream as standalone envelopes on the normal queue, batched."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from . import __version__
+from .buffer import BoundedQueue, Request
+from .dsn import Dsn
+from .outcomes import Outcomes
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 30.0  # at most one periodic report per this many seconds (flush/shutdown add theirs)
+CLIENT = "sentry-lambda-extension/" + __version__
+
+
+def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
+    """A standalone envelope holding one client_report item, authenticated for ``key``."""
+    item_header = json.dumps({"type": "client_report", "length": len(payload)}, separators=(",", ":"))
+    body = b"{}\n" + item_header.encode("ascii") + b"\n" + payload + b"\n"
+    headers = {
+        "content-type": "application/x-sentry-envelope",
+        "x-sentry-auth": "Sentry sentry_key=%s, sentry_version=7, sentry_client=%s" % (key, CLIENT),
+        "user-agent": CLIENT,
+    }
+    return Request(upstream_path="/api/%s/envelope/" % dsn.project_id, headers=headers, body=body,
+                   public_key=key)
+
+
+class ReportScheduler:
+    """Turns pending outcomes into report envelopes: periodically (rate-limited) and on demand."""
+
+    def __init__(self, outcomes: Outcomes, queue: BoundedQueue, dsn: Dsn, stats: Optional[Stats] = None,
+                 interval_s: float = REPORT_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.outcomes = outcomes
+        self.queue = queue
+        self.dsn = dsn
+        self.stats = stats
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = clock()  # the first periodic report waits a full interval, batching early drops
+
+    def maybe_send(self) -> None:
+        """Queue reports if counts are pending and the last one went out ``interval_s`` ago (cheap when not)."""
+        if not self.outcomes.has_pending or self._clock() - self._last < self.interval_s:
+            return
+        with self._lock:
+            if self._clock() - self._last < self.interval_s:
+                return  # another thread just did it
+            self._last = self._clock()
+        self.send()
+
+    def send(self) -> bool:
+        """Queue every pending report now; False if the queue had no room (those counts stay pending)."""
+        self._last = self._clock()
+        for key in self.outcomes.pending_keys():
+            for _ in range(1000):  # each round takes counts out, so this ends long before
+                payload = self.outcomes.take_report(key)
+                if payload is None:
+                    break
+                if not self.queue.put(report_request(self.dsn, key, payload)):
+                    self.outcomes.restore(key, payload)
+                    log.debug("no room in the queue for a client report; kept for later")
+                    return False
+                if self.stats is not None:
+                    # Report envelopes are counted in "forwarded"/"dropped" like any request: say how many.
+                    self.stats.incr("client_reports")
+                log.debug("queued a client report for key %s… (%d bytes)", key[:4], len(payload))
+        return True

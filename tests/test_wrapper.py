@@ -1,0 +1,223 @@
+"""bin/sentry-lambda-wrapper: the DSN and NO_PROXY rewrite for the runtime process, under POSIX
+shells, and end to end as AWS_LAMBDA_EXEC_WRAPPER in the emulator with an unmodified sentry-sdk
+function that reads the real SENTRY_DSN."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from sentry_ext.dsn import Dsn, DsnError
+from tools.emulator import Emulator
+from tools.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
+LAUNCHER = ROOT / "bin" / "sentry-lambda-extension"
+SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
+KEY = "0123456789abcdef0123456789abcdef"
+
+# POSIX shells to run the wrapper under: dash is the strictest here; bash --posix is what
+# /bin/sh is on Amazon Linux (Lambda's base images).
+SHELLS = [s for s in (["dash"], ["bash", "--posix"]) if shutil.which(s[0])]
+DUMP_ENV = [sys.executable, "-I", "-S", "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_wrapper(env: Dict[str, str], shell: Optional[List[str]] = None,
+                cmd: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+    argv = (shell or []) + [str(WRAPPER)] + (cmd if cmd is not None else DUMP_ENV)
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    base.update(env)
+    return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=30)
+
+
+def wrapped_env(env: Dict[str, str], shell: Optional[List[str]] = None) -> Dict[str, str]:
+    proc = run_wrapper(env, shell)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def expected_local(real: str, port: int) -> str:
+    """The local DSN according to the extension's own DSN parser."""
+    dsn = Dsn.parse(real)
+    return "http://%s@127.0.0.1:%d/%s" % (dsn.public_key, port, dsn.project_id)
+
+
+VALID = [
+    "https://%s@o1.ingest.sentry.io/42" % KEY,
+    "https://%s@o1.ingest.us.sentry.io/4508000000000000" % KEY,
+    "http://%s@sentry.internal:9000/7" % KEY,
+    "https://%s:deprecatedsecret@sentry.example.com/1" % KEY,
+    "https://%s@sentry.example.com/sentry/prefix/42" % KEY,  # path prefix: the extension keeps it upstream
+    "https://%s@sentry.example.com/42/" % KEY,
+    "https://%s@[2001:db8::1]:8443/42" % KEY,
+    "https://%s@sentry.example.com/42?timeout=3#frag" % KEY,
+]
+
+MALFORMED = [
+    "",
+    "nonsense",
+    "o1.ingest.sentry.io/42",
+    "ftp://%s@host/42" % KEY,
+    "https://o1.ingest.sentry.io/42",  # no key
+    "https://%s@o1.ingest.sentry.io" % KEY,  # no project
+    "https://%s@o1.ingest.sentry.io/" % KEY,
+    "https://%s@o1.ingest.sentry.io/project" % KEY,  # project not numeric
+    "https://%s@/42" % KEY,  # no host
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+@pytest.mark.parametrize("real", VALID)
+def test_rewrites_a_valid_dsn_to_the_extension(shell: List[str], real: str) -> None:
+    env = wrapped_env({"SENTRY_DSN": real}, shell)
+    assert env["SENTRY_DSN"] == expected_local(real, 5333)
+    assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1"
+    assert not [k for k in env if k.startswith("_sle_")]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+@pytest.mark.parametrize("real", MALFORMED)
+def test_leaves_the_environment_alone_for_a_missing_or_malformed_dsn(shell: List[str], real: str) -> None:
+    given = {"SENTRY_DSN": real, "NO_PROXY": "corp.example"} if real else {"NO_PROXY": "corp.example"}
+    proc = run_wrapper(given, shell)
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)
+    assert env.get("SENTRY_DSN") == given.get("SENTRY_DSN")
+    assert env["NO_PROXY"] == "corp.example" and "no_proxy" not in env
+    if real:
+        assert "environment left unchanged" in proc.stderr
+        with pytest.raises(DsnError):  # the extension rejects it too, so it is inert: no rewrite
+            Dsn.parse(real)
+    else:
+        assert proc.stderr == ""
+
+
+def test_uses_sentry_ext_port_and_rejects_a_bad_one() -> None:
+    real = VALID[0]
+    assert wrapped_env({"SENTRY_DSN": real, "SENTRY_EXT_PORT": "6123"})["SENTRY_DSN"] == expected_local(real, 6123)
+    for bad in ("0", "65536", "123456", "53x", "-1"):
+        proc = run_wrapper({"SENTRY_DSN": real, "SENTRY_EXT_PORT": bad})
+        assert json.loads(proc.stdout)["SENTRY_DSN"] == real, bad
+        assert "SENTRY_EXT_PORT" in proc.stderr
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, "localhost,127.0.0.1"),
+    ({"NO_PROXY": ".corp.example"}, ".corp.example,localhost,127.0.0.1"),
+    ({"no_proxy": "a,b,"}, "a,b,localhost,127.0.0.1"),
+    ({"NO_PROXY": "127.0.0.1,localhost"}, "127.0.0.1,localhost"),
+    ({"no_proxy": "x", "NO_PROXY": "y"}, "x,y,localhost,127.0.0.1"),  # lowercase wins in Python: keep both
+    ({"no_proxy": "x", "NO_PROXY": "x"}, "x,localhost,127.0.0.1"),
+])
+def test_no_proxy_covers_loopback_in_both_spellings(given: Dict[str, str], expected: str) -> None:
+    env = wrapped_env(dict(given, SENTRY_DSN=VALID[0]))
+    assert env["NO_PROXY"] == env["no_proxy"] == expected
+
+
+def test_python_sees_loopback_as_bypassed_even_with_a_proxy() -> None:
+    code = ("import os, urllib.request; print(urllib.request.proxy_bypass_environment('127.0.0.1'),"
+            " urllib.request.getproxies().get('http'), os.environ['SENTRY_DSN'])")
+    proc = run_wrapper({"SENTRY_DSN": VALID[0], "HTTP_PROXY": "http://proxy.invalid:3128",
+                        "no_proxy": "corp.example"}, cmd=[sys.executable, "-I", "-c", code])
+    bypass, proxy, dsn = proc.stdout.split()
+    assert (bypass, proxy) == ("True", "http://proxy.invalid:3128")
+    assert dsn.startswith("http://%s@127.0.0.1:5333/" % KEY)
+
+
+def test_execs_the_runtime_with_its_arguments_and_exit_code() -> None:
+    proc = run_wrapper({"SENTRY_DSN": VALID[0]}, cmd=["sh", "-c", 'printf "%s|" "$@"; exit 7', "sh", "a b", "", "c*"])
+    assert proc.returncode == 7 and proc.stdout == "a b||c*|"
+    proc = run_wrapper({}, cmd=[])
+    assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_works_for_a_node_runtime() -> None:
+    proc = run_wrapper({"SENTRY_DSN": VALID[4]},
+                       cmd=["node", "-e", "process.stdout.write(process.env.SENTRY_DSN + ' ' + process.env.no_proxy)"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "%s localhost,127.0.0.1" % expected_local(VALID[4], 5333)
+
+
+def test_is_posix_sh_without_subshells() -> None:
+    text = WRAPPER.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert os.access(WRAPPER, os.X_OK)
+    code = [line.split("#", 1)[0] for line in text.splitlines() if not line.lstrip().startswith("#")]
+    for construct in ("$(", "`", "[[", "function ", "local ", "<<<", "${!", "source "):
+        assert not any(construct in line for line in code), construct
+    for shell in SHELLS:
+        assert subprocess.run(shell + ["-n", str(WRAPPER)]).returncode == 0
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+def make_opt(base: Path) -> Path:
+    """An /opt holding the source tree's extension: extensions/<launcher> and sentry_ext beside it."""
+    opt = base / "opt"
+    (opt / "extensions").mkdir(parents=True)
+    shutil.copy2(LAUNCHER, opt / "extensions" / LAUNCHER.name)
+    os.symlink(ROOT / "sentry_ext", opt / "sentry_ext")
+    return opt
+
+
+def run_function(tmp_path: Path, real_dsn: str, upstream: FakeUpstream, wrapper: Optional[str],
+                 runtime_env: Dict[str, str]) -> List[str]:
+    """Two invocations of the unmodified sample function; returns the event ids it captured."""
+    env = {
+        "SENTRY_DSN": real_dsn,  # the real DSN, for the extension and the function alike
+        "SENTRY_EXT_UPSTREAM": upstream.base_url,
+        "SENTRY_EXT_PORT": str(free_port()),
+        "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
+        "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
+        "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
+        "SENTRY_EXT_PYTHON": sys.executable,
+    }
+    ids: List[str] = []
+    with Emulator(make_opt(tmp_path), task_root=SAMPLE_FUNCTION, env=env, runtime_env=runtime_env,
+                  exec_wrapper=wrapper, function_name="wrapper-test") as emu:
+        emu.start()
+        for _ in range(2):
+            result = emu.invoke({"messages": 1})
+            assert result.status == "success", emu.output("runtime")
+            ids += json.loads(result.response or b"{}")["event_ids"]
+        emu.shutdown()
+    assert len(ids) == 4
+    return ids
+
+
+def test_exec_wrapper_routes_an_unmodified_function_through_the_extension(tmp_path: Path) -> None:
+    """The real DSN points at ``direct`` (which must see nothing); the extension forwards to
+    ``relayed``. HTTP_PROXY (runtime only) points at a closed port: the SDK reaches the extension
+    only because the wrapper put 127.0.0.1 in NO_PROXY."""
+    with FakeUpstream() as direct, FakeUpstream() as relayed:
+        dead_proxy = "http://127.0.0.1:%d" % free_port()
+        ids = run_function(tmp_path, direct.dsn(), relayed, str(WRAPPER), {"HTTP_PROXY": dead_proxy})
+        assert relayed.wait_for(lambda reqs: set(ids) <= set(relayed.event_ids()), timeout=10), relayed.event_ids()
+        assert direct.requests == []
+        assert all(r.auth.get("sentry_key") == KEY for r in relayed.requests)
+        assert all(r.path.startswith("/api/42/") for r in relayed.requests)
+
+
+def test_without_the_wrapper_the_same_function_bypasses_the_extension(tmp_path: Path) -> None:
+    """Control: the same set-up without AWS_LAMBDA_EXEC_WRAPPER sends straight to the real DSN."""
+    with FakeUpstream() as direct, FakeUpstream() as relayed:
+        ids = run_function(tmp_path, direct.dsn(), relayed, None, {})
+        assert direct.wait_for(lambda reqs: set(ids) <= set(direct.event_ids()), timeout=10)
+        assert relayed.requests == []

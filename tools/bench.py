@@ -1,0 +1,584 @@
+"""Benchmark suite: cold start, footprint, ingest, post-runtime time, CPU and delivery, beside
+Sentry's Node extension.
+
+    .venv/bin/python tools/bench.py [--peer node] [--runs N] [--quick] [--out FILE]
+
+Everything runs on this machine, on loopback: the extension is exec'd from an /opt-like
+directory exactly as Lambda execs it (``python -IS`` from the layer layout, the interpreter being
+``sys.executable``), against a stub Extensions API (cold start, footprint, ingest) or the local
+Lambda emulator with real freezes (``tools/emulator.py``: post-runtime time and delivery), and
+relays to the fake Sentry upstream (``tools/fake_upstream.py``). Each figure is a median over
+several runs; ratios are taken between contenders measured in the same run (alternating).
+
+Prints a Markdown table and writes JSON to ``bench-results/bench-<time>.json``. ``--quick`` is a
+smoke run (few runs, small bursts, 3 invocations) for tests; its numbers are not the published ones.
+``--peer node`` adds Sentry's Node extension (``@sentry/aws-serverless`` ``build/lambda-extension``,
+fetched once with ``npm pack`` into ``build/peer/``); without ``node`` or the package it says so
+and carries on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+if __package__ in (None, ""):  # run as a script: make ``tools`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.bench_support import (PEER_NAME, PEER_PORT, ExtApiStub, Launched, base_env, cpu_ms, find_peer,  # noqa: E402
+                                 machine, median, newest_layer_zip, opt_floor, opt_layer, opt_peer, percentile,
+                                 port_free, status_kib, wait_port)
+from tools.emulator import Emulator  # noqa: E402
+from tools.fake_upstream import FakeUpstream  # noqa: E402
+from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+
+MIB = 1024.0
+
+#: Every figure the JSON carries under "figures" (ours) and "peer" (Sentry's Node extension, where it applies).
+FIGURE_KEYS = (
+    "cold_start_ms", "cold_start_floor_ms", "cold_start_ratio", "cold_start_dev_ms", "register_ms",
+    "cpu_to_first_next_ms", "rss_after_init_mib", "rss_peak_burst_mib",
+    "ingest_p50_ms", "ingest_p99_ms", "ingest_throughput_per_s", "ingest_tunnel_p50_ms", "ingest_tunnel_p99_ms",
+    "ingest_tunnel_throughput_per_s", "cpu_per_envelope_ms",
+    "post_runtime_end_ms", "post_runtime_background_ms", "post_runtime_end_slow_upstream_ms",
+    "delivery_before_freeze_pct", "delivery_by_end_pct",
+)
+
+#: (figure key, comparison, bound) of each target in the issue.
+TARGETS: Dict[str, Tuple[str, float]] = {
+    "cold_start_ratio": ("<=", 1.5),
+    "rss_after_init_mib": ("<=", 20.0),
+    "rss_peak_burst_mib": ("<=", 32.0),
+    "ingest_p50_ms": ("<=", 0.5),
+    "ingest_p99_ms": ("<=", 3.0),
+    "ingest_throughput_per_s": (">=", 3000.0),
+    "post_runtime_end_ms": ("<=", 30.0),
+    "post_runtime_background_ms": ("<=", 2.0),
+    "post_runtime_end_slow_upstream_ms": ("<=", 150.0),
+    "cpu_per_envelope_ms": ("<=", 0.5),
+    "delivery_before_freeze_pct": (">=", 100.0),
+}
+
+
+class Settings:
+    """Sizes of one benchmark run (full or ``--quick``)."""
+
+    def __init__(self, quick: bool, runs: Optional[int]) -> None:
+        self.quick = quick
+        self.cold_runs = runs or (3 if quick else 15)
+        self.ingest_runs = max(1, (runs or 3) // 5) if runs else (1 if quick else 3)
+        self.threads = 4
+        self.posts_per_thread = 50 if quick else 500
+        self.invocations = 3 if quick else 20
+        self.freeze_s = 0.2
+        self.slow_upstream_s = 0.08
+        self.idle_close_s = 0.1
+
+
+class Contender:
+    """One extension under test: where its executable is and how to point it at an upstream."""
+
+    def __init__(self, key: str, label: str, opt: Path, exe: str, kind: str) -> None:
+        self.key = key
+        self.label = label
+        self.opt = opt
+        self.exe = exe
+        self.kind = kind  # "ours" | "floor" | "peer"
+
+    @property
+    def path(self) -> Path:
+        return self.opt / "extensions" / self.exe
+
+    def env(self, upstream_dsn: str, tmp: Path, **overrides: str) -> Tuple[Dict[str, str], Optional[int]]:
+        """(function environment, ingest port) for this contender."""
+        if self.kind == "ours":
+            env = function_env(upstream_dsn, tmp / "spool", **overrides)
+            return env, int(env["SENTRY_EXT_PORT"])
+        if self.kind == "peer":
+            return {"SENTRY_DSN": upstream_dsn}, PEER_PORT
+        return {}, None
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------------------- cold start
+
+
+def cold_start_once(contender: Contender, tmp: Path, upstream_dsn: str, exit_wait_s: float) -> Dict[str, Any]:
+    """Spawn → register → first ``/event/next``, CPU and RSS at that moment; then SHUTDOWN."""
+    env_extra, _ = contender.env(upstream_dsn, tmp)
+    with ExtApiStub() as stub:
+        env = base_env(stub.address)
+        env.update(env_extra)
+        proc = Launched(contender.path, env, tmp / ("%s.log" % contender.key),
+                        on_spawn=lambda pid: setattr(stub, "watch_pid", pid))
+        try:
+            ok = stub.wait_first_next(10.0)
+            row: Dict[str, Any] = {"ok": ok}
+            if ok:
+                assert stub.first_next_t is not None
+                row.update(next_ms=(stub.first_next_t - proc.spawn_t) * 1000.0,
+                           register_ms=((stub.register_t or stub.first_next_t) - proc.spawn_t) * 1000.0,
+                           cpu_ms=stub.first_next_cpu_ms,
+                           rss_mib=(stub.first_next_rss_kib or 0) / MIB)
+            stub.push_shutdown()
+            code = proc.wait_exit(exit_wait_s)
+            row["exited"] = code is not None
+            if not ok:
+                row["log"] = proc.output()[-2000:]
+        finally:
+            proc.kill()
+    return row
+
+
+def bench_cold_start(contenders: List[Contender], runs: int, tmp: Path, upstream_dsn: str) -> Dict[str, Any]:
+    """``runs`` rounds, contenders alternating within each round; medians per contender."""
+    rows: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}
+    for index in range(runs):
+        order = contenders if index % 2 == 0 else list(reversed(contenders))
+        for contender in order:
+            exit_wait = 0.2 if contender.kind == "peer" else 3.0  # the Node extension never exits on SHUTDOWN
+            rows[contender.key].append(cold_start_once(contender, tmp, upstream_dsn, exit_wait))
+    out: Dict[str, Any] = {}
+    for contender in contenders:
+        got = [r for r in rows[contender.key] if r["ok"]]
+        out[contender.key] = {
+            "runs": len(rows[contender.key]),
+            "failed": len(rows[contender.key]) - len(got),
+            "next_ms": median([r["next_ms"] for r in got]),
+            "next_ms_min": min([r["next_ms"] for r in got], default=None),
+            "register_ms": median([r["register_ms"] for r in got]),
+            "cpu_ms": median([r["cpu_ms"] for r in got if r.get("cpu_ms") is not None]),
+            "rss_mib": median([r["rss_mib"] for r in got]),
+            "exits_on_shutdown": all(r["exited"] for r in rows[contender.key]),
+            "samples_next_ms": [round(r["next_ms"], 2) for r in got],
+        }
+        if not got and rows[contender.key]:
+            out[contender.key]["log"] = rows[contender.key][-1].get("log", "")
+    return out
+
+
+# ------------------------------------------------------------------ footprint, ingest, CPU
+
+
+def _ours_ready(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return True
+        except OSError:
+            time.sleep(0.005)
+        finally:
+            conn.close()
+    return False
+
+
+def ingest_once(contender: Contender, tmp: Path, kind: str, settings: Settings) -> Dict[str, Any]:
+    """Launch, wait until it serves, RSS; then threads × posts over keep-alive; CPU and peak RSS."""
+    with FakeUpstream() as upstream, ExtApiStub() as stub:
+        env_extra, port = contender.env(upstream.dsn(), tmp)
+        assert port is not None
+        env = base_env(stub.address)
+        env.update(env_extra)
+        proc = Launched(contender.path, env, tmp / ("%s-ingest.log" % contender.key),
+                        on_spawn=lambda pid: setattr(stub, "watch_pid", pid))
+        try:
+            if not stub.wait_first_next(10.0):
+                return {"ok": False, "why": "no first /event/next", "log": proc.output()[-2000:]}
+            ready = _ours_ready(port, 10.0) if contender.kind == "ours" else wait_port(port, 10.0)
+            if not ready:
+                return {"ok": False, "why": "ingest port %d never served" % port, "log": proc.output()[-2000:]}
+            rss_init = status_kib(proc.pid, "VmRSS") or 0
+            cpu0 = cpu_ms(proc.pid) or 0.0
+            before = len(upstream.requests)
+            load = subprocess.run(
+                [sys.executable, "-m", "tools.bench_load", "--port", str(port), "--kind", kind,
+                 "--dsn", upstream.dsn(), "--threads", str(settings.threads),
+                 "--posts", str(settings.posts_per_thread)],
+                cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+            if load.returncode != 0:
+                return {"ok": False, "why": "load client failed: %s" % load.stderr[-500:]}
+            result = json.loads(load.stdout)
+            accepted = int(result["statuses"].get("200", 0))
+            delivered_all = upstream.wait_for(lambda reqs: len(reqs) - before >= accepted, timeout=60.0)
+            cpu1 = cpu_ms(proc.pid) or 0.0
+            hwm = status_kib(proc.pid, "VmHWM") or 0
+            delivered = len(upstream.requests) - before
+            stub.push_shutdown()
+            proc.wait_exit(0.2 if contender.kind == "peer" else 3.0)
+        finally:
+            proc.kill()
+    lat = result["latencies_ms"]
+    return {
+        "ok": True,
+        "posts": result["posts"],
+        "statuses": result["statuses"],
+        "client_errors": result["errors"],
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat) if lat else None,
+        "throughput_per_s": len(lat) / result["wall_s"] if result["wall_s"] > 0 else None,
+        "rss_after_init_mib": rss_init / MIB,
+        "rss_peak_mib": hwm / MIB,
+        "accepted": accepted,
+        "delivered": delivered,
+        "delivered_all": delivered_all,
+        "cpu_per_envelope_ms": (cpu1 - cpu0) / accepted if accepted else None,
+    }
+
+
+def bench_ingest(contender: Contender, tmp: Path, kind: str, settings: Settings) -> Dict[str, Any]:
+    runs = [ingest_once(contender, tmp, kind, settings) for _ in range(settings.ingest_runs)]
+    good = [r for r in runs if r.get("ok")]
+    out: Dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(good), "kind": kind}
+    for key in ("p50_ms", "p99_ms", "max_ms", "throughput_per_s", "rss_after_init_mib", "rss_peak_mib",
+                "cpu_per_envelope_ms"):
+        out[key] = median([r[key] for r in good if r.get(key) is not None])
+    out["posts"] = sum(r["posts"] for r in good)
+    out["accepted"] = sum(r["accepted"] for r in good)
+    out["delivered"] = sum(r["delivered"] for r in good)
+    statuses: Dict[str, int] = {}
+    for r in good:
+        for code, count in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + count
+    out["statuses"] = statuses
+    if len(good) < len(runs):
+        out["errors"] = [{k: r.get(k) for k in ("why", "log")} for r in runs if not r.get("ok")]
+    return out
+
+
+# -------------------------------------------------------------- emulated invocations
+
+
+def bench_emulated(contender: Contender, tmp: Path, settings: Settings, handler: str, payload: Dict[str, Any],
+                   mode: str = "end", delay_s: float = 0.0, idle_close_s: Optional[float] = None) -> Dict[str, Any]:
+    """``invocations`` invocations with freezes in the emulator; post-runtime time and delivery per freeze."""
+    tunnel = handler.startswith("tunnel_app")
+    with FakeUpstream(delay_s=delay_s, idle_close_s=idle_close_s) as upstream:
+        env, port = contender.env(upstream.dsn(), tmp, SENTRY_EXT_FLUSH=mode) if contender.kind == "ours" \
+            else contender.env(upstream.dsn(), tmp)
+        if tunnel:
+            runtime_env = {"SENTRY_TUNNEL_URL": "http://127.0.0.1:%d/envelope" % port, "SENTRY_DSN": upstream.dsn()}
+        else:
+            runtime_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), str(port))}
+        results = []
+        with Emulator(contender.opt, task_root=SAMPLE_FUNCTION, handler=handler, env=env, runtime_env=runtime_env,
+                      function_name="bench-function") as emu:
+            emu.start()
+            for _ in range(settings.invocations):
+                results.append(emu.invoke(payload))
+                emu.wait_frozen_for(settings.freeze_s)
+            shutdown = emu.shutdown()
+            ext_name = contender.exe
+            log_tail = emu.output(ext_name)[-3000:]
+        records = upstream.requests
+    # Attribute each upstream envelope to its invocation by the request id inside it.
+    invocations = []
+    seen = set()
+    for result in results:
+        body = json.loads(result.response or b"{}") if result.status == "success" else {}
+        sent = int(body.get("envelopes", 0)) if tunnel else len(body.get("event_ids", [])) + 1  # + the transaction
+        marker = result.request_id.encode()
+        before = by_end = 0
+        for rec in records:
+            if marker not in rec.body or rec.envelope is None:
+                continue
+            key = (rec.envelope.event_id, result.request_id)
+            if key in seen:
+                continue
+            seen.add(key)
+            by_end += 1
+            if result.freeze_t is not None and rec.t <= result.freeze_t:
+                before += 1
+        invocations.append({"status": result.status, "post_runtime_ms": result.post_runtime_ms, "sent": sent,
+                            "delivered_before_freeze": before, "delivered_by_end": by_end})
+    sent = sum(i["sent"] for i in invocations)
+    before = sum(i["delivered_before_freeze"] for i in invocations)
+    by_end = sum(i["delivered_by_end"] for i in invocations)
+    post = [i["post_runtime_ms"] for i in invocations if i["post_runtime_ms"] is not None]
+    return {
+        "contender": contender.key, "handler": handler, "payload": payload, "mode": mode if contender.kind == "ours" else None,
+        "upstream_delay_ms": delay_s * 1000.0, "upstream_idle_close_s": idle_close_s,
+        "invocations": len(invocations), "failed": sum(1 for i in invocations if i["status"] != "success"),
+        "post_runtime_median_ms": median(post), "post_runtime_max_ms": max(post) if post else None,
+        "sent": sent, "delivered_before_freeze": before, "delivered_by_end": by_end,
+        "before_freeze_pct": 100.0 * before / sent if sent else None,
+        "by_end_pct": 100.0 * by_end / sent if sent else None,
+        "per_freeze_before": [i["delivered_before_freeze"] for i in invocations],
+        "per_invocation_sent": [i["sent"] for i in invocations],
+        "shutdown_exit": shutdown.exit_codes.get(contender.exe), "shutdown_killed": contender.exe in shutdown.killed,
+        "log_tail": log_tail if any(i["status"] != "success" for i in invocations) else "",
+    }
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "–" if value is None else ("%.*f" % (digits, value))
+
+
+def _met(key: str, value: Optional[float]) -> Optional[bool]:
+    if key not in TARGETS or value is None:
+        return None
+    op, bound = TARGETS[key]
+    return value <= bound if op == "<=" else value >= bound
+
+
+def build_report(data: Dict[str, Any]) -> str:
+    """The Markdown tables for the terminal and the README."""
+    fig, peer = data["figures"], data.get("peer") or {}
+    cold = data["details"]["cold_start"]
+    floor_ms = fig.get("cold_start_floor_ms")
+
+    def ratio(value: Optional[float]) -> str:
+        return "" if value is None or not floor_ms else " (%.2f× floor)" % (value / floor_ms)
+
+    def mark(key: str) -> str:
+        met = _met(key, fig.get(key))
+        return "" if met is None else ("✅" if met else "❌ missed")
+
+    peer_on = bool(peer) and not data.get("peer_skipped")
+    lines = [
+        "| figure | ours | %s | target | |" % ("Sentry Node extension" if peer_on else "Node extension (skipped)"),
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label: str, ours: str, theirs: str, target: str, key: str) -> None:
+        lines.append("| %s | %s | %s | %s | %s |" % (label, ours, theirs if peer_on else "–", target, mark(key)))
+
+    row("cold start: spawn → first `/event/next`, ms (median)",
+        "%s%s" % (_fmt(fig.get("cold_start_ms")), ratio(fig.get("cold_start_ms"))),
+        "%s%s" % (_fmt(peer.get("cold_start_ms")), ratio(peer.get("cold_start_ms"))),
+        "≤ 1.5× floor (floor: %s ms)" % _fmt(floor_ms), "cold_start_ratio")
+    row("… spawn → `register`, ms", _fmt(fig.get("register_ms")), _fmt(peer.get("register_ms")), "", "")
+    if fig.get("cold_start_dev_ms") is not None:
+        row("… from the source tree (`bin/` launcher symlinked, `python -I`), ms",
+            "%s%s" % (_fmt(fig.get("cold_start_dev_ms")), ratio(fig.get("cold_start_dev_ms"))), "–", "", "")
+    row("CPU used until the first `/event/next`, ms", _fmt(fig.get("cpu_to_first_next_ms")),
+        _fmt(peer.get("cpu_to_first_next_ms")), "report (floor: %s ms)" % _fmt(cold.get("floor", {}).get("cpu_ms")), "")
+    row("RSS after init, MiB", _fmt(fig.get("rss_after_init_mib")), _fmt(peer.get("rss_after_init_mib")),
+        "≤ 20", "rss_after_init_mib")
+    row("RSS peak, %d-envelope burst, MiB" % data["settings"]["burst"], _fmt(fig.get("rss_peak_burst_mib")),
+        _fmt(peer.get("rss_peak_burst_mib")), "≤ 32", "rss_peak_burst_mib")
+    row("ingest latency p50, ms (SDK route; peer: tunnel)", _fmt(fig.get("ingest_p50_ms"), 2),
+        _fmt(peer.get("ingest_p50_ms"), 2), "≤ 0.5", "ingest_p50_ms")
+    row("ingest latency p99, ms", _fmt(fig.get("ingest_p99_ms"), 2), _fmt(peer.get("ingest_p99_ms"), 2),
+        "≤ 3", "ingest_p99_ms")
+    row("ingest throughput, posts/s", _fmt(fig.get("ingest_throughput_per_s"), 0),
+        _fmt(peer.get("ingest_throughput_per_s"), 0), "≥ 3,000", "ingest_throughput_per_s")
+    row("ingest via the `/envelope` tunnel: p50 / p99 ms, posts/s",
+        "%s / %s, %s" % (_fmt(fig.get("ingest_tunnel_p50_ms"), 2), _fmt(fig.get("ingest_tunnel_p99_ms"), 2),
+                         _fmt(fig.get("ingest_tunnel_throughput_per_s"), 0)),
+        "%s / %s, %s" % (_fmt(peer.get("ingest_tunnel_p50_ms"), 2), _fmt(peer.get("ingest_tunnel_p99_ms"), 2),
+                         _fmt(peer.get("ingest_tunnel_throughput_per_s"), 0)), "", "")
+    row("CPU per envelope, ingest + forward (1 KiB event), ms", _fmt(fig.get("cpu_per_envelope_ms"), 3),
+        _fmt(peer.get("cpu_per_envelope_ms"), 3), "≤ 0.5", "cpu_per_envelope_ms")
+    row("post-runtime time per invocation, `end`, ms (median)", _fmt(fig.get("post_runtime_end_ms")),
+        "–", "≤ 30", "post_runtime_end_ms")
+    row("post-runtime time, `background`, ms (median)", _fmt(fig.get("post_runtime_background_ms")),
+        "–", "≤ 2", "post_runtime_background_ms")
+    row("post-runtime time, `end`, upstream 80 ms, 3 envelopes, ms", _fmt(fig.get("post_runtime_end_slow_upstream_ms")),
+        "–", "≤ 150", "post_runtime_end_slow_upstream_ms")
+    row("delivered before the freeze (`end`, %d frozen invocations × 2 scenarios)" % data["settings"]["invocations"],
+        _fmt(fig.get("delivery_before_freeze_pct")) + " %", "–", "100 %", "delivery_before_freeze_pct")
+    row("delivered by the end (every scenario)", _fmt(fig.get("delivery_by_end_pct")) + " %", "–", "", "")
+
+    out = ["\n".join(lines)]
+    side = data["details"].get("side_by_side") or []
+    if side:
+        sl = ["| tunnel handler, 3 envelopes/invocation | extension | post-runtime ms (median / max) "
+              "| delivered before each freeze | by the end |", "|---|---|---|---|---|"]
+        for item in side:
+            label = "upstream %d ms%s" % (item["upstream_delay_ms"],
+                                          ", idle sockets closed after %.1f s" % item["upstream_idle_close_s"]
+                                          if item["upstream_idle_close_s"] else "")
+            sl.append("| %s | %s | %s / %s | %d/%d (%s %%) %s | %d/%d (%s %%) |" % (
+                label, item["label"], _fmt(item["post_runtime_median_ms"]), _fmt(item["post_runtime_max_ms"]),
+                item["delivered_before_freeze"], item["sent"], _fmt(item["before_freeze_pct"], 0),
+                "" if not item.get("per_freeze_before") else "[%s]" % " ".join(map(str, item["per_freeze_before"])),
+                item["delivered_by_end"], item["sent"], _fmt(item["by_end_pct"], 0)))
+        out.append("\n".join(sl))
+    if data.get("peer_skipped"):
+        out.append("Node extension: skipped (%s)." % data["peer_skipped"])
+    return "\n\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
+    parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
+    parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
+    parser.add_argument("--offline", action="store_true", help="never run npm; use build/peer/ if it is there")
+    parser.add_argument("--layer", type=Path, default=None,
+                        help="layer zip to measure (default: newest dist/sentry-lambda-extension-*.zip, "
+                             "else a layer layout assembled from this tree)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/bench-<time>.json)")
+    opts = parser.parse_args(argv)
+    settings = Settings(opts.quick, opts.runs)
+    started = time.monotonic()
+    python = sys.executable
+
+    with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        layer_zip = opts.layer or newest_layer_zip()
+        opt, layer_origin = opt_layer(tmp / "layer", layer_zip)
+        ours = Contender("ours", "ours (layer, python -IS)", opt, EXTENSION_NAME, "ours")
+        dev = Contender("ours_dev", "ours (source tree, python -I)", make_opt(tmp / "dev"), EXTENSION_NAME, "ours")
+        floor = Contender("floor", "floor (tools/floor_extension.py, python -IS)", opt_floor(tmp / "floor", python),
+                          "floor-extension", "floor")
+        peer: Optional[Contender] = None
+        peer_skipped: Optional[str] = None
+        peer_note = ""
+        if opts.peer == "node":
+            ext_dir, peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
+            if ext_dir is None:
+                peer_skipped = peer_note
+            elif not port_free(PEER_PORT):
+                peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
+            else:
+                peer = Contender("peer", "Sentry Node extension", opt_peer(tmp / "peer", ext_dir), PEER_NAME, "peer")
+        else:
+            peer_skipped = "not requested (use --peer node)"
+        if peer_skipped and opts.peer == "node":
+            say("SKIPPING the Node extension peer: %s" % peer_skipped)
+        say("layer: %s; interpreter: %s" % (layer_origin, python))
+
+        details: Dict[str, Any] = {}
+        with FakeUpstream() as upstream:
+            say("cold start: %d alternating rounds ..." % settings.cold_runs)
+            cold_set = [floor, ours, dev] + ([peer] if peer else [])
+            details["cold_start"] = bench_cold_start(cold_set, settings.cold_runs, tmp, upstream.dsn())
+
+        say("footprint and ingest: %d × %d posts, %d run(s) each ..."
+            % (settings.threads, settings.posts_per_thread, settings.ingest_runs))
+        details["ingest_sdk"] = bench_ingest(ours, tmp, "sdk", settings)
+        details["ingest_tunnel"] = bench_ingest(ours, tmp, "tunnel", settings)
+        if peer:
+            details["peer_ingest_tunnel"] = bench_ingest(peer, tmp, "tunnel", settings)
+
+        say("post-runtime time and delivery: %d invocations, %.1f s freezes ..." % (settings.invocations, settings.freeze_s))
+        emulated: Dict[str, Any] = {}
+        emulated["end"] = bench_emulated(ours, tmp, settings, "app.handler", {}, "end")
+        emulated["background"] = bench_emulated(ours, tmp, settings, "app.handler", {}, "background")
+        emulated["end_slow"] = bench_emulated(ours, tmp, settings, "app.handler", {"messages": 1}, "end",
+                                              settings.slow_upstream_s)
+        details["emulated"] = emulated
+
+        say("side by side, tunnel handler ...")
+        side: List[Dict[str, Any]] = []
+        variants = [(settings.slow_upstream_s, settings.idle_close_s)] if settings.quick else \
+            [(0.0, None), (settings.slow_upstream_s, None), (settings.slow_upstream_s, settings.idle_close_s)]
+        for delay_s, idle in variants:
+            runs: List[Tuple[Contender, str, str]] = [(ours, "end", "ours, `end`"), (ours, "background", "ours, `background`")]
+            if peer:
+                runs.append((peer, "", "Sentry Node extension"))
+            for contender, mode, label in runs:
+                item = bench_emulated(contender, tmp, settings, "tunnel_app.handler", {"envelopes": 3},
+                                      mode or "end", delay_s, idle)
+                item["label"] = label
+                side.append(item)
+        details["side_by_side"] = side
+
+    cold = details["cold_start"]
+    sdk, tun = details["ingest_sdk"], details["ingest_tunnel"]
+    end_runs = [emulated["end"], emulated["end_slow"]]
+    all_runs = [emulated["end"], emulated["background"], emulated["end_slow"]]
+    figures = {
+        "cold_start_ms": cold["ours"]["next_ms"],
+        "cold_start_floor_ms": cold["floor"]["next_ms"],
+        "cold_start_ratio": (cold["ours"]["next_ms"] / cold["floor"]["next_ms"]
+                             if cold["ours"]["next_ms"] and cold["floor"]["next_ms"] else None),
+        "cold_start_dev_ms": cold["ours_dev"]["next_ms"],
+        "register_ms": cold["ours"]["register_ms"],
+        "cpu_to_first_next_ms": cold["ours"]["cpu_ms"],
+        "rss_after_init_mib": sdk["rss_after_init_mib"],
+        "rss_peak_burst_mib": sdk["rss_peak_mib"],
+        "ingest_p50_ms": sdk["p50_ms"],
+        "ingest_p99_ms": sdk["p99_ms"],
+        "ingest_throughput_per_s": sdk["throughput_per_s"],
+        "ingest_tunnel_p50_ms": tun["p50_ms"],
+        "ingest_tunnel_p99_ms": tun["p99_ms"],
+        "ingest_tunnel_throughput_per_s": tun["throughput_per_s"],
+        "cpu_per_envelope_ms": sdk["cpu_per_envelope_ms"],
+        "post_runtime_end_ms": emulated["end"]["post_runtime_median_ms"],
+        "post_runtime_background_ms": emulated["background"]["post_runtime_median_ms"],
+        "post_runtime_end_slow_upstream_ms": emulated["end_slow"]["post_runtime_median_ms"],
+        "delivery_before_freeze_pct": _pct(sum(r["delivered_before_freeze"] for r in end_runs), sum(r["sent"] for r in end_runs)),
+        "delivery_by_end_pct": _pct(sum(r["delivered_by_end"] for r in all_runs), sum(r["sent"] for r in all_runs)),
+    }
+    peer_figures: Dict[str, Any] = {}
+    if peer:
+        pc = cold["peer"]
+        pi = details["peer_ingest_tunnel"]
+        peer_side = [s for s in side if s["contender"] == "peer"]
+        peer_figures = {key: None for key in FIGURE_KEYS}
+        peer_figures.update({
+            "cold_start_ms": pc["next_ms"],
+            "cold_start_floor_ms": cold["floor"]["next_ms"],
+            "cold_start_ratio": pc["next_ms"] / cold["floor"]["next_ms"] if pc["next_ms"] and cold["floor"]["next_ms"] else None,
+            "register_ms": pc["register_ms"],
+            "cpu_to_first_next_ms": pc["cpu_ms"],
+            "rss_after_init_mib": pi["rss_after_init_mib"],
+            "rss_peak_burst_mib": pi["rss_peak_mib"],
+            "ingest_p50_ms": pi["p50_ms"], "ingest_p99_ms": pi["p99_ms"], "ingest_throughput_per_s": pi["throughput_per_s"],
+            "ingest_tunnel_p50_ms": pi["p50_ms"], "ingest_tunnel_p99_ms": pi["p99_ms"],
+            "ingest_tunnel_throughput_per_s": pi["throughput_per_s"],
+            "cpu_per_envelope_ms": pi["cpu_per_envelope_ms"],
+            "delivery_before_freeze_pct": _pct(sum(s["delivered_before_freeze"] for s in peer_side), sum(s["sent"] for s in peer_side)),
+            "delivery_by_end_pct": _pct(sum(s["delivered_by_end"] for s in peer_side), sum(s["sent"] for s in peer_side)),
+        })
+    data: Dict[str, Any] = {
+        "command": " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python,
+                             "tools/bench.py"] + list(argv if argv is not None else sys.argv[1:])),
+        "machine": machine(),
+        "quick": settings.quick,
+        "settings": {"cold_runs": settings.cold_runs, "ingest_runs": settings.ingest_runs,
+                     "burst": settings.threads * settings.posts_per_thread, "threads": settings.threads,
+                     "invocations": settings.invocations, "freeze_s": settings.freeze_s},
+        "layer": layer_origin,
+        "peer_note": peer_note,
+        "peer_skipped": peer_skipped,
+        "figures": figures,
+        "peer": peer_figures,
+        "targets": {key: {"target": "%s %s" % TARGETS[key], "value": figures.get(key), "met": _met(key, figures.get(key))}
+                    for key in TARGETS},
+        "details": details,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    report = build_report(data)
+    out = opts.out or ROOT / "bench-results" / ("bench-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"), "-quick" if opts.quick else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=str))
+    m = data["machine"]
+    print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s. Layer: %s.%s\nCommand: `%s` (%.0f s)\n"
+          % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], layer_origin,
+             (" Peer: %s." % peer_note) if peer else "", data["command"], data["elapsed_s"]))
+    missed = [key for key, t in data["targets"].items() if t["met"] is False]
+    print("targets missed: %s" % (", ".join(missed) or "none"))
+    print("JSON: %s" % out)
+    return 0
+
+
+def _pct(part: int, whole: int) -> Optional[float]:
+    return 100.0 * part / whole if whole else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
