@@ -7,6 +7,7 @@ import json
 import os
 import re
 import struct
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -147,13 +148,40 @@ def test_every_module_imports_from_the_layer_alone(minor: str, built: BuildResul
         assert "code object from '%s/urllib3/__pycache__/__init__.%s.pyc'" % (lib, interp.cache_tag) in proc.stderr
 
 
-def test_launcher_without_python_exits_with_a_clear_message(opt: Path) -> None:
+def test_launcher_without_python_or_bash_exits_with_a_clear_message(opt: Path) -> None:
     if os.path.exists("/var/lang/bin/python3"):
         pytest.skip("/var/lang/bin/python3 exists here")
     proc = subprocess.run([str(opt / EXT)], env={"PATH": "/nonexistent"}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 1
     assert "no python3 found" in proc.stderr and "SENTRY_EXT_PYTHON" in proc.stderr
+
+
+def test_without_python_the_bash_stand_in_keeps_the_function_healthy(opt: Path, tmp_path: Path) -> None:
+    """A Node-like runtime: bash and coreutils on PATH, no python3. The launcher runs the inert
+    stand-in, which registers for SHUTDOWN only and exits 0 at SHUTDOWN."""
+    if os.path.exists("/var/lang/bin/python3"):
+        pytest.skip("/var/lang/bin/python3 exists here")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("bash", "cat"):
+        found = shutil.which(tool)
+        assert found, tool
+        os.symlink(found, bindir / tool)
+    env = {"PATH": str(bindir), "SENTRY_DSN": "https://k@o1.ingest.sentry.io/1"}
+    with Emulator(opt, task_root=SAMPLE_FUNCTION, env=env, runtime_env={"SENTRY_DSN": ""},
+                  function_name="no-python") as emu:
+        emu.start()
+        registration = emu.registrations[0]
+        assert registration["events"] == ["SHUTDOWN"]
+        for _ in range(2):
+            result = emu.invoke({"capture": False})
+            assert result.status == "success"
+            assert result.post_runtime_ms is not None and result.post_runtime_ms < 50
+        shutdown = emu.shutdown()
+        log = emu.output("sentry-lambda-extension")
+    assert shutdown.exit_codes == {"sentry-lambda-extension": 0} and not shutdown.killed, log
+    assert log.count("inert: no python3 on this runtime") == 1, log
 
 
 def files_under(path: Path) -> List[str]:

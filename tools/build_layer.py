@@ -6,6 +6,7 @@ Layout inside the zip (Lambda unpacks layers into ``/opt``)::
     sentry-lambda-extension/sentry_ext/                the extension
     sentry-lambda-extension/urllib3/, certifi/         vendored, pinned below, pure Python
     sentry-lambda-extension/bin/sentry-lambda-wrapper  for AWS_LAMBDA_EXEC_WRAPPER (sh, 0755)
+    sentry-lambda-extension/bin/sentry-lambda-inert    bash stand-in used when there is no Python (0755)
     sentry-lambda-extension/LICENSES/                  licences of the vendored packages
     sentry-lambda-extension/BUILD-INFO.json            versions, wheel hashes, bytecode tags
     .../__pycache__/<module>.cpython-3XX.pyc           bytecode for each Lambda Python found
@@ -59,6 +60,7 @@ LIB = NAME  # top-level directory of the layer holding the code: /opt/sentry-lam
 OPT = "/opt"
 LAUNCHER = ROOT / "bin" / NAME
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
+INERT = ROOT / "bin" / "sentry-lambda-inert"  # bash stand-in the launcher runs when there is no Python
 PACKAGE = ROOT / "sentry_ext"
 DEFAULT_OUT = ROOT / "dist"
 DEFAULT_WHEELS = ROOT / "build" / "wheels"
@@ -195,10 +197,11 @@ def _check_pure(name: str, data: bytes) -> None:
 
 
 def own_entries() -> List[Entry]:
-    """The launcher, the wrapper and every ``.py`` file of ``sentry_ext``."""
+    """The launcher, the wrapper, the inert stand-in and every ``.py`` file of ``sentry_ext``."""
     entries = [
         Entry("extensions/" + NAME, LAUNCHER.read_bytes(), 0o755),
         Entry(LIB + "/bin/" + WRAPPER.name, WRAPPER.read_bytes(), 0o755),
+        Entry(LIB + "/bin/" + INERT.name, INERT.read_bytes(), 0o755),
     ]
     for path in sorted(PACKAGE.rglob("*.py")):
         if "__pycache__" in path.parts:
