@@ -150,6 +150,10 @@ class Extension:
                                                                 "flush=" + self.mode))
         except Exception:
             log.exception("inert: the pipeline failed to start")
+            # Close the held ports so SDK posts fail fast instead of waiting in the backlog.
+            for sock in (ingest_sock, telemetry_sock):
+                if sock is not None:
+                    sock.close()
         finally:
             self.ready.set()
 
