@@ -72,6 +72,9 @@ class IngestServer(ThreadingHTTPServer):
         # Told about each request the ingest side gives up (reason "queue_overflow"), for client reports.
         self.on_drop: Optional[Callable[[Request, str], None]] = None
         self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        # Bodies being read count too: 64 connections x a 4 MiB cap must not mean 256 MiB.
+        self._reading_bytes = 0
+        self._reading_lock = threading.Lock()
         self._waiting: Dict[socket.socket, float] = {}  # connection -> since when it waits on its client
         self._waiting_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -105,6 +108,19 @@ class IngestServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def reserve(self, nbytes: int) -> bool:
+        """Reserve memory for a body about to be read; False when bodies in reading would exceed
+        the queue's byte cap (the request is then refused like a full queue)."""
+        with self._reading_lock:
+            if self._reading_bytes + nbytes > self.cfg.queue_max_bytes:
+                return False
+            self._reading_bytes += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._reading_lock:
+            self._reading_bytes -= nbytes
 
     def client_wait(self, conn: socket.socket, waiting: bool) -> None:
         """Mark ``conn`` as waiting on its client (from now) or as busy with a complete request."""
@@ -198,7 +214,17 @@ class IngestHandler(BaseHTTPRequestHandler):
         else:
             self._fail(BadRequest(404, "unknown route; this is the Sentry Lambda extension"))
 
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized body before the client sends it, not after.
+        raw = (self.headers.get("Content-Length") or "").strip()
+        cap = self.server.cfg.max_body_bytes
+        if raw.isdigit() and int(raw) > cap:
+            self._fail(BadRequest(413, "body of %s bytes exceeds the %d-byte cap" % (raw, cap), close=True))
+            return False
+        return super().handle_expect_100()
+
     def do_POST(self) -> None:
+        self._reserved = 0
         try:
             self._post()
         except BadRequest as exc:
@@ -208,6 +234,9 @@ class IngestHandler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("ingest handler error (survived)")
             self._reply(500, {"detail": "internal error in the extension"}, close=True)
+        finally:
+            if self._reserved:
+                self.server.release(self._reserved)
 
     def do_PUT(self) -> None:
         self._method_not_allowed()
@@ -316,10 +345,17 @@ class IngestHandler(BaseHTTPRequestHandler):
         if length > cap:
             # Answer without reading the body; the connection cannot be reused after that.
             raise BadRequest(413, "body of %d bytes exceeds the %d-byte cap" % (length, cap), close=True)
+        self._reserve(length)
         body = self.rfile.read(length)
         if len(body) != length:
             raise ConnectionError("client sent %d of %d bytes" % (len(body), length))
         return body
+
+    def _reserve(self, nbytes: int) -> None:
+        if not self.server.reserve(nbytes):
+            raise BadRequest(429, "extension queue is full; back off briefly", close=True,
+                             headers=QUEUE_FULL_HEADERS)
+        self._reserved += nbytes
 
     def _read_chunked(self, cap: int) -> bytes:
         parts: List[bytes] = []
@@ -343,6 +379,8 @@ class IngestHandler(BaseHTTPRequestHandler):
                         return b"".join(parts)
                 raise BadRequest(400, "too many trailer lines", close=True)
             total += size
+            if total <= cap:
+                self._reserve(size)
             if total > cap:
                 raise BadRequest(413, "chunked body exceeds the %d-byte cap" % cap, close=True)
             chunk = self.rfile.read(size)

@@ -176,3 +176,33 @@ def test_queue_overflow_asks_for_a_brief_backoff(upstream: FakeUpstream) -> None
         assert len([r for r in upstream.requests if "client_report" not in r.item_types]) == 2
     finally:
         stop(p)
+
+
+def test_expect_100_continue_refuses_an_oversized_body_before_it_is_sent(pipe: Pipeline) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(pipe)), timeout=5) as sock:
+        sock.sendall(b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+
+
+def test_bodies_being_read_count_against_the_memory_cap(upstream: FakeUpstream) -> None:
+    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_QUEUE_MAX_BYTES="65536",
+                      SENTRY_EXT_MAX_BODY_BYTES="65536")
+    try:
+        body = envelope(payload=b'"' + b"x" * 59000 + b'"')
+        head = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
+                b"Content-Length: %d\r\n\r\n" % (KEY.encode(), len(body)))
+        with socket.create_connection(("127.0.0.1", port_of(p)), timeout=5) as slow:
+            slow.sendall(head + body[:100])  # holds a ~59 KB reservation while it trickles
+            assert wait_until(lambda: p.server._reading_bytes >= len(body), 5)
+            status, headers, _ = post(port_of(p), "/api/42/envelope/", envelope(payload=b'"' + b"y" * 9000 + b'"'),
+                                      auth())
+            assert status == 429 and headers["x-sentry-rate-limits"].startswith("1::")
+            slow.sendall(body[100:])
+            assert slow.recv(65536).startswith(b"HTTP/1.1 200")
+        assert wait_until(lambda: p.server._reading_bytes == 0, 5)
+        status, _, _ = post(port_of(p), "/api/42/envelope/", envelope(), auth())
+        assert status == 200
+    finally:
+        stop(p)
