@@ -28,14 +28,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.bench_support import (PEER_NAME, PEER_PORT, ExtApiStub, Launched, base_env, cpu_ms, find_peer,  # noqa: E402
-                                 machine, median, newest_layer_zip, opt_floor, opt_layer, opt_peer, percentile,
-                                 port_free, status_kib, wait_port)
+                                 fresh_layer_zip, loadavg, machine, median, opt_floor, opt_layer, opt_peer,
+                                 percentile, port_free, status_kib, wait_port)
+from tools.sandbox import free_port  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
@@ -47,7 +48,8 @@ FIGURE_KEYS = (
     "cold_start_ms", "cold_start_floor_ms", "cold_start_ratio", "cold_start_dev_ms", "register_ms",
     "cpu_to_first_next_ms", "rss_after_init_mib", "rss_peak_burst_mib",
     "ingest_p50_ms", "ingest_p99_ms", "ingest_throughput_per_s", "ingest_tunnel_p50_ms", "ingest_tunnel_p99_ms",
-    "ingest_tunnel_throughput_per_s", "cpu_per_envelope_ms",
+    "ingest_tunnel_throughput_per_s", "ingest_httpclient_p50_ms", "ingest_httpclient_p99_ms",
+    "ingest_httpclient_throughput_per_s", "cpu_per_envelope_ms",
     "post_runtime_end_ms", "post_runtime_background_ms", "post_runtime_end_slow_upstream_ms",
     "delivery_before_freeze_pct", "delivery_by_end_pct",
 )
@@ -186,7 +188,7 @@ def _ours_ready(port: int, timeout: float) -> bool:
     return False
 
 
-def ingest_once(contender: Contender, tmp: Path, kind: str, settings: Settings) -> Dict[str, Any]:
+def ingest_once(contender: Contender, tmp: Path, kind: str, settings: Settings, client: str = "raw") -> Dict[str, Any]:
     """Launch, wait until it serves, RSS; then threads × posts over keep-alive; CPU and peak RSS."""
     with FakeUpstream() as upstream, ExtApiStub() as stub:
         env_extra, port = contender.env(upstream.dsn(), tmp)
@@ -201,13 +203,15 @@ def ingest_once(contender: Contender, tmp: Path, kind: str, settings: Settings) 
             ready = _ours_ready(port, 10.0) if contender.kind == "ours" else wait_port(port, 10.0)
             if not ready:
                 return {"ok": False, "why": "ingest port %d never served" % port, "log": proc.output()[-2000:]}
+            ready_ms = (time.monotonic() - proc.spawn_t) * 1000.0
+            cpu_ready = cpu_ms(proc.pid)
             rss_init = status_kib(proc.pid, "VmRSS") or 0
             cpu0 = cpu_ms(proc.pid) or 0.0
             before = len(upstream.requests)
             load = subprocess.run(
                 [sys.executable, "-m", "tools.bench_load", "--port", str(port), "--kind", kind,
                  "--dsn", upstream.dsn(), "--threads", str(settings.threads),
-                 "--posts", str(settings.posts_per_thread)],
+                 "--posts", str(settings.posts_per_thread), "--client", client],
                 cwd=str(ROOT), capture_output=True, text=True, timeout=120)
             if load.returncode != 0:
                 return {"ok": False, "why": "load client failed: %s" % load.stderr[-500:]}
@@ -231,6 +235,8 @@ def ingest_once(contender: Contender, tmp: Path, kind: str, settings: Settings) 
         "p99_ms": percentile(lat, 99),
         "max_ms": max(lat) if lat else None,
         "throughput_per_s": len(lat) / result["wall_s"] if result["wall_s"] > 0 else None,
+        "ready_ms": ready_ms,
+        "cpu_ready_ms": cpu_ready,
         "rss_after_init_mib": rss_init / MIB,
         "rss_peak_mib": hwm / MIB,
         "accepted": accepted,
@@ -240,14 +246,16 @@ def ingest_once(contender: Contender, tmp: Path, kind: str, settings: Settings) 
     }
 
 
-def bench_ingest(contender: Contender, tmp: Path, kind: str, settings: Settings) -> Dict[str, Any]:
-    runs = [ingest_once(contender, tmp, kind, settings) for _ in range(settings.ingest_runs)]
+def bench_ingest(contender: Contender, tmp: Path, kind: str, settings: Settings, client: str = "raw",
+                 runs_n: Optional[int] = None) -> Dict[str, Any]:
+    runs = [ingest_once(contender, tmp, kind, settings, client) for _ in range(runs_n or settings.ingest_runs)]
     good = [r for r in runs if r.get("ok")]
-    out: Dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(good), "kind": kind}
+    out: Dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(good), "kind": kind, "client": client}
     for key in ("p50_ms", "p99_ms", "max_ms", "throughput_per_s", "rss_after_init_mib", "rss_peak_mib",
-                "cpu_per_envelope_ms"):
+                "cpu_per_envelope_ms", "ready_ms", "cpu_ready_ms"):
         out[key] = median([r[key] for r in good if r.get(key) is not None])
     out["posts"] = sum(r["posts"] for r in good)
+    out["client_errors"] = sum(r["client_errors"] for r in good)
     out["accepted"] = sum(r["accepted"] for r in good)
     out["delivered"] = sum(r["delivered"] for r in good)
     statuses: Dict[str, int] = {}
@@ -258,6 +266,28 @@ def bench_ingest(contender: Contender, tmp: Path, kind: str, settings: Settings)
     if len(good) < len(runs):
         out["errors"] = [{k: r.get(k) for k in ("why", "log")} for r in runs if not r.get("ok")]
     return out
+
+
+def client_floor(settings: Settings, client: str) -> Dict[str, Any]:
+    """The load client against a null server (answers at once): the client's own share of the latency."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tools.bench_load", "--serve-null", "--port", str(port),
+                               "--timeout", "120"], cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != b"ready":
+            return {"ok": False}
+        load = subprocess.run(
+            [sys.executable, "-m", "tools.bench_load", "--port", str(port), "--kind", "sdk", "--threads",
+             str(settings.threads), "--posts", str(settings.posts_per_thread), "--client", client],
+            cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+        result = json.loads(load.stdout)
+    finally:
+        server.kill()
+        server.wait(timeout=5)
+    lat = result["latencies_ms"]
+    return {"ok": True, "client": client, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+            "throughput_per_s": len(lat) / result["wall_s"] if result["wall_s"] > 0 else None}
 
 
 # -------------------------------------------------------------- emulated invocations
@@ -370,16 +400,40 @@ def build_report(data: Dict[str, Any]) -> str:
             "%s%s" % (_fmt(fig.get("cold_start_dev_ms")), ratio(fig.get("cold_start_dev_ms"))), "–", "", "")
     row("CPU used until the first `/event/next`, ms", _fmt(fig.get("cpu_to_first_next_ms")),
         _fmt(peer.get("cpu_to_first_next_ms")), "report (floor: %s ms)" % _fmt(cold.get("floor", {}).get("cpu_ms")), "")
+    sdk_d, peer_d = data["details"]["ingest_sdk"], data["details"].get("peer_ingest_tunnel") or {}
+    row("… spawn → ingest port serving, ms / CPU used by then, ms (background init included)",
+        "%s / %s" % (_fmt(sdk_d.get("ready_ms")), _fmt(sdk_d.get("cpu_ready_ms"), 0)),
+        "%s / %s" % (_fmt(peer_d.get("ready_ms")), _fmt(peer_d.get("cpu_ready_ms"), 0)), "", "")
     row("RSS after init, MiB", _fmt(fig.get("rss_after_init_mib")), _fmt(peer.get("rss_after_init_mib")),
         "≤ 20", "rss_after_init_mib")
     row("RSS peak, %d-envelope burst, MiB" % data["settings"]["burst"], _fmt(fig.get("rss_peak_burst_mib")),
         _fmt(peer.get("rss_peak_burst_mib")), "≤ 32", "rss_peak_burst_mib")
-    row("ingest latency p50, ms (SDK route; peer: tunnel)", _fmt(fig.get("ingest_p50_ms"), 2),
-        _fmt(peer.get("ingest_p50_ms"), 2), "≤ 0.5", "ingest_p50_ms")
+    burst = data["settings"]["burst"]
+    row("ingest latency p50, ms (%d posts, 4 keep-alive threads; ours: SDK route, peer: tunnel)" % burst,
+        _fmt(fig.get("ingest_p50_ms"), 2), _fmt(peer.get("ingest_p50_ms"), 2), "≤ 0.5", "ingest_p50_ms")
     row("ingest latency p99, ms", _fmt(fig.get("ingest_p99_ms"), 2), _fmt(peer.get("ingest_p99_ms"), 2),
         "≤ 3", "ingest_p99_ms")
     row("ingest throughput, posts/s", _fmt(fig.get("ingest_throughput_per_s"), 0),
         _fmt(peer.get("ingest_throughput_per_s"), 0), "≥ 3,000", "ingest_throughput_per_s")
+    def refused(key: str) -> str:
+        got = data["details"].get(key) or {}
+        parts = ["%s × %d" % kv for kv in sorted((got.get("statuses") or {}).items()) if kv[0] != "200"]
+        if got.get("client_errors"):
+            parts.append("%d failed" % got["client_errors"])
+        return ", ".join(parts) or "none"
+
+    row("… answers other than 200 during those bursts (all runs)", refused("ingest_sdk"),
+        refused("peer_ingest_tunnel") if data["details"].get("peer_ingest_tunnel") else "–", "", "")
+    floors = data["details"].get("client_floor") or {}
+    row("… the same client against a null server (its own share): p50 / p99 ms, posts/s",
+        " / ".join(_fmt((floors.get("raw") or {}).get(k), 2) for k in ("p50_ms", "p99_ms"))
+        + ", %s" % _fmt((floors.get("raw") or {}).get("throughput_per_s"), 0), "", "", "")
+    row("ingest with `http.client` as the client (as SDKs on it or urllib3 pay): p50 / p99 ms, posts/s",
+        "%s / %s, %s" % (_fmt(fig.get("ingest_httpclient_p50_ms"), 2), _fmt(fig.get("ingest_httpclient_p99_ms"), 2),
+                         _fmt(fig.get("ingest_httpclient_throughput_per_s"), 0)),
+        "", "null server: %s / %s, %s" % (
+            _fmt((floors.get("http.client") or {}).get("p50_ms"), 2), _fmt((floors.get("http.client") or {}).get("p99_ms"), 2),
+            _fmt((floors.get("http.client") or {}).get("throughput_per_s"), 0)), "")
     row("ingest via the `/envelope` tunnel: p50 / p99 ms, posts/s",
         "%s / %s, %s" % (_fmt(fig.get("ingest_tunnel_p50_ms"), 2), _fmt(fig.get("ingest_tunnel_p99_ms"), 2),
                          _fmt(fig.get("ingest_tunnel_throughput_per_s"), 0)),
@@ -433,12 +487,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = parser.parse_args(argv)
     settings = Settings(opts.quick, opts.runs)
     started = time.monotonic()
+    machine_info = machine()  # load average at the start, before our own load
     python = sys.executable
 
     with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        layer_zip = opts.layer or newest_layer_zip()
+        layer_zip = opts.layer or fresh_layer_zip(tmp / "dist", opts.offline, say)
         opt, layer_origin = opt_layer(tmp / "layer", layer_zip)
+        if layer_zip is not None and opts.layer is None:
+            layer_origin = "built now by tools/build_layer.py from this tree (%s)" % layer_origin.split("(")[-1].rstrip(")")
         ours = Contender("ours", "ours (layer, python -IS)", opt, EXTENSION_NAME, "ours")
         dev = Contender("ours_dev", "ours (source tree, python -I)", make_opt(tmp / "dev"), EXTENSION_NAME, "ours")
         floor = Contender("floor", "floor (tools/floor_extension.py, python -IS)", opt_floor(tmp / "floor", python),
@@ -468,7 +525,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         say("footprint and ingest: %d × %d posts, %d run(s) each ..."
             % (settings.threads, settings.posts_per_thread, settings.ingest_runs))
+        details["client_floor"] = {client: client_floor(settings, client) for client in ("raw", "http.client")}
         details["ingest_sdk"] = bench_ingest(ours, tmp, "sdk", settings)
+        details["ingest_sdk_httpclient"] = bench_ingest(ours, tmp, "sdk", settings, "http.client", 1)
         details["ingest_tunnel"] = bench_ingest(ours, tmp, "tunnel", settings)
         if peer:
             details["peer_ingest_tunnel"] = bench_ingest(peer, tmp, "tunnel", settings)
@@ -516,6 +575,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "ingest_tunnel_p50_ms": tun["p50_ms"],
         "ingest_tunnel_p99_ms": tun["p99_ms"],
         "ingest_tunnel_throughput_per_s": tun["throughput_per_s"],
+        "ingest_httpclient_p50_ms": details["ingest_sdk_httpclient"]["p50_ms"],
+        "ingest_httpclient_p99_ms": details["ingest_sdk_httpclient"]["p99_ms"],
+        "ingest_httpclient_throughput_per_s": details["ingest_sdk_httpclient"]["throughput_per_s"],
         "cpu_per_envelope_ms": sdk["cpu_per_envelope_ms"],
         "post_runtime_end_ms": emulated["end"]["post_runtime_median_ms"],
         "post_runtime_background_ms": emulated["background"]["post_runtime_median_ms"],
@@ -547,7 +609,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     data: Dict[str, Any] = {
         "command": " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python,
                              "tools/bench.py"] + list(argv if argv is not None else sys.argv[1:])),
-        "machine": machine(),
+        "machine": machine_info,
         "quick": settings.quick,
         "settings": {"cold_runs": settings.cold_runs, "ingest_runs": settings.ingest_runs,
                      "burst": settings.threads * settings.posts_per_thread, "threads": settings.threads,
@@ -567,9 +629,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, default=str))
     m = data["machine"]
-    print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s. Layer: %s.%s\nCommand: `%s` (%.0f s)\n"
-          % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], layer_origin,
-             (" Peer: %s." % peer_note) if peer else "", data["command"], data["elapsed_s"]))
+    m["loadavg_end"] = loadavg()
+    print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s. Layer: %s.%s\n"
+          "Command: `%s` (%.0f s)\n"
+          % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"],
+             m["loadavg_end"], layer_origin, (" Peer: %s." % peer_note) if peer else "", data["command"],
+             data["elapsed_s"]))
     missed = [key for key, t in data["targets"].items() if t["met"] is False]
     print("targets missed: %s" % (", ".join(missed) or "none"))
     print("JSON: %s" % out)

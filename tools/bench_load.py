@@ -15,6 +15,7 @@ import argparse
 import gzip
 import http.client
 import json
+import socket
 import sys
 import threading
 import time
@@ -100,11 +101,89 @@ def tunnel_request(dsn: str, event_id: str, marker: str = "") -> Tuple[str, Dict
     return "/envelope", {"Content-Type": "application/x-sentry-envelope"}, envelope(event_id, marker, dsn)
 
 
-def run_load(port: int, kind: str, dsn: str, threads: int, posts: int, timeout: float = 30.0) -> Dict[str, Any]:
-    """``threads`` keep-alive connections, ``posts`` POSTs each; per-post latency measured client side."""
+class RawConnection:
+    """A keep-alive HTTP/1.1 client on a plain socket: pre-built requests, minimal response parsing.
+
+    Its own cost per post is a fraction of ``http.client``'s (which parses every response's
+    headers with ``email.parser``), so the latency measured is the server's, not the client's.
+    """
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((b"127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def exchange(self, request: bytes) -> Tuple[int, bool]:
+        """Send one request, read its response; (status, server closes the connection)."""
+        self.sock.sendall(request)
+        self.buf = self._until(self.buf, b"\r\n\r\n")
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        length = 0
+        close = chunked = False
+        lines = head.split(b"\r\n")
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if chunked:  # Node's http server answers res.writeHead() + res.end(body) this way
+            for _ in range(MAX_POSTS):
+                rest = self._until(rest, b"\r\n")
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";", 1)[0], 16)
+                rest = self._fill(rest, size + 2)
+                rest = rest[size + 2:]
+                if size == 0:
+                    break
+            self.buf = rest
+        else:
+            rest = self._fill(rest, length)
+            self.buf = rest[length:]
+        return int(lines[0].split(b" ", 2)[1]), close
+
+    def _until(self, buf: bytes, marker: bytes) -> bytes:
+        while marker not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        return buf
+
+    def _fill(self, buf: bytes, size: int) -> bytes:
+        while len(buf) < size:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection mid-body")
+            buf += chunk
+        return buf
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_request(path: str, headers: Dict[str, str], body: bytes) -> bytes:
+    """The bytes of one keep-alive POST."""
+    lines = ["POST %s HTTP/1.1" % path, "Host: 127.0.0.1", "Content-Length: %d" % len(body)]
+    lines += ["%s: %s" % item for item in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def run_load(port: int, kind: str, dsn: str, threads: int, posts: int, timeout: float = 30.0,
+             client_kind: str = "raw") -> Dict[str, Any]:
+    """``threads`` keep-alive connections, ``posts`` POSTs each; per-post latency measured client side.
+
+    ``client_kind`` ``raw`` (default): RawConnection; ``http.client``: the stdlib client, as SDKs
+    built on it (or on urllib3) pay for it.
+    """
     make = sdk_request if kind == "sdk" else tunnel_request
     work = [[make(dsn, uuid.uuid4().hex, "load-%d-%d" % (t, i)) for i in range(min(posts, MAX_POSTS))]
             for t in range(threads)]
+    if client_kind == "raw":
+        return _run_raw(port, [[raw_request(*w) for w in per] for per in work], timeout)
     latencies: List[List[float]] = [[] for _ in range(threads)]
     statuses: List[Dict[int, int]] = [{} for _ in range(threads)]
     errors = [0] * threads
@@ -137,6 +216,47 @@ def run_load(port: int, kind: str, dsn: str, threads: int, posts: int, timeout: 
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.close()
 
+    return _drive(client, threads, barrier, timeout, latencies, statuses, errors)
+
+
+def _run_raw(port: int, work: List[List[bytes]], timeout: float) -> Dict[str, Any]:
+    threads = len(work)
+    latencies: List[List[float]] = [[] for _ in range(threads)]
+    statuses: List[Dict[int, int]] = [{} for _ in range(threads)]
+    errors = [0] * threads
+    barrier = threading.Barrier(threads + 1)
+    give_up = time.monotonic() + timeout
+
+    def client(index: int) -> None:
+        conn = RawConnection(port)
+        barrier.wait()
+        perf = time.perf_counter
+        lat = latencies[index]
+        st = statuses[index]
+        for request in work[index]:
+            if time.monotonic() > give_up:
+                errors[index] += 1
+                break
+            t0 = perf()
+            try:
+                status, close = conn.exchange(request)
+            except (OSError, ValueError, IndexError):  # ValueError/IndexError: a reply we could not parse
+                errors[index] += 1
+                conn.close()
+                conn = RawConnection(port)
+                continue
+            lat.append((perf() - t0) * 1000.0)
+            st[status] = st.get(status, 0) + 1
+            if close:
+                conn.close()
+                conn = RawConnection(port)
+        conn.close()
+
+    return _drive(client, threads, barrier, timeout, latencies, statuses, errors)
+
+
+def _drive(client: Any, threads: int, barrier: threading.Barrier, timeout: float, latencies: List[List[float]],
+           statuses: List[Dict[int, int]], errors: List[int]) -> Dict[str, Any]:
     workers = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(threads)]
     for worker in workers:
         worker.start()
@@ -149,20 +269,68 @@ def run_load(port: int, kind: str, dsn: str, threads: int, posts: int, timeout: 
     for per in statuses:
         for code, count in per.items():
             status_total[str(code)] = status_total.get(str(code), 0) + count
+    posts = sum(len(per) for per in latencies) + sum(errors)
     return {"latencies_ms": [x for per in latencies for x in per], "statuses": status_total,
-            "errors": sum(errors), "wall_s": wall, "posts": threads * posts}
+            "errors": sum(errors), "wall_s": wall, "posts": posts}
+
+
+def serve_null(port: int, max_s: float) -> None:
+    """A keep-alive HTTP server answering ``200 {}`` at once (threads, like the extension's ingest),
+    for measuring the load client's own share of the latency. Stops after ``max_s`` seconds."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    listener.settimeout(1.0)
+
+    def serve(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = conn.makefile("rb")
+        try:
+            for _ in range(MAX_POSTS):
+                if not reader.readline(65537):
+                    return
+                length = 0
+                for _ in range(100):
+                    line = reader.readline(65537)
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                reader.read(length)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    print("ready", flush=True)
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--kind", choices=["sdk", "tunnel"], default="sdk")
-    parser.add_argument("--dsn", required=True, help="DSN whose key and project the requests carry")
+    parser.add_argument("--dsn", default="http://0123456789abcdef0123456789abcdef@127.0.0.1:9/42",
+                        help="DSN whose key and project the requests carry")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--posts", type=int, default=500, help="posts per thread")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--client", choices=["raw", "http.client"], default="raw")
+    parser.add_argument("--serve-null", action="store_true", help="be the null server on --port instead (for --timeout s)")
     opts = parser.parse_args(argv)
-    result = run_load(opts.port, opts.kind, opts.dsn, max(1, opts.threads), max(1, opts.posts), opts.timeout)
+    if opts.serve_null:
+        serve_null(opts.port, opts.timeout)
+        return 0
+    result = run_load(opts.port, opts.kind, opts.dsn, max(1, opts.threads), max(1, opts.posts), opts.timeout,
+                      opts.client)
     json.dump(result, sys.stdout)
     return 0
 

@@ -306,7 +306,10 @@ def wait_port(port: int, timeout: float) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (SO_REUSEADDR, as servers bind:
+    connections of an earlier run lingering in TIME_WAIT do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return True
@@ -328,10 +331,23 @@ def opt_floor(base: Path, python: str) -> Path:
     return opt
 
 
-def newest_layer_zip() -> Optional[Path]:
-    """The newest ``dist/sentry-lambda-extension-*.zip`` (built by tools/build_layer.py), if any."""
-    zips = sorted(ROOT.glob("dist/sentry-lambda-extension-*.zip"), key=lambda p: p.stat().st_mtime)
-    return zips[-1] if zips else None
+def fresh_layer_zip(out_dir: Path, offline: bool, log: Callable[[str], None]) -> Optional[Path]:
+    """A layer zip of this tree built now by tools/build_layer.py (bytecode for this interpreter only),
+    or None (no build_layer, or its pinned wheels are not cached and ``offline``, or the build failed)."""
+    try:
+        from tools import build_layer
+    except ImportError:
+        return None
+    try:
+        wheels = build_layer.DEFAULT_WHEELS
+        if offline and not all((Path(wheels) / dep.wheel).exists() for dep in build_layer.VENDORED):
+            log("layer: build_layer's pinned wheels are not cached in %s (--offline): assembling instead" % wheels)
+            return None
+        result = build_layer.build(out_dir, wheels, "%d.%d" % sys.version_info[:2], [sys.executable])
+        return Path(result.path)
+    except Exception as exc:  # another tool's failure must not stop the benchmark
+        log("layer: tools/build_layer.py failed (%s): assembling instead" % exc)
+        return None
 
 
 def opt_layer(base: Path, layer_zip: Optional[Path] = None) -> Tuple[Path, str]:
@@ -348,7 +364,8 @@ def opt_layer(base: Path, layer_zip: Optional[Path] = None) -> Tuple[Path, str]:
         for path in (opt / "extensions").iterdir():
             path.chmod(0o755)
         has_pyc = any(opt.rglob("*.pyc"))
-        return opt, "%s (%s .pyc)" % (layer_zip.relative_to(ROOT), "with" if has_pyc else "no")
+        shown = os.path.relpath(layer_zip, ROOT) if str(layer_zip).startswith(str(ROOT)) else layer_zip.name
+        return opt, "%s (%s .pyc)" % (shown, "with" if has_pyc else "no")
     import certifi
     import urllib3
 
@@ -473,4 +490,14 @@ def machine() -> Dict[str, Any]:
         "python": "%s (%s)" % (sys.version.split()[0], sys.executable),
         "kernel": os.uname().release,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "loadavg": loadavg(),
     }
+
+
+def loadavg() -> Optional[float]:
+    """The 1-minute load average (other work on the machine skews every figure)."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
