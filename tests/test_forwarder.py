@@ -128,3 +128,21 @@ def test_pool_options_are_pure_and_use_the_ca_bundle() -> None:
 ])
 def test_no_proxy_matching(host: str, port: int, no_proxy: str, expected: bool) -> None:
     assert proxy_bypassed(host, port, no_proxy) is expected
+
+
+def test_http_proxy_gets_absolute_urls_and_no_proxy_bypasses_it(upstream: FakeUpstream) -> None:
+    pipe = make_pipeline("http://%s@sentry.invalid/%s" % (KEY, PROJECT), HTTP_PROXY=upstream.base_url)
+    try:
+        send(pipe, 1)
+        assert pipe.flush(5)
+        assert upstream.requests[0].target == "http://sentry.invalid/api/42/envelope/"
+    finally:
+        stop(pipe)
+    upstream.clear()
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")
+    try:
+        send(pipe, 1)
+        assert pipe.flush(5)
+        assert upstream.requests[0].target == "/api/42/envelope/"
+    finally:
+        stop(pipe)
