@@ -312,8 +312,10 @@ def test_rate_limit_store_never_raises_on_any_reply(status: int, headers: dict) 
     store.update("k", status, headers)
     value = store.header_value("k")
     assert isinstance(value, str)
-    # what we mirror to the SDK parses back to the same categories
-    assert set(ratelimit.parse_rate_limits(value, NOW)) == set(store.active("k"))
+    # what we mirror to the SDK parses back to limits that cover exactly the same categories
+    mirrored, active = ratelimit.parse_rate_limits(value, NOW), store.active("k")
+    for category in known + [None]:
+        assert ratelimit.limited(mirrored, category, NOW) == ratelimit.limited(active, category, NOW), category
 
 
 # -- spool files (/tmp survives resets: a corrupt file must not make the extension inert) ----

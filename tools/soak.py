@@ -268,6 +268,15 @@ def run(minutes: float, rate: float, messages: int, fault_every_s: float, fault_
     return report
 
 
+def timeline(samples: List[Dict[str, float]], points: int = 11) -> List[Dict[str, float]]:
+    """About ``points`` samples evenly spread over the run (first and last included)."""
+    with_rss = [s for s in samples if "rss_kib" in s]
+    if len(with_rss) <= points:
+        return with_rss
+    step = (len(with_rss) - 1) / (points - 1)
+    return [with_rss[round(i * step)] for i in range(points)]
+
+
 def format_report(report: Dict[str, Any], command: str) -> str:
     """The human-readable summary (also what the README quotes)."""
     rss, thr, fds = report["rss_kib"], report["threads"], report["fds"]
@@ -284,6 +293,7 @@ def format_report(report: Dict[str, Any], command: str) -> str:
             rss.get("first"), rss.get("min"), rss.get("max"), rss.get("last"), verdict.get("first_half_max_kib"),
             verdict.get("second_half_max_kib"), verdict.get("growth_kib"), verdict.get("slope_kib_per_min"),
             {True: "plateau", False: "GROWING", None: "n/a"}[verdict.get("plateau")]),
+        "RSS over time: %s" % ", ".join("%ds %d KiB" % (s["t"], s["rss_kib"]) for s in timeline(report["samples"])),
         "threads: min %s, max %s, last %s; open fds: min %s, max %s, last %s" % (
             thr.get("min"), thr.get("max"), thr.get("last"), fds.get("min"), fds.get("max"), fds.get("last")),
         "function errors captured %d, delivered %d, missing %d; upstream requests %d, accepted %d" % (
