@@ -133,7 +133,10 @@ class Forwarder:
             self.stats.incr("retried")
             result = self.transport.send(req, read_timeout=remaining)
         if result.status and self.on_response is not None:
-            self.on_response(req, result)
+            try:
+                self.on_response(req, result)
+            except Exception:  # upstream has answered: a bug in bookkeeping must not cause a resend
+                log.exception("response hook error (survived)")
         outcome = result.outcome
         if outcome == transport.OK:
             self.health.success()

@@ -140,7 +140,10 @@ class Extension:
         logs.setup(self.cfg.log_level)
         self._announce()
         try:
+            from .headers import speed_up_http_client
             from .pipeline import Pipeline
+
+            speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
             pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock)
             pipeline.mode = self.mode
