@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
 import statistics
 import sys
@@ -45,8 +46,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             for index in range(opts.invocations):
                 result = emu.invoke({"messages": 1})
                 body = result.response or b"{}"
-                import json
-
                 captured.extend(json.loads(body).get("event_ids", []))
                 before_freeze = sum(1 for r in upstream.requests if result.freeze_t is None or r.t <= result.freeze_t)
                 print("%-4d %-8s %12.1f %16.1f %12d %14d" % (index + 1, result.status, result.runtime_ms,
@@ -57,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutdown = emu.shutdown()
             log_text = emu.output(EXTENSION_NAME)
 
-        post = [r.post_runtime_ms for r in emu.invocations]
+        post = [r.post_runtime_ms for r in emu.invocations if r.post_runtime_ms is not None]
         types = collections.Counter(t for r in upstream.requests if r.envelope for t in r.envelope.item_types)
         arrived = set(upstream.event_ids("event"))
         print("\nshutdown: exit code %s after %.0f ms (deadline window 2000 ms)%s"
@@ -68,7 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("events captured by the function: %d, arrived upstream: %d"
               % (len(captured), len(arrived & set(captured))))
         if post:
-            print("post-runtime extension time: median %.1f ms, max %.1f ms" % (statistics.median(post), max(post)))
+            ranked = sorted(post)
+            p95 = ranked[min(len(ranked) - 1, int(round(0.95 * (len(ranked) - 1))))]
+            print("post-runtime extension time: median %.1f ms, p95 %.1f ms, max %.1f ms"
+                  % (statistics.median(post), p95, max(post)))
         summary = [line for line in log_text.splitlines() if "summary:" in line]
         if summary:
             print("extension: " + summary[-1].split("] ", 1)[-1])
