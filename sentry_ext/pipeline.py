@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -54,7 +53,6 @@ class Pipeline:
         self.listener = TelemetryListener(telemetry_sock, self.tracker) if telemetry_sock else None
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
         self.mode = cfg.flush_mode
-        self._stopped = threading.Event()
 
     def start(self) -> None:
         self.server.start()

@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener

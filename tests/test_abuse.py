@@ -11,13 +11,12 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
-from helpers import KEY, PROJECT, auth, envelope, wait_until
+from helpers import PROJECT, auth, envelope, wait_until
 from sentry_ext.ingest import EVICT_AFTER_S
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream

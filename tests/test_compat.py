@@ -44,6 +44,17 @@ def test_vermin_finds_nothing_newer_than_python39() -> None:
     assert proc.returncode == 0, "vermin: code needs a Python newer than 3.9:\n%s%s" % (proc.stdout, proc.stderr)
 
 
+def test_pyflakes_rules_find_nothing() -> None:
+    """Unused imports and names, undefined names, syntax errors: ruff's F and E9 rules."""
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.fail("ruff is missing: install the test extras (pip install -e .[test])")
+    cmd = [str(ruff), "check", "--no-cache", "--isolated", "--select", "F,E9", "--target-version", "py39",
+           "--output-format", "concise"] + [str(ROOT / top) for top in ("sentry_ext", "tools", "tests")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_python39_compiles_every_file() -> None:
     py39 = find_python("3.9")
     if py39 is None:

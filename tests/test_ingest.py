@@ -13,7 +13,7 @@ import pytest
 
 from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, raw_exchange, stop, wait_until
 from sentry_ext.pipeline import Pipeline
-from tools.fake_upstream import FakeUpstream, Reply
+from tools.fake_upstream import FakeUpstream
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop
 from sentry_ext.config import load
 from sentry_ext.lambda_api import LambdaApi
 from sentry_ext.main import Extension, bind_listener
