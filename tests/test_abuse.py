@@ -140,11 +140,14 @@ def test_idle_keep_alive_flood_is_capped_and_valid_traffic_is_still_served(live:
     try:
         status = live.status()
         assert status["Threads"] <= base["Threads"] + MAX_CONNECTIONS + 2, (base, status)
-        # connections past the cap get a 503 and are closed
+        # connections past the cap get a 503 and are closed, as long as no flood connection has
+        # been idle for EVICT_AFTER_S yet (a slow machine may get here later: then eviction applies)
+        connected = time.monotonic()
         extra = socket.create_connection(("127.0.0.1", live.port), timeout=5)
         with extra:
             reply = extra.recv(4096)
-            assert reply.startswith(b"HTTP/1.1 503") and b"Connection: close" in reply, reply
+            if connected - opened < EVICT_AFTER_S * 0.8:
+                assert reply.startswith(b"HTTP/1.1 503") and b"Connection: close" in reply, reply
         # Scenario time, not a settle: the flood has now been idle for over EVICT_AFTER_S, so
         # a new connection takes the slot of the longest-idle one.
         time.sleep(max(0.0, opened + EVICT_AFTER_S + 0.1 - time.monotonic()))
