@@ -32,7 +32,6 @@ import argparse
 import glob
 import hashlib
 import http.client
-import http.server
 import io
 import json
 import logging
@@ -45,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -426,63 +424,6 @@ def summary(result: BuildResult) -> str:
 
 # -- cold-start measurement ------------------------------------------------------------------------
 
-class _FakeApi(http.server.ThreadingHTTPServer):
-    """Just enough of the Extensions and Telemetry APIs to time one extension start."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ApiHandler)
-        self.cond = threading.Condition()
-        self.times: Dict[str, float] = {}
-        self.release = threading.Event()
-
-    def mark(self, what: str) -> None:
-        with self.cond:
-            self.times.setdefault(what, time.perf_counter())
-            self.cond.notify_all()
-
-
-class _ApiHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _FakeApi
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        pass
-
-    def _reply(self, status: int, body: bytes, headers: Optional[Dict[str, str]] = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _drain(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def do_POST(self) -> None:
-        self._drain()
-        if self.path.endswith("/register"):
-            self.server.mark("register")
-            body = {"functionName": "measure", "functionVersion": "$LATEST", "handler": "app.handler"}
-            self._reply(200, json.dumps(body).encode(), {"Lambda-Extension-Identifier": "measure-id"})
-        else:
-            self._reply(202, b"{}")
-
-    def do_PUT(self) -> None:  # Telemetry API subscription
-        self._drain()
-        self._reply(200, b"OK")
-
-    def do_GET(self) -> None:  # /event/next: held until the run is measured, then SHUTDOWN
-        self.server.mark("next")
-        self.server.release.wait(60)
-        event = {"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": int(time.time() * 1000) + 2000}
-        self._reply(200, json.dumps(event).encode())
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -491,60 +432,56 @@ def _free_port() -> int:
 
 def run_once(opt: Path, python: str, spool: Path, timeout: float = 30.0) -> Dict[str, float]:
     """Start the layer's launcher once; ms from spawn to register, next and ready, and CPU ms."""
-    api = _FakeApi()
-    thread = threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    if __package__ in (None, ""):  # run as a script: make ``tools`` importable
+        sys.path.insert(0, str(ROOT))
+    from tools.ext_api_stub import ExtApiStub
+
     port = _free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:%d" % api.server_address[1],
-        "SENTRY_DSN": "http://0123456789abcdef0123456789abcdef@127.0.0.1:9/1",
-        "SENTRY_EXT_PORT": str(port),
-        "SENTRY_EXT_TELEMETRY_PORT": str(_free_port()),
-        "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
-        "SENTRY_EXT_SPOOL_DIR": str(spool),
-        "SENTRY_EXT_PYTHON": python,
-        "SENTRY_EXT_LOG_LEVEL": "WARNING",
-    }
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with tempfile.TemporaryFile() as errors:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([str(opt / "extensions" / NAME)], env=env, cwd=str(opt), stdin=subprocess.DEVNULL,
-                                stdout=errors, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout
-            with api.cond:
-                while "next" not in api.times and proc.poll() is None and time.monotonic() < deadline:
-                    api.cond.wait(0.1)
-            if "next" not in api.times:
-                errors.seek(0)
-                raise BuildError("the extension did not reach /event/next:\n%s"
-                                 % errors.read().decode("utf-8", "replace")[-2000:])
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-            try:  # the listener is bound before next: this waits in the backlog until the pipeline serves
-                conn.request("GET", "/health")
-                status = conn.getresponse().status
+    with ExtApiStub() as api:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_LAMBDA_RUNTIME_API": api.address,
+            "SENTRY_DSN": "http://0123456789abcdef0123456789abcdef@127.0.0.1:9/1",
+            "SENTRY_EXT_PORT": str(port),
+            "SENTRY_EXT_TELEMETRY_PORT": str(_free_port()),
+            "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
+            "SENTRY_EXT_SPOOL_DIR": str(spool),
+            "SENTRY_EXT_PYTHON": python,
+            "SENTRY_EXT_LOG_LEVEL": "WARNING",
+        }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with tempfile.TemporaryFile() as errors:
+            t0 = time.monotonic()
+            proc = subprocess.Popen([str(opt / "extensions" / NAME)], env=env, cwd=str(opt),
+                                    stdin=subprocess.DEVNULL, stdout=errors, stderr=subprocess.STDOUT)
+            try:
+                if not api.wait_first_next(timeout):
+                    errors.seek(0)
+                    raise BuildError("the extension did not reach /event/next:\n%s"
+                                     % errors.read().decode("utf-8", "replace")[-2000:])
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                try:  # the listener is bound before next: this waits in the backlog until the pipeline serves
+                    conn.request("GET", "/health")
+                    status = conn.getresponse().status
+                finally:
+                    conn.close()
+                t_ready = time.monotonic()
+                if status != 200:
+                    raise BuildError("/health answered %d" % status)
+                api.push_shutdown()
+                proc.wait(timeout)
             finally:
-                conn.close()
-            t_ready = time.perf_counter()
-            if status != 200:
-                raise BuildError("/health answered %d" % status)
-            api.release.set()
-            proc.wait(timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            api.release.set()
-            api.shutdown()
-            api.server_close()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "register_ms": (api.times["register"] - t0) * 1000,
-        "next_ms": (api.times["next"] - t0) * 1000,
-        "ready_ms": (t_ready - t0) * 1000,
-        "cpu_ms": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000,
-    }
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert api.register_t is not None and api.first_next_t is not None
+        return {
+            "register_ms": (api.register_t - t0) * 1000,
+            "next_ms": (api.first_next_t - t0) * 1000,
+            "ready_ms": (t_ready - t0) * 1000,
+            "cpu_ms": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000,
+        }
 
 
 def unpack(zip_path: Path, opt: Path, with_bytecode: bool = True) -> None:
