@@ -35,7 +35,12 @@ class BoundedQueue:
         self._items: Deque[Request] = collections.deque()
         self._in_flight: List[Request] = []
         self._bytes = 0
-        self.cond = threading.Condition()
+        lock = threading.Lock()
+        # Two conditions on one lock: a put wakes one sender, not all of them (each needless
+        # wake-up costs a GIL hand-off the ingest threads wait behind), and only a flush waits
+        # for the queue to go idle.
+        self.cond = threading.Condition(lock)   # getters: an item (or a resume) is there
+        self._idle = threading.Condition(lock)  # join: nothing queued or in flight, or a pause changed
         self._paused_until = 0.0  # monotonic; getters wait while upstream is in its grace period
         self._closed = False
 
@@ -49,7 +54,7 @@ class BoundedQueue:
                 return False
             self._items.append(req)
             self._bytes += req.size
-            self.cond.notify_all()
+            self.cond.notify()
             return True
 
     def get(self, timeout: float) -> Optional[Request]:
@@ -83,7 +88,8 @@ class BoundedQueue:
             released = self._release(req)
             if released:
                 self._bytes -= req.size
-            self.cond.notify_all()
+            if not self._in_flight:  # idle now, or only paused items left: join re-checks either way
+                self._idle.notify_all()
             return released
 
     def requeue(self, req: Request) -> None:
@@ -91,18 +97,22 @@ class BoundedQueue:
         with self.cond:
             if self._release(req) and not self._closed:
                 self._items.appendleft(req)
-            self.cond.notify_all()
+                self.cond.notify()
+            self._idle.notify_all()
 
     def pause_until(self, until: float) -> None:
         """Hold back ``get`` until the monotonic time ``until`` (upstream grace period)."""
         with self.cond:
             self._paused_until = max(self._paused_until, until)
-            self.cond.notify_all()
+            self._idle.notify_all()
 
     def resume(self) -> None:
+        """End a pause early (upstream answered again); cheap when there is none."""
         with self.cond:
-            self._paused_until = 0.0
-            self.cond.notify_all()
+            if self._paused_until:
+                self._paused_until = 0.0
+                self.cond.notify_all()
+                self._idle.notify_all()
 
     @property
     def paused_until(self) -> float:
@@ -117,7 +127,7 @@ class BoundedQueue:
                 now = time.monotonic()
                 if now >= deadline or (self._items and not self._in_flight and self._paused_until >= deadline):
                     return False
-                self.cond.wait(deadline - now)
+                self._idle.wait(deadline - now)
             return True
 
     def take_all(self) -> List[Request]:
@@ -129,6 +139,7 @@ class BoundedQueue:
             self._in_flight.clear()
             self._bytes = 0
             self.cond.notify_all()
+            self._idle.notify_all()
             return taken
 
     def depth(self) -> Dict[str, int]:
