@@ -41,7 +41,7 @@ class Config:
     senders: int = 4
     connect_timeout_ms: int = 2000
     read_timeout_ms: int = 5000
-    max_attempts: int = 6
+    max_attempts: int = 10
     client_timeout_s: float = 10.0
     max_connections: int = 64
     telemetry_host: str = "sandbox.localdomain"
@@ -178,7 +178,7 @@ def _load(env: Mapping[str, str], runtime_api: str) -> Config:
         senders=_int(env, "SENTRY_EXT_SENDERS", 4, 1, 32),
         connect_timeout_ms=_int(env, "SENTRY_EXT_CONNECT_TIMEOUT_MS", 2000, 10, 60000),
         read_timeout_ms=_int(env, "SENTRY_EXT_READ_TIMEOUT_MS", 5000, 10, 120000),
-        max_attempts=_int(env, "SENTRY_EXT_MAX_ATTEMPTS", 6, 1, 100),
+        max_attempts=_int(env, "SENTRY_EXT_MAX_ATTEMPTS", 10, 1, 100),
         client_timeout_s=_int(env, "SENTRY_EXT_CLIENT_TIMEOUT_MS", 10000, 100, 600000) / 1000.0,
         max_connections=_int(env, "SENTRY_EXT_MAX_CONNECTIONS", 64, 1, 4096),
         telemetry_host=env.get("SENTRY_EXT_TELEMETRY_HOST", "").strip() or "sandbox.localdomain",

@@ -28,9 +28,10 @@ class UpstreamHealth:
     """Consecutive-failure counter: a failing upstream is skipped for a jittered, growing grace period."""
 
     def __init__(self, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S,
-                 rng: Optional[random.Random] = None) -> None:
+                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.base_s = base_s
         self.cap_s = cap_s
+        self._clock = clock
         self.failures = 0
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -42,7 +43,7 @@ class UpstreamHealth:
         A failure inside the current grace period came from a request already in flight when it
         began (parallel senders): same outage, so it does not escalate the period again.
         """
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if now < self._until:
                 return self._until - now

@@ -146,3 +146,23 @@ def test_http_proxy_gets_absolute_urls_and_no_proxy_bypasses_it(upstream: FakeUp
         assert upstream.requests[0].target == "/api/42/envelope/"
     finally:
         stop(pipe)
+
+
+def test_default_retry_budget_rides_out_a_multi_second_outage() -> None:
+    import random
+
+    from sentry_ext.forwarder import UpstreamHealth
+
+    clock = [1000.0]
+    health = UpstreamHealth(rng=random.Random(0), clock=lambda: clock[0])
+    attempts = load({"SENTRY_DSN": "https://k@example.com/1"}).max_attempts
+    waited = 0.0
+    for _ in range(attempts - 1):  # a failed attempt, then the grace period before the next one
+        grace = health.failure()
+        waited += grace
+        clock[0] += grace
+    assert waited >= 12.0  # the shortest (all jitter at 50 %) budget is 0.5 x 50 ms x (2^9 - 1)
+    # failures from parallel senders inside one grace period do not escalate it
+    first = health.failure()
+    clock[0] += first / 2
+    assert health.failure() == pytest.approx(first / 2)
