@@ -20,6 +20,7 @@ from tools import build_layer
 from tools.build_layer import LAMBDA_PYTHONS, BuildResult, find_python, unpack
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
+from tools.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
@@ -27,14 +28,6 @@ LIB = "sentry-lambda-extension"
 EXT = "extensions/sentry-lambda-extension"
 WRAPPER = LIB + "/bin/sentry-lambda-wrapper"
 PYC_NAME = re.compile(r"^(.*)/__pycache__/([A-Za-z0-9_]+)\.(cpython-3\d+)\.pyc$")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 from sentry_ext.dsn import Dsn, DsnError
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
+from tools.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
@@ -28,14 +29,6 @@ KEY = "0123456789abcdef0123456789abcdef"
 # /bin/sh is on Amazon Linux (Lambda's base images).
 SHELLS = [s for s in (["dash"], ["bash", "--posix"]) if shutil.which(s[0])]
 DUMP_ENV = [sys.executable, "-I", "-S", "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_wrapper(env: Dict[str, str], shell: Optional[List[str]] = None,

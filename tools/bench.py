@@ -33,10 +33,13 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import (PEER_NAME, PEER_PORT, ExtApiStub, Launched, base_env, cpu_ms, find_peer,  # noqa: E402
-                                 fresh_layer_zip, loadavg, machine, median, opt_floor, opt_layer, opt_peer,
-                                 percentile, port_free, status_kib, wait_port)
-from tools.sandbox import free_port  # noqa: E402
+from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
+                                 fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
+                                 wait_port)
+from tools.ext_api_stub import ExtApiStub  # noqa: E402
+from tools.netutil import free_port  # noqa: E402
+from tools.procfs import cpu_ms, status_kib  # noqa: E402
+from tools.stats import median, percentile  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402

@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import procfs  # noqa: E402
 from tools.emulator import Emulator, InvokeResult  # noqa: E402
 from tools.fake_upstream import FakeUpstream, Recorded, Reply  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+from tools.stats import percentile  # noqa: E402
 
 # (name, reply the upstream gives to every request during the fault window)
 FAULTS = (
@@ -50,18 +52,16 @@ MAX_INVOCATIONS = 1_000_000
 
 def proc_status(pid: int) -> Dict[str, int]:
     """VmRSS (KiB), Threads and open fds of ``pid`` from /proc (empty if it is gone)."""
-    out: Dict[str, int] = {}
-    try:
-        with open("/proc/%d/status" % pid, encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    out["rss_kib"] = int(line.split()[1])
-                elif line.startswith("Threads:"):
-                    out["threads"] = int(line.split()[1])
-        out["fds"] = len(list(Path("/proc/%d/fd" % pid).iterdir()))
-    except (OSError, ValueError, IndexError):
-        pass
+    fields = procfs.status_fields(pid, "VmRSS", "Threads")
+    out = {name: fields[key] for name, key in (("rss_kib", "VmRSS"), ("threads", "Threads")) if key in fields}
+    fds = procfs.fd_count(pid)
+    if fds is not None:
+        out["fds"] = fds
     return out
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return round(value, 1) if value is not None else None
 
 
 def parse_summary(log: str) -> Dict[str, Any]:
@@ -228,7 +228,6 @@ def run(minutes: float, rate: float, messages: int, fault_every_s: float, fault_
     rss = [s["rss_kib"] for s in samples if "rss_kib" in s]
     threads = [s["threads"] for s in samples if "threads" in s]
     fds = [s["fds"] for s in samples if "fds" in s]
-    post_sorted = sorted(post_ms)
     verdict = rss_verdict(samples, elapsed)
     dropped = summary.get("dropped", {}) if isinstance(summary.get("dropped"), dict) else {}
     report = {
@@ -240,9 +239,9 @@ def run(minutes: float, rate: float, messages: int, fault_every_s: float, fault_
         "extension_processes": len(pids),
         "shutdown_exit_code": shutdown.exit_codes.get(EXTENSION_NAME),
         "shutdown_killed": bool(shutdown.killed),
-        "post_runtime_ms_p50": round(post_sorted[len(post_sorted) // 2], 1) if post_sorted else None,
-        "post_runtime_ms_p99": round(post_sorted[int(len(post_sorted) * 0.99)], 1) if post_sorted else None,
-        "post_runtime_ms_max": round(post_sorted[-1], 1) if post_sorted else None,
+        "post_runtime_ms_p50": _round(percentile(post_ms, 50)),
+        "post_runtime_ms_p99": _round(percentile(post_ms, 99)),
+        "post_runtime_ms_max": _round(percentile(post_ms, 100)),
         "rss_kib": {"min": min(rss), "max": max(rss), "last": rss[-1], "first": rss[0]} if rss else {},
         "threads": {"min": min(threads), "max": max(threads), "last": threads[-1]} if threads else {},
         "fds": {"min": min(fds), "max": max(fds), "last": fds[-1]} if fds else {},
