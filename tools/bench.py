@@ -6,7 +6,7 @@ Sentry's Node extension.
 Everything runs on this machine, on loopback: the extension is exec'd from an /opt-like
 directory exactly as Lambda execs it (``python -IS`` from the layer layout, the interpreter being
 ``sys.executable``), against a stub Extensions API (cold start, footprint, ingest) or the local
-Lambda emulator with real freezes (``tools/emulator.py``: post-runtime time and delivery), and
+Lambda emulator with real freezes (``tools/emulator/``: post-runtime time and delivery), and
 relays to the fake Sentry upstream (``tools/fake_upstream.py``). Each figure is a median over
 several runs; ratios are taken between contenders measured in the same run (alternating).
 

@@ -71,7 +71,7 @@ class Launched:
 
 
 def base_env(api_address: str, function_name: str = "bench-function") -> Dict[str, str]:
-    """The environment Lambda gives an extension (as tools/emulator.py builds it)."""
+    """The environment Lambda gives an extension (as tools/emulator/processes.py builds it)."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ") if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update({
