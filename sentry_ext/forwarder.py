@@ -8,7 +8,8 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
+from .request import Request
 from .stats import Stats
 from . import transport
 from .transport import Result, Transport

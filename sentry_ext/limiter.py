@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .buffer import Request
+from .request import Request
 from .envelope import (INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, Item, decode_body, encode_body,
                        endpoint_category, endpoint_of)
 from .outcomes import DECODE_LIMIT, Outcomes, item_outcomes

@@ -10,7 +10,8 @@ import socket
 import time
 from typing import Any, Dict, Optional
 
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
+from .request import Request
 from .config import Config
 from .forwarder import Forwarder
 from .ingest import IngestServer

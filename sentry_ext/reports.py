@@ -9,7 +9,8 @@ import time
 from typing import Callable, Optional
 
 from . import __version__
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
+from .request import Request
 from .dsn import Dsn
 from .outcomes import Outcomes
 from .stats import Stats

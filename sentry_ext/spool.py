@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
-from .buffer import Request
+from .request import Request
 
 log = logging.getLogger(__name__)
 

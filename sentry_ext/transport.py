@@ -12,7 +12,7 @@ from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from .config import Config
-from .buffer import Request
+from .request import Request
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from sentry_ext.buffer import BoundedQueue, Request
+from sentry_ext.buffer import BoundedQueue
+from sentry_ext.request import Request
 from sentry_ext.dsn import Dsn
 from sentry_ext.envelope import Envelope
 from sentry_ext.outcomes import MAX_REPORT_BYTES, Outcomes, request_outcomes

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from sentry_ext.buffer import Request
+from sentry_ext.request import Request
 from sentry_ext.spool import MAGIC, Spool, decode
 
 
