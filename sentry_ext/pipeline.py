@@ -11,14 +11,14 @@ import time
 from typing import Any, Dict, Optional
 
 from .buffer import BoundedQueue
-from .request import Request
+from .client_reports import ReportScheduler
 from .config import Config
+from .discards import Discards
 from .forwarder import Forwarder
 from .ingest import IngestServer
-from .limiter import IngestLimiter
-from .outcomes import Outcomes
+from .ingest_limits import IngestLimiter
 from .ratelimit import RateLimits
-from .reports import ReportScheduler
+from .request import Request
 from .spool import Spool
 from .stats import Stats
 from .telemetry import RuntimeDoneTracker, TelemetryListener
@@ -41,14 +41,14 @@ class Pipeline:
         self.transport = Transport(cfg)
         # Rate limits learnt from upstream replies, and client reports for what we drop ourselves.
         self.limits = RateLimits()
-        self.outcomes = Outcomes()
-        self.reports = ReportScheduler(self.outcomes, self.queue, cfg.dsn, self.stats)
-        self.limiter = IngestLimiter(self.limits, self.outcomes, self.stats)
+        self.discards = Discards()
+        self.reports = ReportScheduler(self.discards, self.queue, cfg.dsn, self.stats)
+        self.ingest_limits = IngestLimiter(self.limits, self.discards, self.stats)
         self.forwarder = Forwarder(self.queue, self.transport, self.stats, cfg.senders, cfg.max_attempts,
                                    on_response=self._on_response, on_drop=self._on_drop)
         self.server = IngestServer(ingest_sock, cfg, self.queue, self.stats, self._health_extra)
         self.server.before_queue = self._before_queue
-        self.server.accepted_headers = self.limiter.accepted_headers
+        self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
         self.tracker = RuntimeDoneTracker()
         self.listener = TelemetryListener(telemetry_sock, self.tracker) if telemetry_sock else None
@@ -68,27 +68,27 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
-        return self.limiter(req, header)
+        return self.ingest_limits(req, header)
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
 
     def _on_drop(self, req: Request, reason: str) -> None:
-        self.outcomes.record_request(req, reason)
+        self.discards.record_request(req, reason)
         self.reports.maybe_send()
 
     def _load_spool(self) -> None:
         loaded = self.spool.load()
         for req in loaded.expired:
             self.stats.drop("spool_expired")
-            self.outcomes.record_request(req, "spool_expired")
+            self.discards.record_request(req, "spool_expired")
         queued = 0
         for req in loaded.requests:
             if self.queue.put(req):
                 queued += 1
             else:
                 self.stats.drop("queue_overflow")
-                self.outcomes.record_request(req, "queue_overflow")
+                self.discards.record_request(req, "queue_overflow")
         if queued or loaded.expired or loaded.corrupt_files:
             self.stats.incr("spool_loaded", queued)
             log.info("spool: %d request(s) from an earlier sandbox queued, %d expired, %d corrupt file(s)",
@@ -97,7 +97,7 @@ class Pipeline:
     def flush(self, timeout: float) -> bool:
         """Deliver everything queued and in flight, pending client reports included, within ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
-        reported = self.reports.send() if self.outcomes.has_pending else True
+        reported = self.reports.send() if self.discards.has_pending else True
         done = self.forwarder.flush(timeout)
         if done and not reported and self.reports.send():
             # The queue was full when the flush began (an overflow): now it has room for the report.
@@ -106,7 +106,7 @@ class Pipeline:
 
     def shutdown(self, deadline: float) -> Dict[str, int]:
         """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop."""
-        if self.outcomes.has_pending:
+        if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)
         drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())
         self.forwarder.stop()

@@ -128,7 +128,7 @@ def test_mixed_envelope_is_split(pipe: Pipeline, upstream: FakeUpstream, encodin
     assert rec.envelope.items[0][0] == {"type": "attachment", "length": len(ATTACHMENT), "filename": "a.txt",
                                         "x_extra": "kept"}
     assert rec.envelope.items[1][0] == {"type": "future_item", "x_key": [1], "length": len(CUSTOM)}
-    assert pipe.outcomes.snapshot(KEY) == {("ratelimit_backoff", "error"): 1}
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "error"): 1}
     assert pipe.stats.get("items_ratelimited") == 1
     assert pipe.flush(5)
     assert reports(upstream) == {("ratelimit_backoff", "error"): 1}
@@ -142,7 +142,7 @@ def test_unaffected_envelope_is_forwarded_byte_for_byte(pipe: Pipeline, upstream
     assert status == 200 and "transaction" in reply_headers["x-sentry-rate-limits"]
     assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
     assert upstream.requests[0].raw_body == body
-    assert not pipe.outcomes.has_pending
+    assert not pipe.discards.has_pending
 
 
 def test_fully_limited_envelope_gets_429_with_the_active_limits(pipe: Pipeline, upstream: FakeUpstream) -> None:
@@ -156,7 +156,7 @@ def test_fully_limited_envelope_gets_429_with_the_active_limits(pipe: Pipeline, 
     status, _, _ = post(port_of(pipe), "/api/42/store/", b'{"message":"x"}', auth())
     assert status == 429
     assert pipe.stats.dropped("ratelimit_backoff") == 2 and pipe.stats.snapshot()["rejected"]["429"] == 2
-    assert pipe.outcomes.snapshot(KEY) == {("ratelimit_backoff", "error"): 2}
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "error"): 2}
     assert pipe.flush(5)
     assert sdk_requests(upstream) == []
     assert reports(upstream) == {("ratelimit_backoff", "error"): 2}
@@ -183,12 +183,12 @@ def test_upstream_429_is_not_reported_and_bare_429_limits_everything(pipe: Pipel
     port = port_of(pipe)
     assert post(port, "/api/42/envelope/", envelope("1" * 32), auth())[0] == 200
     assert wait_until(lambda: pipe.limits.is_limited(KEY, "transaction"), 5)
-    assert pipe.stats.dropped("ratelimited_upstream") == 1 and not pipe.outcomes.has_pending
+    assert pipe.stats.dropped("ratelimited_upstream") == 1 and not pipe.discards.has_pending
     # everything is refused now, even a body we cannot look into
     status, headers, _ = post(port, "/api/42/envelope/", b"\x1b\x00\x00brotli?",
                               dict(auth(), **{"Content-Encoding": "br"}))
     assert status == 429 and re.fullmatch(r"(60|59)::key", headers["x-sentry-rate-limits"])
-    assert pipe.outcomes.snapshot(KEY) == {("ratelimit_backoff", "default"): 1}
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "default"): 1}
 
 
 def test_br_body_is_forwarded_untouched_under_category_limits(pipe: Pipeline, upstream: FakeUpstream) -> None:
@@ -219,7 +219,7 @@ def test_client_reports_after_a_queue_overflow(upstream: FakeUpstream) -> None:
         expected = {("queue_overflow", "error"): 2, ("queue_overflow", "transaction"): 1,
                     ("queue_overflow", "span"): 3}
         # counted right after the 429 is written, so the reply is never delayed by the counting
-        assert wait_until(lambda: p.outcomes.snapshot(KEY) == expected, 5)
+        assert wait_until(lambda: p.discards.snapshot(KEY) == expected, 5)
         upstream.delay_s = 0
         assert p.flush(10)
         assert len(sdk_requests(upstream)) == 2
@@ -238,10 +238,10 @@ def test_client_reports_after_an_outage_and_no_report_loop(upstream: FakeUpstrea
             assert post(port, "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
         assert p.flush(10)
         assert p.stats.dropped("network_error") == 2
-        assert p.outcomes.snapshot(KEY) == {("network_error", "error"): 2}
+        assert p.discards.snapshot(KEY) == {("network_error", "error"): 2}
         # still down: the report itself is lost, and that loss is not reported again
         assert p.flush(10)
-        assert p.stats.dropped("network_error") == 3 and not p.outcomes.has_pending
+        assert p.stats.dropped("network_error") == 3 and not p.discards.has_pending
         assert post(port, "/api/42/envelope/", envelope("9" * 32), auth())[0] == 200
         assert p.flush(10)
         # upstream is back: the next flush carries the report

@@ -1,4 +1,5 @@
-"""Client reports: what the extension itself dropped, counted per key, reason and category."""
+"""What the extension itself discarded, counted per key, reason and category, and drained as
+client_report payloads (``client_reports`` queues them upstream)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def request_outcomes(req: Request, limit: int = DECODE_LIMIT) -> List[Tuple[str,
     return pairs
 
 
-class Outcomes:
+class Discards:
     """Thread-safe counters of discarded data, drained as client_report payloads under 4 KiB."""
 
     def __init__(self, clock: Callable[[], float] = time.time, max_bytes: int = MAX_REPORT_BYTES) -> None:
