@@ -7,7 +7,6 @@ http.server) loads on a background thread once that ``/event/next`` is on the wi
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import socket
@@ -17,11 +16,14 @@ import time
 
 from . import __version__, logs
 from .config import Config, load
+from .flush import BACKGROUND, FlushControl, FlushDecision
 from .lambda_api import LambdaApi, LambdaApiError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Deque, Dict, Optional
+    from typing import Any, Dict, Optional
+
+    from .pipeline import Pipeline  # loaded on the init thread, after the first /event/next
 
 log = logs.get("sentry_ext.main")  # imports logging at its first use
 
@@ -55,12 +57,11 @@ class Extension:
         self.cfg = cfg
         self.name = name
         self.api = api or LambdaApi(cfg.runtime_api)
-        self.pipeline: Any = None
+        self.pipeline: Optional[Pipeline] = None
         self.ready = threading.Event()
-        self.mode = cfg.flush_mode
+        self.flush = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
         self._signal: Optional[int] = None
-        self._invokes: Deque[float] = collections.deque(maxlen=cfg.adaptive_window)
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
 
@@ -104,7 +105,7 @@ class Extension:
             self.ready.set()
             return
         telemetry_sock = None
-        if self.mode != "background":
+        if self.flush.mode != BACKGROUND:
             telemetry_sock = self._subscribe_telemetry()
         threading.Thread(target=self._start_pipeline, args=(ingest_sock, telemetry_sock),
                          name="sentry-ext-init", daemon=True).start()
@@ -132,7 +133,7 @@ class Extension:
     def _fallback(self, why: str) -> None:
         self._announce()
         log.warning("%s: falling back to background flushing", why)
-        self.mode = "background"
+        self.flush.fall_back()
 
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
@@ -145,12 +146,11 @@ class Extension:
 
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
-            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock)
-            pipeline.mode = self.mode
+            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush)
             pipeline.start()
             self.pipeline = pipeline
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
-                                                                "flush=" + self.mode))
+                                                                "flush=" + self.flush.mode))
         except Exception:
             log.exception("inert: the pipeline failed to start")
             # Close the held ports so SDK posts fail fast instead of waiting in the backlog.
@@ -213,50 +213,17 @@ class Extension:
         finally:
             self._polling = False
 
-    def effective_mode(self, now: float) -> str:
-        """``end`` or ``background`` for this invocation (``adaptive`` decides by recent traffic)."""
-        if self.mode != "adaptive":
-            return self.mode
-        self._invokes.append(now)
-        if len(self._invokes) < self._invokes.maxlen:  # type: ignore[operator]
-            return "end"
-        mean_gap = (self._invokes[-1] - self._invokes[0]) / (len(self._invokes) - 1)
-        return "background" if mean_gap <= self.cfg.adaptive_gap_s else "end"
-
     def on_invoke(self, event: Dict[str, Any]) -> None:
-        """After an INVOKE: in ``end`` mode wait for runtimeDone, then drain, all before the deadline."""
-        now = time.monotonic()
-        mode = self.effective_mode(now)
-        if mode == "background" or not self.cfg.active:
+        """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
+        if self.flush.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
             return
+        now = time.monotonic()
         deadline = _deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
-        pipeline = self.pipeline
         request_id = str(event.get("requestId", ""))
-        # platform.start comes within ~25 ms of INVOKE; if it does not, telemetry is broken and
-        # waiting for runtimeDone could hold every invocation until its deadline.
-        if pipeline.tracker.wait(request_id, min(deadline, now + TELEMETRY_GRACE_S),
-                                 ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+        if not self.pipeline.after_invoke(request_id, deadline, TELEMETRY_GRACE_S):
             self._fallback("no telemetry for %s within %.0f s" % (request_id, TELEMETRY_GRACE_S))
-            pipeline.mode = self.mode
-            return
-        done = pipeline.tracker.wait(request_id, deadline)
-        if done is None:
-            log.warning("no runtimeDone for %s before the deadline; calling next", request_id)
-            pipeline.stats.incr("runtime_done_missed")
-            return
-        t_done = time.monotonic()
-        budget = min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0)
-        flushed = pipeline.flush(budget)
-        elapsed_ms = (time.monotonic() - t_done) * 1000
-        pipeline.stats.incr("flushes")
-        if not flushed:
-            pipeline.stats.incr("flushes_incomplete")
-            log.info("flush for %s incomplete after %.0f ms; %d request(s) stay queued", request_id,
-                     elapsed_ms, len(pipeline.queue))
-        else:
-            log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
 
     def _stop(self, why: str, deadline: float) -> int:
         """Orderly end: drain until ``deadline``, spool the rest, log the summary, exit 0."""
@@ -269,7 +236,7 @@ class Extension:
             log.info("summary: nothing relayed (inert)")
             return 0
         outcome = pipeline.shutdown(deadline)
-        log.info("summary: %s spooled=%d drain_ms=%.0f %s", pipeline.stats.summary(), outcome["spooled"],
+        log.info("summary: %s spooled=%d drain_ms=%.0f %s", pipeline.summary(), outcome["spooled"],
                  (time.monotonic() - t0) * 1000, "complete" if outcome["drained"] else "incomplete")
         return 0
 

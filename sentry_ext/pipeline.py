@@ -14,6 +14,7 @@ from .buffer import BoundedQueue
 from .client_reports import ReportScheduler
 from .config import Config
 from .discards import Discards
+from .flush import FlushControl
 from .forwarder import Forwarder
 from .ingest import IngestServer
 from .ingest_limits import IngestLimiter
@@ -32,10 +33,12 @@ SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
 class Pipeline:
     """Everything between the SDK's POST and the upstream's reply."""
 
-    def __init__(self, cfg: Config, ingest_sock: socket.socket,
-                 telemetry_sock: Optional[socket.socket]) -> None:
+    def __init__(self, cfg: Config, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket],
+                 flush_control: Optional[FlushControl] = None) -> None:
         assert cfg.dsn is not None
         self.cfg = cfg
+        # The lifecycle loop's flush mode (shared, not copied): /health reports it.
+        self.flush_control = flush_control or FlushControl.from_config(cfg)
         self.stats = Stats()
         self.queue = BoundedQueue(cfg.queue_max_items, cfg.queue_max_bytes)
         self.transport = Transport(cfg)
@@ -53,7 +56,6 @@ class Pipeline:
         self.tracker = RuntimeDoneTracker()
         self.listener = TelemetryListener(telemetry_sock, self.tracker) if telemetry_sock else None
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
-        self.mode = cfg.flush_mode
 
     def start(self) -> None:
         self.server.start()
@@ -63,7 +65,7 @@ class Pipeline:
         self._load_spool()
 
     def _health_extra(self) -> Dict[str, Any]:
-        return {"flush_mode": self.mode, "upstream": self.cfg.dsn.masked() if self.cfg.dsn else None}
+        return {"flush_mode": self.flush_control.mode, "upstream": self.cfg.dsn.masked() if self.cfg.dsn else None}
 
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
@@ -103,6 +105,35 @@ class Pipeline:
             # The queue was full when the flush began (an overflow): now it has room for the report.
             done = self.forwarder.flush(deadline - time.monotonic())
         return done
+
+    def after_invoke(self, request_id: str, deadline: float, telemetry_grace_s: float) -> bool:
+        """``end`` mode after an INVOKE: wait for the runtime's runtimeDone, then drain, all before
+        ``deadline`` (monotonic). False if telemetry looks broken: no platform.start within
+        ``telemetry_grace_s`` (waiting for runtimeDone could then hold every invocation to its deadline)."""
+        now = time.monotonic()
+        # platform.start comes within ~25 ms of INVOKE.
+        if self.tracker.wait(request_id, min(deadline, now + telemetry_grace_s),
+                             ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+            return False
+        if self.tracker.wait(request_id, deadline) is None:
+            log.warning("no runtimeDone for %s before the deadline; calling next", request_id)
+            self.stats.incr("runtime_done_missed")
+            return True
+        t_done = time.monotonic()
+        flushed = self.flush(min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0))
+        elapsed_ms = (time.monotonic() - t_done) * 1000
+        self.stats.incr("flushes")
+        if not flushed:
+            self.stats.incr("flushes_incomplete")
+            log.info("flush for %s incomplete after %.0f ms; %d request(s) stay queued", request_id,
+                     elapsed_ms, len(self.queue))
+        else:
+            log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
+        return True
+
+    def summary(self) -> str:
+        """One log line with every counter."""
+        return self.stats.summary()
 
     def shutdown(self, deadline: float) -> Dict[str, int]:
         """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop."""

@@ -10,6 +10,7 @@ import time
 from typing import Callable, Dict, Optional, Tuple
 
 from sentry_ext.config import load
+from sentry_ext.flush import FlushControl
 from sentry_ext.main import bind_listener
 from sentry_ext.pipeline import Pipeline
 
@@ -17,14 +18,15 @@ KEY = "0123456789abcdef0123456789abcdef"
 PROJECT = "42"
 
 
-def make_pipeline(upstream_dsn: str, start: bool = True, **env: str) -> Pipeline:
+def make_pipeline(upstream_dsn: str, start: bool = True, flush_control: Optional[FlushControl] = None,
+                  **env: str) -> Pipeline:
     """A started pipeline on a free loopback port relaying to ``upstream_dsn``."""
     settings = {"SENTRY_DSN": upstream_dsn, "SENTRY_EXT_SPOOL_DIR": env.pop("spool", "/nonexistent")}
     settings.update(env)
     cfg = load(settings)
     assert cfg.active, cfg.problem
     sock = bind_listener("127.0.0.1", 0)
-    pipeline = Pipeline(cfg, sock, None)
+    pipeline = Pipeline(cfg, sock, None, flush_control)
     if start:
         pipeline.start()
     return pipeline

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 
 import pytest
 
-from helpers import KEY, PROJECT, make_pipeline, stop
+from helpers import KEY, PROJECT, make_pipeline, port_of, stop
 from sentry_ext import main
 from sentry_ext.config import load
 from tools.fake_upstream import FakeUpstream
@@ -15,7 +17,7 @@ from tools.fake_upstream import FakeUpstream
 def extension(upstream: FakeUpstream, **env: str) -> main.Extension:
     cfg = load(dict({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}, **env))
     ext = main.Extension(cfg, "test-ext")
-    ext.pipeline = make_pipeline(upstream.dsn(KEY, PROJECT))
+    ext.pipeline = make_pipeline(upstream.dsn(KEY, PROJECT), flush_control=ext.flush)
     ext.ready.set()
     return ext
 
@@ -32,7 +34,12 @@ def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(upstrea
         t0 = time.monotonic()
         ext.on_invoke(invoke_event("r1", 30))
         assert time.monotonic() - t0 < 2
-        assert ext.mode == "background"
+        assert ext.flush.mode == "background"
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(ext.pipeline), timeout=5)
+        conn.request("GET", "/health")
+        health = json.loads(conn.getresponse().read())
+        conn.close()
+        assert health["flush_mode"] == "background"  # one mode, not a copy per thread
     finally:
         stop(ext.pipeline)
 
@@ -50,7 +57,7 @@ def test_end_mode_waits_for_runtime_done_then_flushes(upstream: FakeUpstream) ->
         ext.on_invoke(invoke_event("r2", 30))
         waited = time.monotonic() - t0
         assert 0.25 <= waited < 2
-        assert ext.pipeline.stats.get("flushes") == 1 and ext.mode == "end"
+        assert ext.pipeline.stats.get("flushes") == 1 and ext.flush.mode == "end"
     finally:
         stop(ext.pipeline)
 
@@ -63,20 +70,6 @@ def test_wait_never_passes_the_invoke_deadline(upstream: FakeUpstream) -> None:
         ext.on_invoke(invoke_event("r3", 0.6))  # runtimeDone never comes: a function timing out
         assert time.monotonic() - t0 < 0.6
         assert ext.pipeline.stats.get("runtime_done_missed") == 1
-    finally:
-        stop(ext.pipeline)
-
-
-def test_adaptive_switches_to_background_when_invocations_are_frequent(upstream: FakeUpstream) -> None:
-    ext = extension(upstream, SENTRY_EXT_FLUSH="adaptive", SENTRY_EXT_ADAPTIVE_WINDOW="5",
-                    SENTRY_EXT_ADAPTIVE_GAP_MS="1000")
-    try:
-        modes = [ext.effective_mode(float(t)) for t in range(0, 20, 5)]  # sparse: every 5 s
-        assert modes == ["end"] * 4
-        modes = [ext.effective_mode(20.0 + t * 0.5) for t in range(6)]  # every 0.5 s
-        assert modes[-1] == "background"
-        modes = [ext.effective_mode(100.0 + t * 3) for t in range(5)]  # sparse again
-        assert modes[-1] == "end"
     finally:
         stop(ext.pipeline)
 
