@@ -29,6 +29,7 @@ log = logs.get("sentry_ext.main")  # imports logging at its first use
 
 SIGNAL_DRAIN_S = 1.5  # drain budget after SIGTERM/SIGINT, inside Lambda's 2 s shutdown window
 POLL_BACKOFF_CAP_S = 1.0
+FATAL_POLLS = 5  # consecutive fatal /event/next answers (4xx, 500) before the loop gives up
 READY_WAIT_S = 5.0
 TELEMETRY_GRACE_S = 3.0  # platform.start must arrive within this of INVOKE, or telemetry is broken
 
@@ -173,8 +174,17 @@ class Extension:
             raise StopSignal()
 
     def _loop(self) -> int:
+        # Lambda API error policy. A failure to reach the API (refused, reset, timed out, malformed
+        # reply) or a 5xx other than 500 is transient: retried with backoff (50 ms doubling to 1 s)
+        # for as long as it lasts, since exiting would make Lambda reset the sandbox. A fatal answer
+        # (4xx, or 500, which the API documents as non-recoverable) will not change on asking again:
+        # after FATAL_POLLS of them in a row (about 1.5 s) the API no longer serves this extension,
+        # so it stops like at SHUTDOWN (drain briefly, spool the rest), tells Lambda why with
+        # /exit/error, and exits 1, letting Lambda reset the sandbox instead of every later
+        # invocation waiting on an extension that can never call next.
         backoff = 0.05
-        while True:  # until SHUTDOWN or a signal
+        fatal = 0
+        while True:  # until SHUTDOWN, a signal or a fatal API answer
             if self._signal is not None:
                 return self._stop("signal %d" % self._signal, time.monotonic() + SIGNAL_DRAIN_S)
             try:
@@ -186,12 +196,16 @@ class Extension:
             except StopSignal:
                 continue
             except Exception as exc:  # LambdaApiError, or a reply malformed in a way the client missed
+                fatal = fatal + 1 if isinstance(exc, LambdaApiError) and exc.fatal else 0
+                if fatal >= FATAL_POLLS:
+                    return self._give_up(exc)
                 log.warning("event/next failed (%s); retrying in %.2fs", exc, backoff,
                             exc_info=not isinstance(exc, LambdaApiError))
                 self._sleep(backoff)
                 backoff = min(POLL_BACKOFF_CAP_S, backoff * 2)
                 continue
             backoff = 0.05
+            fatal = 0
             kind = event.get("eventType")
             try:
                 if kind == "INVOKE":
@@ -203,6 +217,16 @@ class Extension:
                     log.warning("ignoring unknown event type %r", kind)
             except Exception:
                 log.exception("error handling %s (survived)", kind)
+
+    def _give_up(self, exc: Exception) -> int:
+        """The Extensions API keeps refusing /event/next: stop in order, report it, exit 1."""
+        log.error("event/next refused %d times in a row (%s); stopping the extension", FATAL_POLLS, exc)
+        self._stop("Lambda API error", time.monotonic() + SIGNAL_DRAIN_S)
+        try:
+            self.api.report_error("exit", "Extension.LambdaApiError", "event/next refused: %s" % str(exc)[:200])
+        except LambdaApiError:
+            pass
+        return 1
 
     def _sleep(self, seconds: float) -> None:
         try:

@@ -11,6 +11,7 @@ import pytest
 from helpers import KEY, PROJECT, make_pipeline, port_of, stop
 from sentry_ext import main
 from sentry_ext.config import load
+from sentry_ext.lambda_api import LambdaApiError
 from tools.fake_upstream import FakeUpstream
 
 
@@ -80,3 +81,46 @@ def test_deadline_conversion_applies_the_margin() -> None:
     assert abs((deadline - now_mono) - 4.8) < 0.05
     fallback = main._deadline({}, 200)
     assert 1.5 < fallback - time.monotonic() < 2.0
+
+
+class ScriptedApi:
+    """Stands in for LambdaApi in the loop: answers /event/next from a script of events and errors."""
+
+    def __init__(self, script: list) -> None:
+        self.script = list(script)
+        self.polls = 0
+        self.errors: list = []
+        self.extension_id = "ext"
+
+    def next_event(self, on_sent=None) -> dict:
+        self.polls += 1
+        if on_sent is not None:
+            on_sent()
+        step = self.script.pop(0) if self.script else LambdaApiError("scripted end", 403)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def report_error(self, phase: str, error_type: str, message: str) -> None:
+        self.errors.append((phase, error_type))
+
+
+def test_transient_poll_errors_are_retried_until_the_api_answers() -> None:
+    transient = [LambdaApiError("connection refused"), LambdaApiError("answered 503", 503),
+                 LambdaApiError("answered 404", 404)]  # a lone fatal answer is retried too
+    api = ScriptedApi(transient + [{"eventType": "INVOKE", "requestId": "r"},
+                                   {"eventType": "SHUTDOWN", "deadlineMs": (time.time() + 2) * 1000}])
+    ext = main.Extension(load({}), "test-ext", api=api)  # type: ignore[arg-type]
+    assert ext._loop() == 0
+    assert api.polls == 5 and api.errors == []
+
+
+def test_repeated_fatal_poll_answers_stop_the_extension_and_tell_lambda() -> None:
+    fatal = LambdaApiError("answered 403", 403)
+    api = ScriptedApi([fatal, LambdaApiError("refused")] + [fatal] * main.FATAL_POLLS)
+    ext = main.Extension(load({}), "test-ext", api=api)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    assert ext._loop() == 1
+    assert time.monotonic() - t0 < 5  # backoff 50 ms doubling, capped at 1 s
+    assert api.polls == 2 + main.FATAL_POLLS  # a transient error in between resets the count
+    assert api.errors == [("exit", "Extension.LambdaApiError")]
