@@ -98,11 +98,6 @@ class BoundedQueue:
                 self.cond.notify_all()
                 self._idle.notify_all()
 
-    @property
-    def paused_until(self) -> float:
-        with self.cond:
-            return self._paused_until
-
     def join(self, deadline: float) -> bool:
         """Wait until nothing is queued or in flight, or until ``deadline`` (monotonic), or until a
         pause reaches past the deadline; returns True only when everything was delivered."""

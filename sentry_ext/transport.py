@@ -90,12 +90,12 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
 class Transport:
     """POSTs accepted requests to the configured upstream, byte for byte."""
 
-    def __init__(self, cfg: Config, pool: Any = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         if cfg.dsn is None:
             raise ValueError("Transport needs a DSN")
         self.cfg = cfg
         self.dsn = cfg.dsn
-        self.pool, self._absolute = (pool, True) if pool is not None else make_pool(cfg)
+        self.pool, self._absolute = make_pool(cfg)
         self._read_s = cfg.read_timeout_ms / 1000.0
         self._connect_s = cfg.connect_timeout_ms / 1000.0
         self._timeout = urllib3.Timeout(connect=self._connect_s, read=self._read_s)
