@@ -30,6 +30,9 @@ REASONS: Dict[str, Optional[str]] = {
     "ratelimited_upstream": None,
 }
 
+# Batched items whose loss is also counted in payload bytes, under this category.
+BYTE_CATEGORIES = {"log_item": "log_byte", "trace_metric": "trace_metric_byte"}
+
 # Our own client reports are "internal": a dropped report is never reported (no feedback loop).
 UNREPORTED_CATEGORIES = frozenset({"internal"})
 
@@ -46,12 +49,12 @@ def item_outcomes(item: Item) -> List[Tuple[str, int]]:
             spans = None
         # A lost transaction also loses its spans, plus one for the transaction's own root span.
         return [("transaction", 1), ("span", (len(spans) if isinstance(spans, list) else 0) + 1)]
-    if category in ("span", "log_item"):
+    if category in ("span", "log_item", "trace_metric"):
         count = item.headers.get("item_count")
         quantity = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
         pairs = [(category, quantity)]
-        if category == "log_item":
-            pairs.append(("log_byte", len(item.payload)))
+        if category in BYTE_CATEGORIES:
+            pairs.append((BYTE_CATEGORIES[category], len(item.payload)))
         return pairs
     if category == "attachment":
         return [("attachment", len(item.payload) or 1)]  # attachments are counted in bytes

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 30.0
 
-# Called with (request, result) after every upstream reply (any status): rate limits and reports hook in here.
+# Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
 ResponseHook = Callable[[Request, Result], None]
 # Called with (request, reason) when the extension gives a request up.
 DropHook = Callable[[Request, str], None]

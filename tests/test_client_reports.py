@@ -38,10 +38,12 @@ MIXED = build(({"type": "event"}, b'{"message":"x"}'),
               ({"type": "attachment", "length": 5}, b"12345"),
               ({"type": "log", "item_count": 7}, b'{"items":[]}'),
               ({"type": "span", "item_count": 4}, b"{}"),
+              ({"type": "trace_metric", "item_count": 3}, b'{"items":[1]}'),
               ({"type": "client_report"}, b'{"discarded_events":[]}'),
               ({"type": "brand_new_type"}, b"{}"))
 MIXED_COUNTS = [("error", 1), ("transaction", 1), ("span", 4), ("attachment", 5), ("log_item", 7),
-                ("log_byte", 12), ("span", 4), ("default", 1)]  # client_report: internal, not counted
+                ("log_byte", 12), ("span", 4), ("trace_metric", 3), ("trace_metric_byte", 13),
+                ("default", 1)]  # client_report: internal, not counted
 
 
 @pytest.mark.parametrize("encoding,encode", [
