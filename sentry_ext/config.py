@@ -12,7 +12,7 @@ import os
 from .dsn import Dsn, DsnError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # no typing at start-up: this module loads before the first /event/next (see main.py)
+if TYPE_CHECKING:  # no typing: this module loads before the first /event/next (start-up budget: main.py)
     from typing import Any, Dict, Mapping, Optional, Tuple
 
 FLUSH_MODES = ("end", "background", "adaptive")

@@ -3,7 +3,7 @@
 ``end`` waits for the runtime's ``platform.runtimeDone`` and drains before the next ``/event/next``;
 ``background`` leaves delivery to the sender threads; ``adaptive`` picks ``background`` while
 invocations come often (mean gap over the last ``window`` at most ``gap_s``), ``end`` otherwise.
-Loaded before the first ``/event/next``: stdlib modules that are already imported only (see main.py).
+Loaded before the first ``/event/next``: stdlib modules already imported only (start-up budget: main.py).
 """
 
 from __future__ import annotations

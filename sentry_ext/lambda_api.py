@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing and json (with re) cost ~12 ms of start-up, before the first /event/next
+if TYPE_CHECKING:  # no typing or json before the first /event/next (start-up budget: main.py)
     from typing import Any, Callable, Dict, Optional, Tuple
 
 EXTENSION_PREFIX = "/2020-01-01/extension"
@@ -125,8 +125,8 @@ class LambdaApi:
 
     def __init__(self, runtime_api: str) -> None:
         self.host, self.port = _split_addr(runtime_api)
-        # getaddrinfo() runs a str host through the idna codec, whose import (with re) costs ~4 ms
-        # of start-up; an ASCII host needs no encoding, so it goes as bytes.
+        # getaddrinfo() runs a str host through the idna codec, whose import (with re) is on the
+        # start-up budget (main.py); an ASCII host needs no encoding, so it goes as bytes.
         self._connect_host = self.host.encode("ascii") if self.host.isascii() else self.host
         self.extension_id: Optional[str] = None
         self.register_body = b""

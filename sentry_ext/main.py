@@ -1,8 +1,19 @@
 """Lifecycle on the main thread: register, start the pipeline, loop on /event/next.
 
-Only light modules are imported before the first ``/event/next`` (no logging, json, typing,
-dataclasses or urllib.parse: each would add to every cold start); the pipeline (urllib3, ssl,
-http.server) loads on a background thread once that ``/event/next`` is on the wire.
+Start-up budget (the one place these figures live; other modules refer here). Only light modules
+are imported before the first ``/event/next``: main, config, dsn, flush, lambda_api, logs, and the
+stdlib modules they need (socket, signal and threading, which bring enum and collections). Each of
+these would add to every cold start; import cost with ``python -IS -X importtime`` on the
+development VM after those three (median of 5, cumulative; at 128 MB Lambda gives a fraction of a
+core, so several times more there):
+
+    dataclasses 8.1 ms   logging 6.1 ms   typing 3.8 ms   urllib.parse 3.3 ms
+    json 2.6 ms (with re 1.3 ms)          encodings.idna 2.2 ms   http.client 16.7 ms
+
+So: types only under ``TYPE_CHECKING``, plain classes instead of dataclasses, lazy loggers
+(logs.py), json written by hand for the registration (lambda_api.py), raw sockets instead of
+http.client. The pipeline (urllib3, ssl, http.server) loads on a background thread once that
+``/event/next`` is on the wire.
 """
 
 from __future__ import annotations
