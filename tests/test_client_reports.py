@@ -9,15 +9,14 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+from helpers import KEY
 from sentry_ext.buffer import BoundedQueue
-from sentry_ext.request import Request
+from sentry_ext.client_reports import ReportScheduler, report_request
+from sentry_ext.discards import MAX_REPORT_BYTES, Discards, request_outcomes
 from sentry_ext.dsn import Dsn
 from sentry_ext.envelope import Envelope
-from sentry_ext.discards import MAX_REPORT_BYTES, Discards, request_outcomes
-from sentry_ext.client_reports import ReportScheduler, report_request
+from sentry_ext.request import Request
 from sentry_ext.stats import Stats
-
-KEY = "0123456789abcdef0123456789abcdef"
 
 
 def build(*items: Tuple[dict, bytes], header: bytes = b'{"event_id":"aa"}') -> bytes:

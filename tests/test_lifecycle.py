@@ -5,74 +5,69 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from typing import Callable
 
 import pytest
 
-from helpers import KEY, PROJECT, make_pipeline, port_of, stop
+from helpers import KEY, PROJECT, StartPipeline, port_of
 from sentry_ext import main
 from sentry_ext.config import load
 from sentry_ext.lambda_api import LambdaApiError
 from tools.fake_upstream import FakeUpstream
 
 
-def extension(upstream: FakeUpstream, **env: str) -> main.Extension:
-    cfg = load(dict({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}, **env))
-    ext = main.Extension(cfg, "test-ext")
-    ext.pipeline = make_pipeline(upstream.dsn(KEY, PROJECT), flush_control=ext.flush)
-    ext.ready.set()
-    return ext
+@pytest.fixture
+def extension(upstream: FakeUpstream, pipelines: StartPipeline) -> Callable[..., main.Extension]:
+    """``extension(**env)``: an Extension whose pipeline is ready (stopped after the test)."""
+    def make(**env: str) -> main.Extension:
+        ext = main.Extension(load(dict({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}, **env)), "test-ext")
+        ext.pipeline = pipelines(flush_control=ext.flush)
+        ext.ready.set()
+        return ext
+    return make
 
 
 def invoke_event(request_id: str, in_s: float) -> dict:
     return {"eventType": "INVOKE", "requestId": request_id, "deadlineMs": (time.time() + in_s) * 1000}
 
 
-def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(upstream: FakeUpstream,
+def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(extension: Callable[..., main.Extension],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(main, "TELEMETRY_GRACE_S", 0.2)
-    ext = extension(upstream)
-    try:
-        t0 = time.monotonic()
-        ext.on_invoke(invoke_event("r1", 30))
-        assert time.monotonic() - t0 < 2
-        assert ext.flush.mode == "background"
-        conn = http.client.HTTPConnection("127.0.0.1", port_of(ext.pipeline), timeout=5)
-        conn.request("GET", "/health")
-        health = json.loads(conn.getresponse().read())
-        conn.close()
-        assert health["flush_mode"] == "background"  # one mode, not a copy per thread
-    finally:
-        stop(ext.pipeline)
+    ext = extension()
+    t0 = time.monotonic()
+    ext.on_invoke(invoke_event("r1", 30))
+    assert time.monotonic() - t0 < 2
+    assert ext.flush.mode == "background"
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(ext.pipeline), timeout=5)
+    conn.request("GET", "/health")
+    health = json.loads(conn.getresponse().read())
+    conn.close()
+    assert health["flush_mode"] == "background"  # one mode, not a copy per thread
 
 
-def test_end_mode_waits_for_runtime_done_then_flushes(upstream: FakeUpstream) -> None:
-    ext = extension(upstream)
-    try:
-        tracker = ext.pipeline.tracker
-        tracker.record([{"type": "platform.start", "record": {"requestId": "r2"}}])
-        import threading
+def test_end_mode_waits_for_runtime_done_then_flushes(extension: Callable[..., main.Extension]) -> None:
+    ext = extension()
+    tracker = ext.pipeline.tracker
+    tracker.record([{"type": "platform.start", "record": {"requestId": "r2"}}])
+    import threading
 
-        threading.Timer(0.3, tracker.record,
-                        args=([{"type": "platform.runtimeDone", "record": {"requestId": "r2", "status": "success"}}],)).start()
-        t0 = time.monotonic()
-        ext.on_invoke(invoke_event("r2", 30))
-        waited = time.monotonic() - t0
-        assert 0.25 <= waited < 2
-        assert ext.pipeline.stats.get("flushes") == 1 and ext.flush.mode == "end"
-    finally:
-        stop(ext.pipeline)
+    threading.Timer(0.3, tracker.record,
+                    args=([{"type": "platform.runtimeDone", "record": {"requestId": "r2", "status": "success"}}],)).start()
+    t0 = time.monotonic()
+    ext.on_invoke(invoke_event("r2", 30))
+    waited = time.monotonic() - t0
+    assert 0.25 <= waited < 2
+    assert ext.pipeline.stats.get("flushes") == 1 and ext.flush.mode == "end"
 
 
-def test_wait_never_passes_the_invoke_deadline(upstream: FakeUpstream) -> None:
-    ext = extension(upstream, SENTRY_EXT_DEADLINE_MARGIN_MS="100")
-    try:
-        ext.pipeline.tracker.record([{"type": "platform.start", "record": {"requestId": "r3"}}])
-        t0 = time.monotonic()
-        ext.on_invoke(invoke_event("r3", 0.6))  # runtimeDone never comes: a function timing out
-        assert time.monotonic() - t0 < 0.6
-        assert ext.pipeline.stats.get("runtime_done_missed") == 1
-    finally:
-        stop(ext.pipeline)
+def test_wait_never_passes_the_invoke_deadline(extension: Callable[..., main.Extension]) -> None:
+    ext = extension(SENTRY_EXT_DEADLINE_MARGIN_MS="100")
+    ext.pipeline.tracker.record([{"type": "platform.start", "record": {"requestId": "r3"}}])
+    t0 = time.monotonic()
+    ext.on_invoke(invoke_event("r3", 0.6))  # runtimeDone never comes: a function timing out
+    assert time.monotonic() - t0 < 0.6
+    assert ext.pipeline.stats.get("runtime_done_missed") == 1
 
 
 def test_deadline_conversion_applies_the_margin() -> None:

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import threading
 import zlib
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.envelope import Envelope, EnvelopeError, decode_body, encode_body
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream, Recorded, Reply, decode_body as fake_decode
@@ -62,10 +62,8 @@ def sdk_requests(upstream: FakeUpstream) -> List[Recorded]:
 
 
 @pytest.fixture
-def pipe(upstream: FakeUpstream) -> Iterator[Pipeline]:
-    p = make_pipeline(upstream.dsn(KEY, PROJECT))
-    yield p
-    stop(p)
+def pipe(pipelines: StartPipeline) -> Pipeline:
+    return pipelines()
 
 
 # -- the rewriting pieces ---------------------------------------------------------------------
@@ -203,56 +201,50 @@ def test_br_body_is_forwarded_untouched_under_category_limits(pipe: Pipeline, up
 # -- client reports for our own drops ---------------------------------------------------------
 
 
-def test_client_reports_after_a_queue_overflow(upstream: FakeUpstream) -> None:
+def test_client_reports_after_a_queue_overflow(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.delay_s = 0.3
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
-    try:
-        port = port_of(p)
-        tx = json.dumps({"type": "transaction", "spans": [{}, {}]}).encode()
-        bodies = [envelope("%032x" % i) for i in range(4)] + [gzip.compress(envelope("f" * 32, item_type="transaction",
-                                                                                     payload=tx))]
-        statuses = []
-        for i, body in enumerate(bodies):
-            headers = dict(auth(), **({"Content-Encoding": "gzip"} if i == 4 else {}))
-            statuses.append(post(port, "/api/42/envelope/", body, headers)[0])
-        assert statuses == [200, 200, 429, 429, 429]
-        expected = {("queue_overflow", "error"): 2, ("queue_overflow", "transaction"): 1,
-                    ("queue_overflow", "span"): 3}
-        # counted right after the 429 is written, so the reply is never delayed by the counting
-        assert wait_until(lambda: p.discards.snapshot(KEY) == expected, 5)
-        upstream.delay_s = 0
-        assert p.flush(10)
-        assert len(sdk_requests(upstream)) == 2
-        assert reports(upstream) == expected
-        assert len(upstream.items("client_report")) == 1  # batched: one report, not one per drop
-    finally:
-        stop(p)
+    p = pipelines(SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
+    port = port_of(p)
+    tx = json.dumps({"type": "transaction", "spans": [{}, {}]}).encode()
+    bodies = [envelope("%032x" % i) for i in range(4)] + [gzip.compress(envelope("f" * 32, item_type="transaction",
+                                                                                 payload=tx))]
+    statuses = []
+    for i, body in enumerate(bodies):
+        headers = dict(auth(), **({"Content-Encoding": "gzip"} if i == 4 else {}))
+        statuses.append(post(port, "/api/42/envelope/", body, headers)[0])
+    assert statuses == [200, 200, 429, 429, 429]
+    expected = {("queue_overflow", "error"): 2, ("queue_overflow", "transaction"): 1,
+                ("queue_overflow", "span"): 3}
+    # counted right after the 429 is written, so the reply is never delayed by the counting
+    assert wait_until(lambda: p.discards.snapshot(KEY) == expected, 5)
+    upstream.delay_s = 0
+    assert p.flush(10)
+    assert len(sdk_requests(upstream)) == 2
+    assert reports(upstream) == expected
+    assert len(upstream.items("client_report")) == 1  # batched: one report, not one per drop
 
 
-def test_client_reports_after_an_outage_and_no_report_loop(upstream: FakeUpstream) -> None:
+def test_client_reports_after_an_outage_and_no_report_loop(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.default = Reply(action="reset")
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="2", SENTRY_EXT_SENDERS="1")
-    try:
-        port = port_of(p)
-        for i in range(2):
-            assert post(port, "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
-        assert p.flush(10)
-        assert p.stats.dropped("network_error") == 2
-        assert p.discards.snapshot(KEY) == {("network_error", "error"): 2}
-        # still down: the report itself is lost, and that loss is not reported again
-        assert p.flush(10)
-        assert p.stats.dropped("network_error") == 3 and not p.discards.has_pending
-        assert post(port, "/api/42/envelope/", envelope("9" * 32), auth())[0] == 200
-        assert p.flush(10)
-        # upstream is back: the next flush carries the report
-        upstream.default = Reply(200)
-        p.forwarder.health.success()
-        p.queue.resume()
-        assert p.flush(10)
-        assert reports(upstream) == {("network_error", "error"): 1}
-        assert p.stats.get("client_reports") == 2  # one lost in the outage, one delivered
-    finally:
-        stop(p)
+    p = pipelines(SENTRY_EXT_MAX_ATTEMPTS="2", SENTRY_EXT_SENDERS="1")
+    port = port_of(p)
+    for i in range(2):
+        assert post(port, "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
+    assert p.flush(10)
+    assert p.stats.dropped("network_error") == 2
+    assert p.discards.snapshot(KEY) == {("network_error", "error"): 2}
+    # still down: the report itself is lost, and that loss is not reported again
+    assert p.flush(10)
+    assert p.stats.dropped("network_error") == 3 and not p.discards.has_pending
+    assert post(port, "/api/42/envelope/", envelope("9" * 32), auth())[0] == 200
+    assert p.flush(10)
+    # upstream is back: the next flush carries the report
+    upstream.default = Reply(200)
+    p.forwarder.health.success()
+    p.queue.resume()
+    assert p.flush(10)
+    assert reports(upstream) == {("network_error", "error"): 1}
+    assert p.stats.get("client_reports") == 2  # one lost in the outage, one delivered
 
 
 # -- the real sentry-sdk ----------------------------------------------------------------------
