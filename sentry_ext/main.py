@@ -71,7 +71,7 @@ class Extension:
         self.api = api or LambdaApi(cfg.runtime_api)
         self.pipeline: Optional[Pipeline] = None
         self.ready = threading.Event()
-        self.flush = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
+        self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
         self._signal: Optional[int] = None
         self._first_poll_sent = threading.Event()
@@ -117,7 +117,7 @@ class Extension:
             self.ready.set()
             return
         telemetry_sock = None
-        if self.flush.mode != BACKGROUND:
+        if self.flush_control.mode != BACKGROUND:
             telemetry_sock = self._subscribe_telemetry()
         threading.Thread(target=self._start_pipeline, args=(ingest_sock, telemetry_sock),
                          name="sentry-ext-init", daemon=True).start()
@@ -145,7 +145,7 @@ class Extension:
     def _fallback(self, why: str) -> None:
         self._announce()
         log.warning("%s: falling back to background flushing", why)
-        self.flush.fall_back()
+        self.flush_control.fall_back()
 
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
@@ -158,11 +158,11 @@ class Extension:
 
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
-            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush)
+            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control)
             pipeline.start()
             self.pipeline = pipeline
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
-                                                                "flush=" + self.flush.mode))
+                                                                "flush=" + self.flush_control.mode))
         except Exception:
             log.exception("inert: the pipeline failed to start")
             # Close the held ports so SDK posts fail fast instead of waiting in the backlog.
@@ -250,7 +250,7 @@ class Extension:
 
     def on_invoke(self, event: Dict[str, Any]) -> None:
         """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
-        if self.flush.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
+        if self.flush_control.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
             return
         now = time.monotonic()
         deadline = _deadline(event, self.cfg.deadline_margin_ms)

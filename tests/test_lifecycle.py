@@ -21,7 +21,7 @@ def extension(upstream: FakeUpstream, pipelines: StartPipeline) -> Callable[...,
     """``extension(**env)``: an Extension whose pipeline is ready (stopped after the test)."""
     def make(**env: str) -> main.Extension:
         ext = main.Extension(load(dict({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}, **env)), "test-ext")
-        ext.pipeline = pipelines(flush_control=ext.flush)
+        ext.pipeline = pipelines(flush_control=ext.flush_control)
         ext.ready.set()
         return ext
     return make
@@ -38,7 +38,7 @@ def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(extensi
     t0 = time.monotonic()
     ext.on_invoke(invoke_event("r1", 30))
     assert time.monotonic() - t0 < 2
-    assert ext.flush.mode == "background"
+    assert ext.flush_control.mode == "background"
     conn = http.client.HTTPConnection("127.0.0.1", port_of(ext.pipeline), timeout=5)
     conn.request("GET", "/health")
     health = json.loads(conn.getresponse().read())
@@ -58,7 +58,7 @@ def test_end_mode_waits_for_runtime_done_then_flushes(extension: Callable[..., m
     ext.on_invoke(invoke_event("r2", 30))
     waited = time.monotonic() - t0
     assert 0.25 <= waited < 2
-    assert ext.pipeline.stats.get("flushes") == 1 and ext.flush.mode == "end"
+    assert ext.pipeline.stats.get("flushes") == 1 and ext.flush_control.mode == "end"
 
 
 def test_wait_never_passes_the_invoke_deadline(extension: Callable[..., main.Extension]) -> None:
