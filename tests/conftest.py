@@ -1,4 +1,4 @@
-"""Shared fixtures: the repo root on sys.path and a fake upstream."""
+"""Shared fixtures: the repo root on sys.path, a fake upstream and live pipelines."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from helpers import pipelines  # noqa: E402,F401  (a fixture, shared by every test module)
 from tools.fake_upstream import FakeUpstream  # noqa: E402
-
-KEY = "0123456789abcdef0123456789abcdef"
-PROJECT = "42"
 
 
 @pytest.fixture

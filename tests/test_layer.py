@@ -220,14 +220,3 @@ def test_end_to_end_from_the_unpacked_layer_on_python39(opt: Path, tmp_path: Pat
         assert "Traceback" not in log
     assert files_under(opt) == before, "the extension wrote into the read-only layer"
 
-
-def test_readme_configuration_table_lists_every_setting() -> None:
-    """Every environment variable config.py reads (and the launcher's SENTRY_EXT_PYTHON) is in the table."""
-    source = (ROOT / "sentry_ext" / "config.py").read_text()
-    names = set(re.findall(r'"((?:SENTRY|HTTPS?|NO|SSL|AWS)_[A-Z0-9_]+|https?_proxy|no_proxy)"', source))
-    names.add("SENTRY_EXT_PYTHON")
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    rows = "\n".join(line for line in section.splitlines() if line.startswith("|"))
-    missing = sorted(n for n in names if "`%s`" % n not in rows)
-    assert not missing, "README configuration table lacks: %s" % ", ".join(missing)

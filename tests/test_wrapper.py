@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from helpers import KEY
 from sentry_ext.dsn import Dsn, DsnError
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
@@ -23,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
 LAUNCHER = ROOT / "bin" / "sentry-lambda-extension"
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
-KEY = "0123456789abcdef0123456789abcdef"
 
 # POSIX shells to run the wrapper under: dash is the strictest here; bash --posix is what
 # /bin/sh is on Amazon Linux (Lambda's base images).
