@@ -8,7 +8,9 @@ One record is one log, multi-line records (tracebacks) included. Formats underst
 - anything else as plain text (``print``): level ``info``, no request id, the event's time;
 - JSON log format: the record is an object with ``timestamp``, ``level``, ``message``, ``requestId``;
   other fields become attributes. A *string* record that is a JSON object (a structured-logging
-  library printing JSON in text format, e.g. AWS Lambda Powertools) is read the same way.
+  library printing JSON in text format, e.g. AWS Lambda Powertools) is read the same way when it
+  has a ``message``, ``msg`` or ``level`` key and fits the body cap; other JSON text stays text.
+  Only named levels are understood (numeric ones, as pino's, read as ``info``).
 
 Lambda's own START/END/REPORT/INIT_*/RESTORE_*/EXTENSION/TELEMETRY lines and the extension's own
 output are never logs: ``parse`` returns None for them. ``parse`` never raises.
@@ -243,16 +245,16 @@ def _parse_object(record: Dict[str, Any], event_time: float, min_severity: int, 
             break
         if value is not None:
             attributes[_RENAMED.get(key, key)] = _attribute_value(_stack_trace(value) if key == "stackTrace" else value)
-    if body is None:
-        body = attributes.pop("exception.message", None) or ""
+    if body is None:  # no message: the error's message, else the record itself
+        body = attributes.pop("exception.message", None) or (record if attributes else "")
     if not isinstance(body, str):
         try:
             body = _dumps(body)
         except (ValueError, TypeError, RecursionError):
             body = repr(body)
-    if isinstance(body, str) and body.endswith("\n"):
+    if body.endswith("\n"):
         body = body.rstrip("\r\n")
-    if not body and not attributes:
+    if not body:
         return None
     if timestamp is None or (timestamp == int(timestamp) and 0.0 <= event_time - timestamp < 1.0):
         timestamp = event_time  # none, or whole seconds (Python's JSON format): the event's ms keep the order
@@ -301,12 +303,17 @@ def _parse_text(record: str, event_time: float, min_severity: int, max_body: int
 
 def parse(record: Any, time: Any, min_level: str = "info", max_body: int = MAX_BODY_CHARS) -> Optional[LogLine]:
     """The log in one Telemetry ``function`` record (``record`` a str or a dict, ``time`` the event's
-    ISO time), or None: below ``min_level``, empty, a platform line, or not a record. Never raises."""
+    ISO time), or None: below ``min_level``, empty, a platform line, or not a record. Never raises.
+
+    The line's own time wins over ``time`` (the event's time is used for prints, records without
+    one, and whole-second JSON times within the event's second); a bad ``time`` means now. Bodies
+    longer than ``max_body`` characters are cut, the original length kept in the attribute
+    ``lambda.log.original_length``."""
     try:
         event_time = iso_to_epoch(time)
         if event_time is None:
             event_time = _time.time()
-        min_severity = SEVERITY.get(min_level, 9)
+        min_severity = SEVERITY[level_of(min_level) or "info"]
         if isinstance(record, str):
             cut = 2 * max_body + 256
             if len(record) > cut:  # cut before splitting a huge line; its body is cut to max_body anyway

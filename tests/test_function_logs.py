@@ -180,6 +180,15 @@ def test_json_record_with_object_message_and_node_shape() -> None:
     assert line.timestamp == pytest.approx(utc("2026-11-28T06:32:55.457Z"))
 
 
+def test_json_record_without_message() -> None:
+    record = {"timestamp": "2026-11-28T06:32:55.457Z", "level": "WARN", "requestId": REQ, "order": 5}
+    line = parse(record, EVENT_TIME)
+    assert line is not None and json.loads(line.body) == record and line.attributes == {"order": 5}
+    error = parse({"level": "ERROR", "errorType": "E", "errorMessage": "went wrong"}, EVENT_TIME)
+    assert error is not None and error.body == "went wrong" and error.attributes == {"exception.type": "E"}
+    assert parse({"level": "INFO"}, EVENT_TIME) is None and parse({"message": ""}, EVENT_TIME) is None
+
+
 def test_json_looking_string_is_read_as_a_record() -> None:
     # AWS Lambda Powertools' Logger prints JSON in text format; Telemetry hands it over as a string.
     powertools = json.dumps({"level": "ERROR", "location": "handler:10", "message": "payment failed",
@@ -242,6 +251,13 @@ def test_level_filter(min_level: str, kept: set) -> None:
     for name, records in samples.items():
         for record in records:
             assert (parse(record, EVENT_TIME, min_level=min_level) is not None) == (name in kept), (name, record)
+
+
+def test_min_level_in_any_spelling() -> None:
+    warning = ric_text(logging.WARNING, "w")[0]
+    assert parse(warning, EVENT_TIME, min_level="WARNING") is not None
+    assert parse(warning, EVENT_TIME, min_level="ERROR") is None
+    assert parse("print", EVENT_TIME, min_level="nonsense") is not None  # unknown: the default, info
 
 
 def test_huge_lines_are_truncated() -> None:
