@@ -13,6 +13,7 @@ import collections
 import json
 import re
 import threading
+import time
 import uuid
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
@@ -84,8 +85,11 @@ class LogContext:
             extra = {k: v for k, v in line.attributes.items() if k not in self._keys}
             if extra:
                 parts.append(_attributes_json(extra))
+        timestamp = float(line.timestamp)
+        if timestamp - timestamp != 0.0 or timestamp <= 0.0:  # nan/inf are not JSON; Sentry needs a time
+            timestamp = time.time()
         return '{"timestamp":%r,"trace_id":"%s","level":"%s","body":%s,"severity_number":%d,"attributes":{%s}}' % (
-            float(line.timestamp), trace_id, level, _encode(line.body), SEVERITY[level], ",".join(parts))
+            timestamp, trace_id, level, _encode(line.body), SEVERITY[level], ",".join(parts))
 
 
 _SEVERITY_FRAGMENTS = {
@@ -105,8 +109,9 @@ def new_trace_id() -> str:
 
 
 def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callable[[Optional[str]], str]) -> Item:
-    """The envelope ``log`` item for at most 100 ``lines``; ``trace_id_of(request_id)`` gives each
-    line's trace id (an invalid one is replaced by a fresh id, shared within the item)."""
+    """The envelope ``log`` item for at most 100 ``lines`` (ValueError beyond); ``trace_id_of(request_id)``
+    gives each line's trace id, asked once per request id (an invalid answer or an exception gives
+    a fresh id, shared within the item)."""
     cache: Dict[Optional[str], str] = {}
     fallback: Optional[str] = None
     logs: List[str] = []
@@ -115,9 +120,14 @@ def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callabl
             raise ValueError("at most %d logs per envelope item" % MAX_LOGS_PER_ITEM)
         trace_id = cache.get(line.request_id)
         if trace_id is None:
-            trace_id = trace_id_of(line.request_id)
-            if not valid_trace_id(trace_id):
-                fallback = trace_id = fallback or new_trace_id()
+            try:
+                asked: Any = trace_id_of(line.request_id)
+            except Exception:  # the caller's lookup must not cost the logs
+                asked = None
+            if valid_trace_id(asked):
+                trace_id = asked
+            else:
+                trace_id = fallback = fallback or new_trace_id()
             cache[line.request_id] = trace_id
         logs.append(context.log_json(line, trace_id))
     payload = ('{"version":2,"items":[%s]}' % ",".join(logs)).encode("utf-8", "replace")  # "replace": lone surrogates

@@ -517,3 +517,14 @@ def test_log_item_matches_what_sentry_python_sends() -> None:
     for key in ("sentry.severity_number", "sentry.severity_text", "sentry.release", "sentry.environment"):
         assert set(sdk_log["attributes"][key]) == set(my_log["attributes"][key]) == {"value", "type"}
         assert sdk_log["attributes"][key]["type"] == my_log["attributes"][key]["type"]
+
+
+def test_log_item_survives_a_failing_trace_lookup_and_bad_timestamps() -> None:
+    def broken(_rid: Optional[str]) -> str:
+        raise KeyError("no trace")
+
+    odd = line_of("x")._replace(timestamp=float("nan"))
+    item = log_item([line_of("a"), odd], CONTEXT, broken)
+    assert log_item_problems(item.headers, item.payload) == []
+    logs = json.loads(item.payload)["items"]
+    assert logs[0]["trace_id"] == logs[1]["trace_id"] and abs(logs[1]["timestamp"] - time.time()) < 60
