@@ -7,7 +7,8 @@ One round: ``json.loads`` of a Telemetry POST body with ``--lines`` mixed ``func
 from a structured-logging library), ``parse`` and ``LogBatch.add`` of each, then ``take`` in
 chunks of 100, ``log_item`` and ``Envelope.serialize`` (uncompressed). The figure is the median
 round's process CPU time divided by the lines; in-process, no HTTP (what the listener and the
-flush add per line on top of the Telemetry request they already handle).
+flush add per line on top of the Telemetry request they already handle). Also reported: the
+Python memory a default ``LogBatch`` holds with those lines, and the peak while serializing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -81,8 +83,33 @@ def one_round(body: bytes, context: LogContext, min_level: str = "info") -> Dict
     return {"parsed": parsed, "bytes": out}
 
 
+def held_kib(body: bytes) -> Dict[str, float]:
+    """Python memory held by a default LogBatch full of the parsed lines, and the peak while
+    serializing them (tracemalloc: allocations, not RSS)."""
+    events = json.loads(body)
+    context = LogContext("checkout", "$LATEST", "eu-west-1", "checkout@1.2.3", "production")
+    tracemalloc.start()
+    try:
+        batch = LogBatch()
+        for event in events:
+            line = parse(event.get("record"), event.get("time"))
+            if line is not None:
+                batch.add(line)
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        while True:
+            taken = batch.take(100)
+            if not taken:
+                break
+            Envelope({}, [log_item(taken, context, lambda _rid: TRACE)]).serialize()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return {"batch_held_kib": held / 1024.0, "serialize_peak_kib": peak / 1024.0}
+
+
 def bench_log_lines(lines: int = 1000, rounds: int = 30) -> Dict[str, Any]:
-    """CPU µs per log line (median round), with the envelope bytes made."""
+    """CPU µs per log line (median round), with the envelope bytes made and the memory held."""
     body = telemetry_body(lines)
     context = LogContext("checkout", "$LATEST", "eu-west-1", "checkout@1.2.3", "production")
     counts = one_round(body, context)  # warm-up (imports, caches)
@@ -91,8 +118,11 @@ def bench_log_lines(lines: int = 1000, rounds: int = 30) -> Dict[str, Any]:
         started = time.process_time()
         one_round(body, context)
         samples.append((time.process_time() - started) * 1e6 / lines)
-    return {"lines": lines, "rounds": rounds, "parsed": counts["parsed"], "envelope_bytes": counts["bytes"],
-            "cpu_per_log_line_us": median(samples), "cpu_per_log_line_min_us": min(samples)}
+    result: Dict[str, Any] = {"lines": lines, "rounds": rounds, "parsed": counts["parsed"],
+                              "envelope_bytes": counts["bytes"], "cpu_per_log_line_us": median(samples),
+                              "cpu_per_log_line_min_us": min(samples)}
+    result.update(held_kib(body))
+    return result
 
 
 def main(argv: Any = None) -> int:
@@ -102,8 +132,10 @@ def main(argv: Any = None) -> int:
     opts = parser.parse_args(argv)
     result = bench_log_lines(opts.lines, opts.rounds)
     print(json.dumps(result, indent=2))
-    print("CPU per log line: %.1f µs median (min %.1f; target <= %.0f), %s" % (
-        result["cpu_per_log_line_us"], result["cpu_per_log_line_min_us"], TARGET_US, sys.executable))
+    print("CPU per log line: %.1f µs median (min %.1f; target <= %.0f); batch of %d lines holds %.0f KiB, "
+          "serializing peaks at %.0f KiB; %s" % (
+              result["cpu_per_log_line_us"], result["cpu_per_log_line_min_us"], TARGET_US, result["parsed"],
+              result["batch_held_kib"], result["serialize_peak_kib"], sys.executable))
     return 0
 
 
