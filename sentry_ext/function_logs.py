@@ -52,7 +52,7 @@ SKIP_PREFIXES = (
 _TIME_KEYS = ("timestamp", "time")
 _LEVEL_KEYS = ("level", "levelname", "severity")
 _MESSAGE_KEYS = ("message", "msg")
-_REQUEST_ID_KEYS = ("requestId", "function_request_id", "aws_request_id")
+_REQUEST_ID_KEYS = ("requestId", "AWSRequestId", "function_request_id", "aws_request_id")  # runtimes, Java, Powertools
 # Renamed to semantic-convention attribute names.
 _RENAMED = {
     "logger": "logger.name",

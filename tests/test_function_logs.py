@@ -97,6 +97,14 @@ def test_python_unhandled_error_record() -> None:
     assert line.body.startswith("ValueError: boom\nTraceback") and "raise ValueError('boom')" in line.body
 
 
+@pytest.mark.parametrize("record", ["[INFO]\tHello world, I am a function!", "[INFO] Hello world, I am a function!"])
+def test_level_prefix_without_time_and_request_id(record: str) -> None:
+    line = parse(record, EVENT_TIME)
+    assert line is not None
+    assert (line.level, line.body, line.request_id) == ("info", "Hello world, I am a function!", None)
+    assert line.timestamp == pytest.approx(EVENT_EPOCH)
+
+
 def test_python_record_outside_a_request_has_no_request_id() -> None:
     record, _ = ric_text(logging.WARNING, "at import", request_id="")
     line = parse(record, EVENT_TIME)
@@ -171,6 +179,15 @@ def test_json_exception_record() -> None:
     assert line.attributes["exception.message"] == "boom"
     assert 'raise ValueError("boom")' in line.attributes["exception.stacktrace"]
     assert line.attributes["location"] == "/var/task/app.py:handler:7"
+
+
+def test_json_record_from_the_java_runtime() -> None:
+    record = {"timestamp": "2026-11-28T06:32:55.358Z", "level": "WARN", "message": "from java",
+              "logger": "example.Handler", "AWSRequestId": REQ}
+    line = parse(record, EVENT_TIME)
+    assert line is not None and (line.level, line.request_id) == ("warn", REQ)
+    assert line.attributes == {"logger.name": "example.Handler"}
+    assert line.timestamp == pytest.approx(utc("2026-11-28T06:32:55.358Z"))
 
 
 def test_json_record_with_object_message_and_node_shape() -> None:
