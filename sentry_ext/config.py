@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms of start-up, and this module loads befor
 FLUSH_MODES = ("end", "background", "adaptive")
 DEFAULT_PORT = 5333
 DEFAULT_TELEMETRY_PORT = 5334
+DEFAULT_STATE_FILE = "/tmp/sentry-lambda-extension.state"  # bin/sentry-lambda-wrapper reads it too
 MIB = 1024 * 1024
 
 
@@ -56,6 +57,7 @@ class Config:
     adaptive_window: int = 20
     adaptive_gap_s: float = 10.0
     function_name: str = ""
+    state_file: str = DEFAULT_STATE_FILE
 
     def __init__(self, **values: Any) -> None:
         missing = [name for name in _REQUIRED if name not in values]
@@ -139,7 +141,7 @@ def load(env: Optional[Mapping[str, str]] = None) -> Config:
         return _load(env, runtime_api)
     except (ConfigError, DsnError) as exc:
         return Config(dsn=None, problem=str(exc), runtime_api=runtime_api,
-                      port=_safe_port(env), log_level=_safe_level(env))
+                      port=_safe_port(env), log_level=_safe_level(env), state_file=_state_file(env))
 
 
 def _safe_port(env: Mapping[str, str]) -> int:
@@ -152,6 +154,10 @@ def _safe_port(env: Mapping[str, str]) -> int:
 def _safe_level(env: Mapping[str, str]) -> str:
     level = env.get("SENTRY_EXT_LOG_LEVEL", "").strip().upper()
     return level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
+
+
+def _state_file(env: Mapping[str, str]) -> str:
+    return env.get("SENTRY_EXT_STATE_FILE", "").strip() or DEFAULT_STATE_FILE
 
 
 def _load(env: Mapping[str, str], runtime_api: str) -> Config:
@@ -193,6 +199,7 @@ def _load(env: Mapping[str, str], runtime_api: str) -> Config:
         adaptive_window=_int(env, "SENTRY_EXT_ADAPTIVE_WINDOW", 20, 2, 1000),
         adaptive_gap_s=_int(env, "SENTRY_EXT_ADAPTIVE_GAP_MS", 10000, 1, 3600000) / 1000.0,
         function_name=env.get("AWS_LAMBDA_FUNCTION_NAME", ""),
+        state_file=_state_file(env),
     )
     if cfg.telemetry_port in (cfg.port, 9001):
         raise ConfigError("SENTRY_EXT_TELEMETRY_PORT must differ from SENTRY_EXT_PORT and 9001 (reserved)")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -38,12 +39,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+ACTIVE = "active"  # run_wrapper's default record: an active extension (this test process) on the port
+
+
 def run_wrapper(env: Dict[str, str], shell: Optional[List[str]] = None,
-                cmd: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+                cmd: Optional[List[str]] = None, record: Optional[str] = ACTIVE) -> subprocess.CompletedProcess:
+    """Run the wrapper with the extension's record in a private state file (``None``: no file)."""
     argv = (shell or []) + [str(WRAPPER)] + (cmd if cmd is not None else DUMP_ENV)
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    base.update(env)
-    return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=30)
+    with tempfile.TemporaryDirectory(prefix="wrapper-test-") as tmp:
+        state = os.path.join(tmp, "state")
+        if record == ACTIVE:
+            record = "active %d %s\n" % (os.getpid(), env.get("SENTRY_EXT_PORT", "5333"))
+        if record is not None:
+            with open(state, "w") as fh:
+                fh.write(record)
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SENTRY_EXT_STATE_FILE": state}
+        base.update(env)
+        return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=30)
 
 
 def wrapped_env(env: Dict[str, str], shell: Optional[List[str]] = None) -> Dict[str, str]:
@@ -108,13 +120,48 @@ def test_leaves_the_environment_alone_for_a_missing_or_malformed_dsn(shell: List
         assert proc.stderr == ""
 
 
-def test_uses_sentry_ext_port_and_rejects_a_bad_one() -> None:
+def test_uses_the_port_the_extension_recorded() -> None:
     real = VALID[0]
     assert wrapped_env({"SENTRY_DSN": real, "SENTRY_EXT_PORT": "6123"})["SENTRY_DSN"] == expected_local(real, 6123)
-    for bad in ("0", "65536", "123456", "53x", "-1"):
-        proc = run_wrapper({"SENTRY_DSN": real, "SENTRY_EXT_PORT": bad})
-        assert json.loads(proc.stdout)["SENTRY_DSN"] == real, bad
-        assert "SENTRY_EXT_PORT" in proc.stderr
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+NOT_RELAYING = [
+    (None, "no running extension on port 5333 recorded in"),
+    ("inert {pid} 0\n", "the extension is inert"),
+    ("active {dead} 5333\n", "no running extension"),  # left in /tmp by an earlier sandbox
+    ("active {pid} 6000\n", "no running extension on port 5333"),  # another port than configured
+    ("active 0 5333\n", "no running extension"),  # kill -0 0 would succeed: must not count
+    ("active -{pid} 5333\n", "no running extension"),
+    ("active x 5333\n", "no running extension"),
+    ("active {pid}\n", "no running extension"),
+    ("", "no running extension"),
+    ("\x00\xff garbage", "no running extension"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+@pytest.mark.parametrize("record, why", NOT_RELAYING)
+def test_leaves_the_dsn_alone_unless_a_live_extension_recorded_active(shell: List[str], record: Optional[str],
+                                                                      why: str) -> None:
+    """Without an ``active`` record of a live process on the configured port, the SDK keeps the
+    real DSN (it sends directly), with one line on stderr saying so."""
+    if record is not None:
+        record = record.format(pid=os.getpid(), dead=dead_pid())
+    proc = run_wrapper({"SENTRY_DSN": VALID[0], "NO_PROXY": "corp.example"}, shell, record=record)
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)
+    assert env["SENTRY_DSN"] == VALID[0] and env["NO_PROXY"] == "corp.example" and "no_proxy" not in env
+    assert "SENTRY_EXT_ORG_ID" not in env and "PYTHONPATH" not in env
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and why in lines[0] and "the SDK sends directly to Sentry" in lines[0], proc.stderr
+    # Without a DSN there is nothing to say.
+    assert run_wrapper({}, shell, record=record).stderr == ""
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -187,6 +234,7 @@ def run_function(tmp_path: Path, real_dsn: str, upstream: FakeUpstream, wrapper:
         "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
         "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
         "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
+        "SENTRY_EXT_STATE_FILE": str(tmp_path / "state"),
         "SENTRY_EXT_PYTHON": sys.executable,
     }
     ids: List[str] = []

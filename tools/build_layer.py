@@ -446,6 +446,7 @@ def run_once(opt: Path, python: str, spool: Path, timeout: float = 30.0) -> Dict
             "SENTRY_EXT_TELEMETRY_PORT": str(_free_port()),
             "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
             "SENTRY_EXT_SPOOL_DIR": str(spool),
+            "SENTRY_EXT_STATE_FILE": str(spool) + ".state",
             "SENTRY_EXT_PYTHON": python,
             "SENTRY_EXT_LOG_LEVEL": "WARNING",
         }
