@@ -26,6 +26,7 @@ STANDIN = ROOT / "bin" / "sentry-lambda-inert"
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
 NAME = "sentry-lambda-extension"
 KEY = "0123456789abcdef0123456789abcdef"
+ORG = "4508123"
 
 
 def free_port() -> int:
@@ -197,6 +198,38 @@ def test_package_missing_from_the_layer_the_stand_in_takes_over(
     direct, relay = upstreams
     run = run_wrapped(tmp_path, direct.dsn(), relay, opt=layer_opt(tmp_path, with_package=False))
     assert_direct(run, direct, relay, "inert: package sentry_ext not found next to")
+
+
+def test_active_extension_gets_the_sdk_and_the_org_id_reaches_the_trace_header(
+        tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
+    """The real DSN has an ``o<org>.`` host; the SDK, pointed at 127.0.0.1, still puts that org
+    into the envelope header's ``trace`` (and so into the baggage it propagates)."""
+    direct, relay = upstreams
+    real = "https://%s@o%s.ingest.example.invalid/42" % (KEY, ORG)  # never contacted: the extension relays
+    run = run_wrapped(tmp_path, real, relay)
+    assert relay.wait_for(lambda reqs: set(run.ids) <= set(relay.event_ids()), timeout=10), run.ext_log
+    state, pid, port = run.state.split()
+    assert state == handshake.ACTIVE and int(pid) > 0 and int(port) > 0
+    assert "[sentry-lambda-wrapper]" not in run.runtime_log
+    traces = [rec.envelope.header.get("trace") for rec in relay.requests if rec.envelope is not None]
+    traces = [t for t in traces if t]
+    assert traces and all(t.get("org_id") == ORG for t in traces), traces
+
+
+def test_without_the_python_hook_the_org_id_is_lost(tmp_path: Path,
+                                                    upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
+    """Control for the test above: a wrapper without python-hook/ beside it rewrites the DSN
+    alone, and the SDK's trace header has no org_id (what issue 13 reported)."""
+    direct, relay = upstreams
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy2(WRAPPER, bare / WRAPPER.name)
+    real = "https://%s@o%s.ingest.example.invalid/42" % (KEY, ORG)
+    run = run_wrapped(tmp_path, real, relay, wrapper=bare / WRAPPER.name)
+    assert relay.wait_for(lambda reqs: set(run.ids) <= set(relay.event_ids()), timeout=10), run.ext_log
+    traces = [rec.envelope.header.get("trace") for rec in relay.requests if rec.envelope is not None]
+    traces = [t for t in traces if t]
+    assert traces and not [t for t in traces if "org_id" in t], traces
 
 
 # -- the record itself -------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def test_layout_modes_and_licences(built: BuildResult) -> None:
     got = modes(built.path)
     assert got[EXT] == 0o755 and got[WRAPPER] == 0o755
     assert got[LIB + "/sentry_ext/main.py"] == 0o644
+    assert got[LIB + "/bin/python-hook/sitecustomize.py"] == 0o644  # the wrapper's org id hook
     assert {n.split("/")[0] for n in names} == {"extensions", LIB}
     assert [n for n in names if n.startswith("extensions/")] == [EXT]
     for py in (ROOT / "sentry_ext").glob("*.py"):

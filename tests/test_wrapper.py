@@ -269,3 +269,50 @@ def test_without_the_wrapper_the_same_function_bypasses_the_extension(tmp_path: 
         ids = run_function(tmp_path, direct.dsn(), relayed, None, {})
         assert direct.wait_for(lambda reqs: set(ids) <= set(direct.event_ids()), timeout=10)
         assert relayed.requests == []
+
+
+# -- organisation id ---------------------------------------------------------------------------------
+
+HOOK_DIR = str(ROOT / "bin" / "python-hook")
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_hands_on_the_org_id_of_an_o_org_host(shell: List[str]) -> None:
+    env = wrapped_env({"SENTRY_DSN": "https://%s@o4508.ingest.us.sentry.io/42" % KEY, "PYTHONPATH": "/var/task"},
+                      shell)
+    assert env["SENTRY_EXT_ORG_ID"] == "4508"
+    assert env["PYTHONPATH"] == HOOK_DIR + ":/var/task"
+    # An explicit value wins (self-hosted, Relay); no o<org> host and none given: nothing is added.
+    env = wrapped_env({"SENTRY_DSN": "https://%s@sentry.example.com/42" % KEY, "SENTRY_EXT_ORG_ID": "77"}, shell)
+    assert env["SENTRY_EXT_ORG_ID"] == "77" and env["PYTHONPATH"] == HOOK_DIR
+    for host in ("sentry.example.com", "oops.example.com", "o12x.example.com", "o.example.com"):
+        env = wrapped_env({"SENTRY_DSN": "https://%s@%s/42" % (KEY, host)}, shell)
+        assert "SENTRY_EXT_ORG_ID" not in env and "PYTHONPATH" not in env, host
+
+
+def run_hooked(tmp_path: Path, code: str, org: str = "4508", shadowed: Optional[str] = None) -> str:
+    """Run ``code`` in a Python started like the wrapper starts one (the hook first on PYTHONPATH)."""
+    path = [HOOK_DIR]
+    if shadowed is not None:
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "sitecustomize.py").write_text(shadowed)
+        path.append(str(other))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ":".join(path), "SENTRY_EXT_ORG_ID": org}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return proc.stdout.strip()
+
+
+def test_python_hook_sets_the_default_org_id_and_keeps_an_explicit_one(tmp_path: Path) -> None:
+    code = ("import sys; assert 'sentry_sdk' not in sys.modules; import sentry_sdk; "
+            "from sentry_sdk.utils import Dsn; sentry_sdk.init('http://k@127.0.0.1:9/1'); "
+            "print(sentry_sdk.get_client().parsed_dsn.org_id, Dsn('http://k@127.0.0.1:9/1').org_id, "
+            "sentry_sdk.Client('http://k@127.0.0.1:9/1', org_id='9').parsed_dsn.org_id)")
+    assert run_hooked(tmp_path, code) == "4508 None 9"
+    assert run_hooked(tmp_path, code.replace("print(", "print('x', "), org="") == "x None None 9"
+
+
+def test_python_hook_runs_the_sitecustomize_it_shadows_and_leaves_the_path(tmp_path: Path) -> None:
+    code = "import sys, sitecustomize; print(sitecustomize.MARK, %r in sys.path)" % HOOK_DIR
+    assert run_hooked(tmp_path, code, shadowed="MARK = 'theirs'\n") == "theirs False"
