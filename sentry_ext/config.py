@@ -58,6 +58,7 @@ class Config:
     adaptive_gap_s: float = 10.0
     function_name: str = ""
     state_file: str = DEFAULT_STATE_FILE
+    warnings: Tuple[str, ...] = ()  # settings ignored (a default used instead), logged once
 
     def __init__(self, **values: Any) -> None:
         missing = [name for name in _REQUIRED if name not in values]
@@ -141,7 +142,8 @@ def load(env: Optional[Mapping[str, str]] = None) -> Config:
         return _load(env, runtime_api)
     except (ConfigError, DsnError) as exc:
         return Config(dsn=None, problem=str(exc), runtime_api=runtime_api,
-                      port=_safe_port(env), log_level=_safe_level(env), state_file=_state_file(env))
+                      port=_safe_port(env), log_level=_safe_level(env), state_file=_state_file(env),
+                      warnings=_warnings(env))
 
 
 def _safe_port(env: Mapping[str, str]) -> int:
@@ -151,9 +153,20 @@ def _safe_port(env: Mapping[str, str]) -> int:
         return DEFAULT_PORT
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _safe_level(env: Mapping[str, str]) -> str:
     level = env.get("SENTRY_EXT_LOG_LEVEL", "").strip().upper()
-    return level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
+    return level if level in LOG_LEVELS else "INFO"
+
+
+def _warnings(env: Mapping[str, str]) -> Tuple[str, ...]:
+    """Settings that are ignored rather than fatal (a bad log level only changes verbosity)."""
+    level = env.get("SENTRY_EXT_LOG_LEVEL", "").strip()
+    if level and level.upper() not in LOG_LEVELS:
+        return ("SENTRY_EXT_LOG_LEVEL must be one of %s, got %r; using INFO" % ("/".join(LOG_LEVELS), level),)
+    return ()
 
 
 def _state_file(env: Mapping[str, str]) -> str:
@@ -200,6 +213,7 @@ def _load(env: Mapping[str, str], runtime_api: str) -> Config:
         adaptive_gap_s=_int(env, "SENTRY_EXT_ADAPTIVE_GAP_MS", 10000, 1, 3600000) / 1000.0,
         function_name=env.get("AWS_LAMBDA_FUNCTION_NAME", ""),
         state_file=_state_file(env),
+        warnings=_warnings(env),
     )
     if cfg.telemetry_port in (cfg.port, 9001):
         raise ConfigError("SENTRY_EXT_TELEMETRY_PORT must differ from SENTRY_EXT_PORT and 9001 (reserved)")

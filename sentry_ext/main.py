@@ -61,6 +61,7 @@ class Extension:
         self._polling = False
         self._signal: Optional[int] = None
         self._invokes: Deque[float] = collections.deque(maxlen=cfg.adaptive_window)
+        self._adaptive_mode = "end"  # what adaptive mode chose last (it starts with end)
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
         self._inert_reason = ""
@@ -117,6 +118,9 @@ class Extension:
 
     def _prepare(self, ingest_sock: Optional[socket.socket]) -> None:
         cfg = self.cfg
+        for warning in cfg.warnings:
+            self._announce()
+            log.warning("%s", warning)
         if self._record_error is not None:
             self._announce()
             log.warning("cannot write %s (%s): the exec wrapper leaves the SDK sending straight to Sentry",
@@ -248,7 +252,12 @@ class Extension:
         if len(self._invokes) < self._invokes.maxlen:  # type: ignore[operator]
             return "end"
         mean_gap = (self._invokes[-1] - self._invokes[0]) / (len(self._invokes) - 1)
-        return "background" if mean_gap <= self.cfg.adaptive_gap_s else "end"
+        mode = "background" if mean_gap <= self.cfg.adaptive_gap_s else "end"
+        if mode != self._adaptive_mode:
+            log.info("adaptive: switching from %s to %s flushing (mean gap %.1f s over the last %d invocations)",
+                     self._adaptive_mode, mode, mean_gap, len(self._invokes))
+            self._adaptive_mode = mode
+        return mode
 
     def on_invoke(self, event: Dict[str, Any]) -> None:
         """After an INVOKE: in ``end`` mode wait for runtimeDone, then drain, all before the deadline."""

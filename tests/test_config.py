@@ -46,3 +46,11 @@ def test_overrides_and_secrets_hidden() -> None:
 def test_https_proxy_chosen_for_https_upstream() -> None:
     cfg = load({"SENTRY_DSN": DSN, "https_proxy": "http://p:1", "HTTP_PROXY": "http://other:2", "NO_PROXY": "x"})
     assert cfg.proxy_url == "http://p:1" and cfg.no_proxy == "x"
+
+
+def test_unknown_log_level_is_a_warning_not_a_problem() -> None:
+    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "verbose"})
+    assert cfg.active and cfg.log_level == "INFO"
+    assert len(cfg.warnings) == 1 and "SENTRY_EXT_LOG_LEVEL" in cfg.warnings[0] and "'verbose'" in cfg.warnings[0]
+    assert load({"SENTRY_EXT_LOG_LEVEL": "verbose"}).warnings == cfg.warnings  # inert: still said
+    assert load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "warning"}).warnings == ()

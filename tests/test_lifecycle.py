@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -70,6 +71,13 @@ def test_wait_never_passes_the_invoke_deadline(upstream: FakeUpstream) -> None:
 def test_adaptive_switches_to_background_when_invocations_are_frequent(upstream: FakeUpstream) -> None:
     ext = extension(upstream, SENTRY_EXT_FLUSH="adaptive", SENTRY_EXT_ADAPTIVE_WINDOW="5",
                     SENTRY_EXT_ADAPTIVE_GAP_MS="1000")
+    logger = logging.getLogger("sentry_ext.main")  # the package logger may not propagate: listen here
+    records: list = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         modes = [ext.effective_mode(float(t)) for t in range(0, 20, 5)]  # sparse: every 5 s
         assert modes == ["end"] * 4
@@ -77,7 +85,12 @@ def test_adaptive_switches_to_background_when_invocations_are_frequent(upstream:
         assert modes[-1] == "background"
         modes = [ext.effective_mode(100.0 + t * 3) for t in range(5)]  # sparse again
         assert modes[-1] == "end"
+        switches = [r.getMessage() for r in records if "adaptive: switching" in r.getMessage()]
+        assert len(switches) == 2, switches  # one line per switch, not per invocation
+        assert "from end to background" in switches[0] and "from background to end" in switches[1]
     finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
         stop(ext.pipeline)
 
 
