@@ -29,7 +29,7 @@ DEPENDENCIES = ("urllib3", "certifi")  # what the pipeline needs beyond the stdl
 def record(path: str, state: str, port: int = 0) -> Optional[str]:
     """Write ``state`` for this process; returns None, or why the record could not be written
     (then any older record is removed, so the wrapper leaves the SDK alone)."""
-    line = ("%s %d %d\n" % (state, os.getpid(), port if state == ACTIVE else 0)).encode("ascii")
+    line = ("%s %d %d\n" % (state, os.getpid(), port if state == ACTIVE else 0)).encode()  # utf-8: no codec import
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
