@@ -193,6 +193,23 @@ def test_python_older_than_39_gets_one_line_and_stays_inert(
     assert_direct(run, direct, relay, "inert: Python 3.8 at %s is older than 3.9" % sys.executable)
 
 
+def test_old_python_and_no_bash_exits_with_one_clear_line(tmp_path: Path) -> None:
+    """The one way left to fail: neither a usable Python nor bash. One line, exit 1."""
+    import subprocess
+
+    old = script(tmp_path / "python3.8", '#!/bin/sh\ncode=$3; shift 3\n'
+                 'exec "%s" -I -c "import sys; sys.version_info = (3, 8, 18, \'final\', 0); '
+                 'exec(compile(sys.argv.pop(1), \'<launcher>\', \'exec\'))" "$code" "$@"\n' % sys.executable)
+    opt = layer_opt(tmp_path)
+    proc = subprocess.run([str(opt / "extensions" / NAME)], capture_output=True, text=True, timeout=30,
+                          env={"PATH": str(tmp_path / "nowhere"), "SENTRY_EXT_PYTHON": old,
+                               "SENTRY_EXT_STATE_FILE": str(tmp_path / "state")})
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "[sentry-lambda-extension] ERROR Python 3.8 at %s is older than 3.9 (set SENTRY_EXT_PYTHON to a "
+        "Python >= 3.9), and no bash for the inert stand-in" % sys.executable]
+
+
 def test_package_missing_from_the_layer_the_stand_in_takes_over(
         tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
     direct, relay = upstreams
