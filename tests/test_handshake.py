@@ -217,6 +217,18 @@ def test_package_missing_from_the_layer_the_stand_in_takes_over(
     assert_direct(run, direct, relay, "inert: package sentry_ext not found next to")
 
 
+def test_package_that_cannot_be_imported_the_stand_in_takes_over(
+        tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
+    direct, relay = upstreams
+    opt = layer_opt(tmp_path, with_package=False)
+    broken = opt / "sentry-lambda-extension" / "sentry_ext"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")  # a damaged layer: the package without its modules
+    run = run_wrapped(tmp_path, direct.dsn(), relay, opt=opt)
+    assert_direct(run, direct, relay, "inert: cannot load sentry_ext from")
+    assert "ModuleNotFoundError: No module named 'sentry_ext.main'" in run.ext_log
+
+
 def test_active_extension_gets_the_sdk_and_the_org_id_reaches_the_trace_header(
         tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
     """The real DSN has an ``o<org>.`` host; the SDK, pointed at 127.0.0.1, still puts that org
