@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
+from helpers import KEY
 from tools.fake_upstream import FakeUpstream
-
-KEY = "0123456789abcdef0123456789abcdef"
 
 
 def test_ten_frozen_invocations_deliver_every_event(tmp_path: Path, upstream: FakeUpstream) -> None:

@@ -21,10 +21,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 import urllib3
 
+from helpers import KEY
 from tools.fake_upstream import FakeUpstream, Recorded, Reply, main, parse_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "0123456789abcdef0123456789abcdef"
 AUTH = f"Sentry sentry_key={KEY}, sentry_version=7, sentry_client=test/1.0"
 ENVELOPE_PATH = "/api/42/envelope/"
 CLIENT_TIMEOUT = 5.0

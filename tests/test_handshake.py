@@ -15,9 +15,11 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
+from helpers import KEY
 from sentry_ext import handshake
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
+from tools.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
@@ -25,14 +27,7 @@ LAUNCHER = ROOT / "bin" / "sentry-lambda-extension"
 STANDIN = ROOT / "bin" / "sentry-lambda-inert"
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
 NAME = "sentry-lambda-extension"
-KEY = "0123456789abcdef0123456789abcdef"
 ORG = "4508123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def layer_opt(base: Path, with_package: bool = True) -> Path:

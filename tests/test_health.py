@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop, wait_until
+from helpers import PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.health import assess
 from tools.fake_upstream import FakeUpstream, Reply
 
@@ -34,22 +34,19 @@ def test_assess() -> None:
     assert len(assess(2, 900, 1000, 0, 8 << 20)["reasons"]) == 2
 
 
-def test_degraded_during_an_upstream_outage_and_ok_after(upstream: FakeUpstream) -> None:
+def test_degraded_during_an_upstream_outage_and_ok_after(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.script([Reply(status=503)] * 3)  # a short outage: three refusals, then 200s
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT))
+    pipe = pipelines()
     port = port_of(pipe)
-    try:
-        first = health(port)
-        assert first["status"] == "ok" and first["reasons"] == [] and first["upstream_failures"] == 0
-        status, _, _ = post(port, "/api/%s/envelope/" % PROJECT, envelope("b" * 32), auth())
-        assert status == 200
-        seen = []
-        assert wait_until(lambda: seen.append(health(port)) or seen[-1]["status"] == "degraded", timeout=10), seen
-        degraded = seen[-1]
-        assert degraded["upstream_failures"] >= 1
-        assert [r for r in degraded["reasons"] if r.startswith("upstream failing")], degraded
-        # The outage ends: the retry gets through and health says so.
-        assert wait_until(lambda: health(port)["status"] == "ok", timeout=15), health(port)
-        assert pipe.stats.get("forwarded") == 1 and health(port)["upstream_failures"] == 0
-    finally:
-        stop(pipe)
+    first = health(port)
+    assert first["status"] == "ok" and first["reasons"] == [] and first["upstream_failures"] == 0
+    status, _, _ = post(port, "/api/%s/envelope/" % PROJECT, envelope("b" * 32), auth())
+    assert status == 200
+    seen = []
+    assert wait_until(lambda: seen.append(health(port)) or seen[-1]["status"] == "degraded", timeout=10), seen
+    degraded = seen[-1]
+    assert degraded["upstream_failures"] >= 1
+    assert [r for r in degraded["reasons"] if r.startswith("upstream failing")], degraded
+    # The outage ends: the retry gets through and health says so.
+    assert wait_until(lambda: health(port)["status"] == "ok", timeout=15), health(port)
+    assert pipe.stats.get("forwarded") == 1 and health(port)["upstream_failures"] == 0

@@ -20,6 +20,7 @@ from tools import build_layer
 from tools.build_layer import LAMBDA_PYTHONS, BuildResult, find_python, unpack
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
+from tools.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
@@ -27,14 +28,6 @@ LIB = "sentry-lambda-extension"
 EXT = "extensions/sentry-lambda-extension"
 WRAPPER = LIB + "/bin/sentry-lambda-wrapper"
 PYC_NAME = re.compile(r"^(.*)/__pycache__/([A-Za-z0-9_]+)\.(cpython-3\d+)\.pyc$")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -232,14 +225,3 @@ def test_end_to_end_from_the_unpacked_layer_on_python39(opt: Path, tmp_path: Pat
         assert "Traceback" not in log
     assert files_under(opt) == before, "the extension wrote into the read-only layer"
 
-
-def test_readme_configuration_table_lists_every_setting() -> None:
-    """Every environment variable config.py reads (and the launcher's SENTRY_EXT_PYTHON) is in the table."""
-    source = (ROOT / "sentry_ext" / "config.py").read_text()
-    names = set(re.findall(r'"((?:SENTRY|HTTPS?|NO|SSL|AWS)_[A-Z0-9_]+|https?_proxy|no_proxy)"', source))
-    names.add("SENTRY_EXT_PYTHON")
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    rows = "\n".join(line for line in section.splitlines() if line.startswith("|"))
-    missing = sorted(n for n in names if "`%s`" % n not in rows)
-    assert not missing, "README configuration table lacks: %s" % ", ".join(missing)

@@ -40,6 +40,7 @@ class Clock:
     ("abc:error, -5:error, nan:error, inf:error, :error, , ", {}),  # garbage entries skipped
     ("10:error, bogus, 20:transaction", {"error": NOW + 10, "transaction": NOW + 20}),
     (" 60 : error ; transaction : key ", {"error": NOW + 60, "transaction": NOW + 60}),
+    ("60:trace_metric:key", {"trace_metric": NOW + 60}),          # sentry-python 2.x's newest category
 ])
 def test_parse_rate_limits(header: str, expected: dict) -> None:
     assert parse_rate_limits(header, NOW) == expected

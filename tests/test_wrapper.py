@@ -15,28 +15,21 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from helpers import KEY
 from sentry_ext.dsn import Dsn, DsnError
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
+from tools.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
 LAUNCHER = ROOT / "bin" / "sentry-lambda-extension"
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
-KEY = "0123456789abcdef0123456789abcdef"
 
 # POSIX shells to run the wrapper under: dash is the strictest here; bash --posix is what
 # /bin/sh is on Amazon Linux (Lambda's base images).
 SHELLS = [s for s in (["dash"], ["bash", "--posix"]) if shutil.which(s[0])]
 DUMP_ENV = [sys.executable, "-I", "-S", "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 ACTIVE = "active"  # run_wrapper's default record: an active extension (this test process) on the port

@@ -41,7 +41,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -428,26 +427,21 @@ def summary(result: BuildResult) -> str:
 
 # -- cold-start measurement ------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_once(opt: Path, python: str, spool: Path, timeout: float = 30.0) -> Dict[str, float]:
     """Start the layer's launcher once; ms from spawn to register, next and ready, and CPU ms."""
     if __package__ in (None, ""):  # run as a script: make ``tools`` importable
         sys.path.insert(0, str(ROOT))
     from tools.ext_api_stub import ExtApiStub
+    from tools.netutil import free_port
 
-    port = _free_port()
+    port = free_port()
     with ExtApiStub() as api:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "AWS_LAMBDA_RUNTIME_API": api.address,
             "SENTRY_DSN": "http://0123456789abcdef0123456789abcdef@127.0.0.1:9/1",
             "SENTRY_EXT_PORT": str(port),
-            "SENTRY_EXT_TELEMETRY_PORT": str(_free_port()),
+            "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
             "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
             "SENTRY_EXT_SPOOL_DIR": str(spool),
             "SENTRY_EXT_STATE_FILE": str(spool) + ".state",

@@ -39,6 +39,8 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
+from tools.netutil import BodyError, read_body
+
 try:  # optional, like in sentry-python
     import brotli  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the environment
@@ -377,64 +379,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
-        te = self.headers.get("Transfer-Encoding", "")
-        if te:
-            if te.strip().lower() != "chunked":
-                self.send_error(501, "unsupported transfer-encoding")
-                raise _DropConnection()
-            return self._read_chunked()
-        cl = self.headers.get("Content-Length")
-        if cl is None:
-            return b""
         try:
-            length = int(cl.strip())
-        except ValueError:
-            self.send_error(400, "bad content-length")
-            raise _DropConnection() from None
-        if length < 0:
-            self.send_error(400, "bad content-length")
-            raise _DropConnection()
-        if length > MAX_BODY_BYTES:
-            self.send_error(413)
-            raise _DropConnection()
-        data = self.rfile.read(length)
-        if len(data) != length:
-            raise _DropConnection()
-        return data
-
-    def _read_chunked(self) -> bytes:
-        parts: List[bytes] = []
-        total = 0
-        for _ in range(MAX_CHUNKS):
-            line = self.rfile.readline(MAX_LINE + 1)
-            if not line or len(line) > MAX_LINE:
-                raise _DropConnection()
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                self.send_error(400, "bad chunk size")
-                raise _DropConnection() from None
-            if size < 0:
-                raise _DropConnection()
-            if size == 0:
-                for _ in range(MAX_TRAILER_LINES):
-                    trailer = self.rfile.readline(MAX_LINE + 1)
-                    if not trailer or trailer in (b"\r\n", b"\n"):
-                        return b"".join(parts)
-                raise _DropConnection()
-            total += size
-            if total > MAX_BODY_BYTES:
+            return read_body(self.rfile, self.headers, MAX_BODY_BYTES, MAX_CHUNKS, MAX_LINE, MAX_TRAILER_LINES)
+        except BodyError as exc:
+            if exc.status == 413:
                 self.send_error(413)
-                raise _DropConnection()
-            chunk = self.rfile.read(size)
-            if len(chunk) != size:
-                raise _DropConnection()
-            parts.append(chunk)
-            if self.rfile.readline(3).strip():  # CRLF after the chunk data
-                self.send_error(400, "bad chunk framing")
-                raise _DropConnection()
-        raise _DropConnection()
+            elif exc.status is not None:
+                self.send_error(exc.status, str(exc))
+            raise _DropConnection() from None
 
     def _serve(self) -> None:
         upstream = self.server.upstream
@@ -742,11 +694,6 @@ class FakeUpstream:
     def connections_opened(self) -> int:
         with self._cond:
             return self._connections_opened
-
-    @property
-    def connections_open(self) -> int:
-        with self._cond:
-            return len(self._open)
 
     @property
     def idle_closes(self) -> int:
