@@ -20,6 +20,7 @@ from sentry_ext import handshake
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port
+from tools.sandbox import function_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
@@ -80,17 +81,8 @@ class Run:
 def run_wrapped(tmp_path: Path, real_dsn: str, relay: FakeUpstream, opt: Optional[Path] = None,
                 wrapper: Path = WRAPPER, **overrides: str) -> Run:
     state = tmp_path / "state"
-    env = {
-        "SENTRY_DSN": real_dsn,  # the real DSN, for the extension and the function alike
-        "SENTRY_EXT_UPSTREAM": relay.base_url,
-        "SENTRY_EXT_PORT": str(free_port()),
-        "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
-        "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
-        "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
-        "SENTRY_EXT_STATE_FILE": str(state),
-        "SENTRY_EXT_PYTHON": sys.executable,
-    }
-    env.update(overrides)
+    env = function_env(real_dsn, tmp_path / "spool", SENTRY_EXT_UPSTREAM=relay.base_url,
+                       SENTRY_EXT_STATE_FILE=str(state), **overrides)  # the real DSN, for extension and function
     env = {k: v for k, v in env.items() if v is not None and v != "<unset>"}
     ids: List[str] = []
     with Emulator(opt or layer_opt(tmp_path), task_root=SAMPLE_FUNCTION, env=env, exec_wrapper=str(wrapper),
@@ -140,25 +132,17 @@ def test_port_taken_the_sdk_sends_directly(tmp_path: Path, upstreams: Tuple[Fake
     assert_direct(run, direct, relay, "inert: cannot listen on 127.0.0.1:%d" % port)
 
 
-def test_no_python_the_stand_in_records_inert_and_the_sdk_sends_directly(
-        tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
+@pytest.mark.parametrize("python", ["<unset>", "/nope/python3"], ids=["no-python", "bad-sentry-ext-python"])
+def test_no_usable_python_the_stand_in_records_inert_and_the_sdk_sends_directly(
+        tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream], python: str) -> None:
+    """No python3 on the runtime, or a bad ``SENTRY_EXT_PYTHON`` with no other Python to fall back to."""
     if os.path.exists("/var/lang/bin/python3"):
         pytest.skip("/var/lang/bin/python3 exists here")
     direct, relay = upstreams
-    run = run_wrapped(tmp_path, direct.dsn(), relay, PATH=path_with(tmp_path, python=False),
-                      SENTRY_EXT_PYTHON="<unset>")
+    run = run_wrapped(tmp_path, direct.dsn(), relay, PATH=path_with(tmp_path, python=False), SENTRY_EXT_PYTHON=python)
     assert_direct(run, direct, relay, "inert: no python3 on this runtime")
-
-
-def test_bad_sentry_ext_python_without_another_python_the_sdk_sends_directly(
-        tmp_path: Path, upstreams: Tuple[FakeUpstream, FakeUpstream]) -> None:
-    if os.path.exists("/var/lang/bin/python3"):
-        pytest.skip("/var/lang/bin/python3 exists here")
-    direct, relay = upstreams
-    run = run_wrapped(tmp_path, direct.dsn(), relay, PATH=path_with(tmp_path, python=False),
-                      SENTRY_EXT_PYTHON="/nope/python3")
-    assert_direct(run, direct, relay, "inert: no python3 on this runtime")
-    assert run.ext_log.count("SENTRY_EXT_PYTHON=/nope/python3 is not an executable file") == 1, run.ext_log
+    warnings = run.ext_log.count("SENTRY_EXT_PYTHON=%s is not an executable file" % python)
+    assert warnings == (0 if python == "<unset>" else 1), run.ext_log
 
 
 def test_bad_sentry_ext_python_falls_back_to_python3_on_path(

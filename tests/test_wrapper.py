@@ -20,6 +20,7 @@ from sentry_ext.dsn import Dsn, DsnError
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port
+from tools.sandbox import function_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
@@ -220,16 +221,9 @@ def make_opt(base: Path) -> Path:
 def run_function(tmp_path: Path, real_dsn: str, upstream: FakeUpstream, wrapper: Optional[str],
                  runtime_env: Dict[str, str]) -> List[str]:
     """Two invocations of the unmodified sample function; returns the event ids it captured."""
-    env = {
-        "SENTRY_DSN": real_dsn,  # the real DSN, for the extension and the function alike
-        "SENTRY_EXT_UPSTREAM": upstream.base_url,
-        "SENTRY_EXT_PORT": str(free_port()),
-        "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
-        "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
-        "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
-        "SENTRY_EXT_STATE_FILE": str(tmp_path / "state"),
-        "SENTRY_EXT_PYTHON": sys.executable,
-    }
+    env = function_env(real_dsn, tmp_path / "spool", SENTRY_EXT_UPSTREAM=upstream.base_url,
+                       SENTRY_EXT_STATE_FILE=str(tmp_path / "state"))  # the real DSN, for extension and function
+    del env["NO_PROXY"]  # the wrapper must add 127.0.0.1 itself (see the HTTP_PROXY test)
     ids: List[str] = []
     with Emulator(make_opt(tmp_path), task_root=SAMPLE_FUNCTION, env=env, runtime_env=runtime_env,
                   exec_wrapper=wrapper, function_name="wrapper-test") as emu:
