@@ -12,12 +12,15 @@ import collections
 import enum
 import time
 
+from . import logs
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Deque
 
     from .config import Config
 
+log = logs.get("sentry_ext.flush")  # imports logging at its first use
 END = "end"
 BACKGROUND = "background"
 ADAPTIVE = "adaptive"
@@ -43,6 +46,7 @@ class FlushControl:
         self.gap_s = gap_s
         self._clock = clock
         self._invokes: Deque[float] = collections.deque(maxlen=max(2, window))
+        self._adaptive_last = FlushDecision.END  # adaptive's previous decision: a change is logged
 
     @classmethod
     def from_config(cls, cfg: Config) -> "FlushControl":
@@ -59,7 +63,12 @@ class FlushControl:
         if len(invokes) < invokes.maxlen:  # type: ignore[operator]
             return FlushDecision.END  # too few invocations seen to call them frequent
         mean_gap = (invokes[-1] - invokes[0]) / (len(invokes) - 1)
-        return FlushDecision.BACKGROUND if mean_gap <= self.gap_s else FlushDecision.END
+        decision = FlushDecision.BACKGROUND if mean_gap <= self.gap_s else FlushDecision.END
+        if decision is not self._adaptive_last:
+            log.info("adaptive: switching from %s to %s flushing (mean gap %.1f s over the last %d invocations)",
+                     self._adaptive_last.value, decision.value, mean_gap, len(invokes))
+            self._adaptive_last = decision
+        return decision
 
     def fall_back(self) -> None:
         """Flush in the background from now on (telemetry is unavailable, so ``end`` cannot work)."""
