@@ -32,7 +32,7 @@ FAKE_AWS = textwrap.dedent(
     import json, os, sys
 
     args = sys.argv[1:]
-    record = {"argv": args}
+    record = {"argv": args, "pager": os.environ.get("AWS_PAGER")}
     def opt(name):
         return args[args.index(name) + 1] if name in args else None
     assert args[0] == "lambda", args
@@ -96,10 +96,11 @@ def aws(tmp_path: Path) -> FakeAws:
 
 
 def config(layers: List[str], env: Optional[Dict[str, str]], **extra: Any) -> str:
-    cfg: Dict[str, Any] = {"FunctionName": "fn", "Runtime": "python3.12", "RevisionId": "rev-1", **extra}
+    cfg: Dict[str, Any] = {"FunctionName": "fn", "Runtime": "python3.12", "RevisionId": "rev-1"}
     cfg["Layers"] = [{"Arn": arn, "CodeSize": 1} for arn in layers]
     if env is not None:
         cfg["Environment"] = {"Variables": env}
+    cfg.update(extra)
     return json.dumps(cfg)
 
 
@@ -122,6 +123,7 @@ def test_attach_keeps_other_layers_and_variables(aws: FakeAws, shell: str) -> No
     assert request["RevisionId"] == "rev-1" and request["FunctionName"] == "fn"
     assert [c["argv"][1] for c in aws.calls()] == ["get-function-configuration", "update-function-configuration",
                                                    "wait"]
+    assert {c["pager"] for c in aws.calls()} == {""}  # AWS CLI v2 must not open a pager
     assert proc.stdout.split() == request["Layers"]
     assert "set: SENTRY_DSN, AWS_LAMBDA_EXEC_WRAPPER" in proc.stderr
     assert not list(aws.tmp.glob("attach-layer.*"))  # the request file is removed
@@ -155,6 +157,8 @@ def test_attach_keeps_a_foreign_wrapper_and_an_existing_dsn(aws: FakeAws) -> Non
     ([], {"FOO": "1"}, {}, [], "fn has no SENTRY_DSN: pass --dsn DSN"),
     (["%s:%d" % (OTHER, i) for i in range(1, 6)], {"SENTRY_DSN": DSN}, {}, [], "would have 6 layers; Lambda allows 5"),
     ([], None, {"PackageType": "Image"}, ["--dsn", DSN], "container image function"),
+    ([], None, {"Environment": {"Error": {"ErrorCode": "AccessDeniedException", "Message": "KMS denied"}}},
+     ["--dsn", DSN], "cannot read the environment variables of fn (KMS denied)"),
 ])
 def test_attach_refuses_without_updating(aws: FakeAws, layers: List[str], env: Optional[Dict[str, str]],
                                          extra: Dict[str, Any], args: List[str], message: str) -> None:

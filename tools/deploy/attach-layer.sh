@@ -16,6 +16,8 @@
 set -eu
 
 WRAPPER=/opt/sentry-lambda-extension/bin/sentry-lambda-wrapper
+AWS_PAGER=""  # AWS CLI v2 would page the output
+export AWS_PAGER
 
 usage() {
     sed -n 's|^#   \(tools/deploy/.*\)|usage: \1|p' "$0"
@@ -83,7 +85,11 @@ if layer_arn not in layers:
 if len(layers) > 5:
     fail("%s would have %d layers; Lambda allows 5" % (function_name, len(layers)))
 
-env = dict((cfg.get("Environment") or {}).get("Variables") or {})
+environment = cfg.get("Environment") or {}
+if environment.get("Error"):
+    fail("cannot read the environment variables of %s (%s): they would be lost, nothing changed"
+         % (function_name, environment["Error"].get("Message") or environment["Error"]))
+env = dict(environment.get("Variables") or {})
 changed = []
 dsn = os.environ.get("ATTACH_DSN", "")
 if dsn:
