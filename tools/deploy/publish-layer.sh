@@ -10,6 +10,8 @@
 set -eu
 
 RUNTIMES="python3.9 python3.10 python3.11 python3.12 python3.13 python3.14"
+AWS_PAGER=""  # AWS CLI v2 would page the output
+export AWS_PAGER
 
 usage() {
     sed -n 's|^#   \(tools/deploy/.*\)|usage: \1|p' "$0"

@@ -3,6 +3,13 @@
 #   pip install -r tools/deploy/example_function/requirements.txt -t tools/deploy/example_function
 #   cd tools/deploy/terraform/example && terraform init && terraform apply -var sentry_dsn=<dsn>
 
+terraform {
+  required_providers {
+    aws     = { source = "hashicorp/aws", version = ">= 5.0" }
+    archive = { source = "hashicorp/archive", version = ">= 2.0" }
+  }
+}
+
 variable "sentry_dsn" {
   type        = string
   description = "The project's DSN"
