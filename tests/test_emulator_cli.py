@@ -47,8 +47,10 @@ def user_function(tmp_path: Path) -> Path:
 
 
 def run_script(script: Path, args: List[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python3 tools/...`` from another directory: the script must find the ``tools`` package itself."""
-    return subprocess.run([sys.executable, str(script), *args], cwd=str(cwd), capture_output=True, text=True,
+    """``python3 tools/...`` from another directory, on an interpreter without site-packages (as a
+    system python3 without awslambdaric): the script must find the ``tools`` package itself and run
+    the function on the project's .venv."""
+    return subprocess.run([sys.executable, "-S", str(script), *args], cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout)
 
 
