@@ -62,7 +62,7 @@ def test_config_validates_values_not_only_names() -> None:
         with pytest.raises(ConfigError):
             Config(**dict({"dsn": dsn, "problem": None}, **bad))
     with pytest.raises(TypeError):
-        Config(dsn=dsn, problem=None, function_name="gone")
+        Config(dsn=dsn, problem=None, queue_size="gone")
 
 
 def test_bad_log_level_falls_back_without_making_it_inert() -> None:
