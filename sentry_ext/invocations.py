@@ -129,17 +129,21 @@ class Invocations:
         self._init_report: Optional[InitReport] = None
         self._init_decided = False
         self._cond = threading.Condition()
+        # Held from a decision until its callback returned: whoever settles next (the lifecycle
+        # before a drain) waits for a failure another thread decided to be queued first.
+        self._deciding = threading.RLock()
 
     # -- input ---------------------------------------------------------------------------------
 
     def feed(self, records: Iterable[Record]) -> None:
         """Typed records from one Telemetry batch."""
         failures: List[Failure] = []
-        with self._cond:
-            for record in records:
-                self._apply(record, failures)
-            self._cond.notify_all()
-        self._emit(failures)
+        with self._deciding:
+            with self._cond:
+                for record in records:
+                    self._apply(record, failures)
+                self._cond.notify_all()
+            self._emit(failures)
 
     def invoked(self, request_id: Any, tracing: Any = None) -> None:
         """An INVOKE event reached the lifecycle loop (it can arrive before ``platform.start``)."""
@@ -203,24 +207,26 @@ class Invocations:
     def settle(self, request_id: str) -> Optional[Failure]:
         """Decide ``request_id`` now with the records at hand (once); its failure, if any, goes to
         ``on_failure`` before this returns."""
-        with self._cond:
-            req = self._requests.get(request_id)
-            failure = self._decide(req) if req is not None else None
-        self._emit([failure] if failure else [])
+        with self._deciding:
+            with self._cond:
+                req = self._requests.get(request_id)
+                failure = self._decide(req) if req is not None else None
+            self._emit([failure] if failure else [])
         return failure
 
     def settle_all(self) -> List[Failure]:
         """Decide every request and the Init still undecided (at SHUTDOWN)."""
         failures: List[Failure] = []
-        with self._cond:
-            for req in list(self._requests.values()):
-                failure = self._decide(req)
-                if failure is not None:
-                    failures.append(failure)
-            init = self._decide_init()
-            if init is not None:
-                failures.append(init)
-        self._emit(failures)
+        with self._deciding:
+            with self._cond:
+                for req in list(self._requests.values()):
+                    failure = self._decide(req)
+                    if failure is not None:
+                        failures.append(failure)
+                init = self._decide_init()
+                if init is not None:
+                    failures.append(init)
+            self._emit(failures)
         return failures
 
     # -- internals (lock held) -----------------------------------------------------------------
