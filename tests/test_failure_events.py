@@ -112,9 +112,14 @@ def test_failed_init_is_one_event(tmp_path: Path, upstream: FakeUpstream) -> Non
         with pytest.raises(InitFailed) as failed:
             emu.start()
         log = ext_log(emu)
-    check_clean_exit(failed.value.shutdown, log)
-    assert failed.value.shutdown.reason == "failure"
-    event = one_event(upstream, log)
+        check_clean_exit(failed.value.shutdown, log)
+        assert failed.value.shutdown.reason == "failure"
+        event = one_event(upstream, log)
+        # an invoke re-runs Init in a fresh sandbox: it fails again, the invoke is an error, and
+        # that sandbox's extension reports its own failed Init
+        again = emu.invoke({})
+        assert again.init_failed and again.status == "error" and again.reset
+        assert len(extension_events(upstream)) == 2
     (exc,) = event["exception"]["values"]
     assert exc["type"] == "LambdaInitError" and "RuntimeError" in exc["value"]
     assert event["tags"]["aws_lambda.failure"] == "init" and "aws_lambda.request_id" not in event["tags"]

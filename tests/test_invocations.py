@@ -209,3 +209,35 @@ def test_without_an_sdk_trace_the_xray_id_is_a_tag_and_oom_facts_read_well() -> 
     assert event["exception"]["values"][0]["value"] == "Out of memory: 128 of 128 MB used"
     assert event["tags"]["xray_trace_id"] == "1-5759e988-bd862e3fe1be46a994272793" and "trace" not in event["contexts"]
     assert "release" not in event and event["fingerprint"][1] == "unknown-function"
+
+
+# -- in the pipeline: queued like an SDK request -----------------------------------------------
+
+def timeout_batch(rid: str) -> List[Dict[str, Any]]:
+    return [rec("platform.start", requestId=rid), done(rid, "timeout", "Sandbox.Timedout", 1000.0),
+            report(rid, "timeout", "Sandbox.Timedout")]
+
+
+def test_failure_events_obey_mirrored_rate_limits_and_count_when_dropped(pipelines: Any, upstream: Any) -> None:
+    from helpers import KEY
+
+    pipe = pipelines()
+    pipe.on_telemetry(timeout_batch("delivered"))
+    assert pipe.flush(5)
+    (event,) = [json.loads(p) for _, _, p in upstream.items("event")]
+    assert event["tags"]["aws_lambda.request_id"] == "delivered"
+
+    assert pipe.limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:error:key"})
+    pipe.on_telemetry(timeout_batch("limited"))
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "error"): 1}
+    assert pipe.stats.get("failure_events") == 2 and len(pipe.queue) == 0
+
+
+def test_a_full_queue_drops_the_failure_event_and_counts_it(pipelines: Any) -> None:
+    from helpers import KEY
+
+    pipe = pipelines(start=False, SENTRY_EXT_QUEUE_MAX_ITEMS="1")
+    pipe.queue.put(build_request(Failure("exit", "x", "error", "Runtime.ExitError", False), pipe.cfg))
+    pipe.on_telemetry(timeout_batch("overflow"))
+    assert pipe.discards.snapshot(KEY) == {("queue_overflow", "error"): 1}
+    assert pipe.stats.dropped("queue_overflow") == 1
