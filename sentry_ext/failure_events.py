@@ -34,7 +34,7 @@ def describe(failure: Failure, cfg: Config) -> str:
         used = report.max_memory_used_mb if report is not None else None
         if used is not None and size:
             return "Out of memory: %d of %d MB used" % (used, size)
-        return "Out of memory: the runtime was killed at the %s MB limit" % (size or "?")
+        return "Out of memory: the runtime was killed at the %d MB limit" % size if size else "Out of memory"
     if failure.kind == "exit":
         return "The runtime exited (%s)%s" % (failure.error_type or "no errorType", seconds)
     return "Init failed: %s (status %s)%s" % (failure.error_type or "no errorType", failure.status, seconds)

@@ -29,7 +29,7 @@ import time
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from .telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
-                                Start, request_id as valid_request_id)
+                                Start, request_id as valid_request_id, tracing_value)
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,7 @@ class Invocations:
             return
         with self._cond:
             req = self._touch(rid)
-            if req.xray is None and isinstance(tracing, dict) and isinstance(tracing.get("value"), str):
-                req.xray = tracing["value"][:256]
+            req.xray = req.xray or tracing_value(tracing)
 
     def note_envelope(self, header: Optional[Mapping[str, Any]]) -> None:
         """An SDK envelope header: its ``trace`` (trace_id, release, environment) belongs to the

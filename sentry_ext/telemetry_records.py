@@ -141,7 +141,8 @@ def _number(value: Any) -> Optional[float]:
     return number if math.isfinite(number) and 0 <= number <= 1e12 else None
 
 
-def _tracing(value: Any) -> Optional[str]:
+def tracing_value(value: Any) -> Optional[str]:
+    """The X-Amzn-Trace-Id value of a ``tracing`` object (records, INVOKE events), if sane."""
     return _text(value.get("value")) if isinstance(value, dict) else None
 
 
@@ -171,7 +172,7 @@ def _init_report(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
 
 def _start(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
     rid = request_id(r.get("requestId"))
-    return None if rid is None else Start(t, time, rid, _text(r.get("version")), _tracing(r.get("tracing")))
+    return None if rid is None else Start(t, time, rid, _text(r.get("version")), tracing_value(r.get("tracing")))
 
 
 def _runtime_done(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
@@ -179,7 +180,7 @@ def _runtime_done(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
     if rid is None or status is None:
         return None
     return RuntimeDone(t, time, rid, status, _text(r.get("errorType")), _metrics(r, "durationMs"),
-                       _tracing(r.get("tracing")))
+                       tracing_value(r.get("tracing")))
 
 
 def _report(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
@@ -188,7 +189,7 @@ def _report(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
         return None
     return Report(t, time, rid, status, _text(r.get("errorType")), _metrics(r, "durationMs"),
                   _metrics(r, "billedDurationMs"), _metrics(r, "memorySizeMB"), _metrics(r, "maxMemoryUsedMB"),
-                  _metrics(r, "initDurationMs"), _metrics(r, "restoreDurationMs"), _tracing(r.get("tracing")))
+                  _metrics(r, "initDurationMs"), _metrics(r, "restoreDurationMs"), tracing_value(r.get("tracing")))
 
 
 def _restore_start(t: str, time: str, r: Dict[str, Any]) -> Record:
