@@ -174,6 +174,20 @@ class Invocations:
                     found[name] = value
             req.sdk_trace = found
 
+    # -- queries (log attribution) --------------------------------------------------------------
+
+    def current_request_id(self) -> Optional[str]:
+        """The request running now, or last (on-demand runs one at a time); None before any."""
+        with self._cond:
+            return self._current.request_id if self._current is not None else None
+
+    def sdk_trace(self, request_id: str) -> Dict[str, str]:
+        """The SDK's trace for ``request_id`` (trace_id, release, environment as its envelopes
+        carried them); empty if none was seen."""
+        with self._cond:
+            req = self._requests.get(request_id)
+            return dict(req.sdk_trace) if req is not None and req.sdk_trace else {}
+
     # -- waits and decisions for the lifecycle -------------------------------------------------
 
     def wait(self, request_id: str, deadline: float, kinds: Tuple[str, ...] = ("runtimeDone",)) -> bool:

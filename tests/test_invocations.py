@@ -88,6 +88,8 @@ def test_sdk_trace_logs_and_cold_start_belong_to_their_request() -> None:
     r.inv.note_envelope({"trace": {"trace_id": "NOT-HEX"}})
     r.inv.note_envelope({"trace": {"trace_id": TRACE, "release": "app@1.2", "environment": "prod", "public_key": "k"}})
     r.inv.note_envelope({"trace": {"trace_id": "e" * 32}})  # the first trace seen wins
+    assert r.inv.current_request_id() == "second" and r.inv.sdk_trace("first") == {}
+    assert r.inv.sdk_trace("second")["trace_id"] == TRACE
     batch = [{"time": "2026-11-28T06:32:5%d.000Z" % (i % 10), "type": "function", "record": "line %d\n" % i}
              for i in range(30)]
     batch.append({"time": "t", "type": "function", "record": {"message": "json line", "requestId": "second"}})
