@@ -11,7 +11,9 @@ and it hands each failure the SDK could not report to ``on_failure`` exactly onc
 - ``oom``: errorType ``Runtime.OutOfMemory``, or a timeout/crash whose report shows
   ``maxMemoryUsedMB`` at ``memorySizeMB`` (Lambda sometimes reports a memory kill as a timeout);
 - ``exit``: errorType ``Runtime.ExitError`` (the runtime process exited or was killed);
-- ``init``: an Init whose ``initRuntimeDone``/``initReport`` status is not ``success``.
+- ``init``: an Init whose ``initRuntimeDone``/``initReport`` status is not ``success`` (Lambda
+  sends both for every Init attempt, failed or aborted; the invocation that then meets the failed
+  Init reports its error again, so an ``exit`` after a failed Init is not a second event).
 
 A handler exception the runtime reported (status ``error`` with any other errorType) is not a
 failure here: the function's SDK reports it. A request is decided when its ``platform.report``
@@ -310,6 +312,8 @@ class Invocations:
         if report is not None and done is not None and error_type is None:
             error_type = done.error_type
         kind = classify(status, error_type, report)
+        if kind == "exit" and self._init_status is not None:
+            return None  # the invocation that met a failed Init (its report repeats the Init's error)
         if kind is None or kind not in self.kinds:
             return None
         return Failure(kind, req.request_id, status, error_type, req.cold_start, done, report, None, req.xray,

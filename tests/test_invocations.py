@@ -111,6 +111,8 @@ def test_failed_init_is_one_init_failure() -> None:
            rec("platform.initReport", phase="init", status="error", errorType="Runtime.ImportModuleError",
                metrics={"durationMs": 250.0}))
     assert r.inv.await_outcome(time.monotonic())  # nothing more to wait for
+    # the invocation that met the failed Init reports its error too: not a second event
+    r.feed(rec("platform.start", requestId=RID), report(status="error", error_type="Runtime.ExitError"))
     assert r.inv.settle_all() == []
     (failure,) = r.failures
     assert (failure.kind, failure.request_id, failure.error_type, failure.duration_ms) == (
