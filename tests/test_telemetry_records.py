@@ -109,3 +109,35 @@ def test_fields_are_checked_and_capped() -> None:
     assert isinstance(huge, tr.FunctionLog) and len(huge.line) == tr.MAX_LOG_CHARS
     many = [{"type": "platform.start", "record": {"requestId": "r%d" % i}} for i in range(tr.MAX_RECORDS + 5)]
     assert len(tr.parse_batch(many)) == tr.MAX_RECORDS
+
+
+def test_random_batches_never_raise_nor_reach_the_bookkeeping_unchecked() -> None:
+    import random
+
+    from sentry_ext.invocations import Invocations
+
+    rng = random.Random(1128)
+    types = list(tr.PLATFORM) + ["function", "extension", "platform.unknown", "", None, 5]
+    fields = ["requestId", "status", "errorType", "metrics", "tracing", "phase", "message", "record"]
+
+    def value(depth: int = 0) -> object:
+        makers = [lambda: None, lambda: True, lambda: rng.randint(-5, 10 ** 6), lambda: rng.random() * 1e6,
+                  lambda: rng.choice(["success", "timeout", "error", RID, "x" * rng.randrange(300), "\u0000\n"]),
+                  lambda: float("inf"),
+                  lambda: [value(depth + 1) for _ in range(rng.randrange(4))],
+                  lambda: {rng.choice(fields): value(depth + 1) for _ in range(rng.randrange(5))},
+                  lambda: {"durationMs": value(depth + 1), "maxMemoryUsedMB": value(depth + 1), "memorySizeMB": 128}]
+        return makers[rng.randrange(9 if depth < 3 else 6)]()
+
+    failures: list = []
+    inv = Invocations(failures.append)
+    for _ in range(2000):
+        batch = [{"time": value(), "type": rng.choice(types), "record": value()} if rng.random() < 0.9 else value()
+                 for _ in range(rng.randrange(6))]
+        records = tr.parse_batch(batch)
+        inv.feed(records)
+        for record in records:
+            rid = getattr(record, "request_id", None)
+            assert rid is None or tr.request_id(rid) == rid
+    inv.settle_all()
+    assert len(inv._requests) <= 64 and all(f.kind in ("timeout", "oom", "exit", "init") for f in failures)
