@@ -21,10 +21,8 @@ REPORT_INTERVAL_S = 30.0  # at most one periodic report per this many seconds (f
 CLIENT = "sentry-lambda-extension/" + __version__
 
 
-def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
-    """A standalone envelope holding one client_report item, authenticated for ``key``."""
-    item_header = json.dumps({"type": "client_report", "length": len(payload)}, separators=(",", ":"))
-    body = b"{}\n" + item_header.encode("ascii") + b"\n" + payload + b"\n"
+def envelope_request(dsn: Dsn, key: str, body: bytes) -> Request:
+    """An envelope the extension made itself, authenticated for ``key`` like an SDK's."""
     headers = {
         "content-type": "application/x-sentry-envelope",
         "x-sentry-auth": "Sentry sentry_key=%s, sentry_version=7, sentry_client=%s" % (key, CLIENT),
@@ -32,6 +30,12 @@ def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
     }
     return Request(upstream_path="/api/%s/envelope/" % dsn.project_id, headers=headers, body=body,
                    public_key=key)
+
+
+def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
+    """A standalone envelope holding one client_report item, authenticated for ``key``."""
+    item_header = json.dumps({"type": "client_report", "length": len(payload)}, separators=(",", ":"))
+    return envelope_request(dsn, key, b"{}\n" + item_header.encode("ascii") + b"\n" + payload + b"\n")
 
 
 class ReportScheduler:

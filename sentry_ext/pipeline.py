@@ -14,21 +14,28 @@ from .buffer import BoundedQueue
 from .client_reports import ReportScheduler
 from .config import Config
 from .discards import Discards
+from .failure_events import build_request
 from .flush import FlushControl
 from .forwarder import Forwarder
 from .health import assess
 from .ingest import IngestServer
 from .ingest_limits import IngestLimiter
+from .invocations import Failure, Invocations
 from .ratelimit import RateLimits
 from .request import Request
 from .spool import Spool
 from .stats import Stats
-from .telemetry import RuntimeDoneTracker, TelemetryListener
+from .telemetry import TelemetryListener
+from .telemetry_records import parse_batch
 from .transport import Result, Transport
 
 log = logging.getLogger(__name__)
 
 SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
+# After a reset (SHUTDOWN timeout/failure), how long to wait for the failed request's last
+# records (Lambda sends them within ~100 ms with 25 ms batching), at most a third of the window.
+OUTCOME_WAIT_S = 0.5
+RESET_REASONS = ("timeout", "failure")
 
 
 class Pipeline:
@@ -54,8 +61,9 @@ class Pipeline:
         self.server.before_queue = self._before_queue
         self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
-        self.tracker = RuntimeDoneTracker()
-        self.listener = TelemetryListener(telemetry_sock, self.tracker) if telemetry_sock else None
+        # Telemetry records in, failure decisions out (each made into an event for the queue).
+        self.invocations = Invocations(self._report_failure, cfg.failure_kinds)
+        self.listener = TelemetryListener(telemetry_sock, self.on_telemetry) if telemetry_sock else None
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
 
     def start(self) -> None:
@@ -75,7 +83,31 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
+        self.invocations.note_envelope(header)  # the SDK's trace for a failure event
         return self.ingest_limits(req, header)
+
+    def on_telemetry(self, batch: Any) -> None:
+        """One decoded Telemetry API batch (from the listener)."""
+        self.invocations.feed(parse_batch(batch))
+
+    def invoked(self, event: Dict[str, Any]) -> None:
+        """An INVOKE event (every flush mode): the request running from now on."""
+        self.invocations.invoked(event.get("requestId"), event.get("tracing"))
+
+    def _report_failure(self, failure: Failure) -> None:
+        self.stats.incr("failure_events")
+        self.submit(build_request(failure, self.cfg))
+
+    def submit(self, req: Request) -> bool:
+        """Queue a request the extension made, as ingest queues an SDK's: rate limits first, and a
+        drop is counted for client reports. False if it was dropped."""
+        if self.ingest_limits(req, None) is not None:
+            return False  # rate limited: counted by the limiter
+        if not self.queue.put(req):
+            self.stats.drop("queue_overflow")
+            self._on_drop(req, "queue_overflow")
+            return False
+        return True
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
@@ -117,13 +149,14 @@ class Pipeline:
         ``telemetry_grace_s`` (waiting for runtimeDone could then hold every invocation to its deadline)."""
         now = time.monotonic()
         # platform.start comes within ~25 ms of INVOKE.
-        if self.tracker.wait(request_id, min(deadline, now + telemetry_grace_s),
-                             ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+        if not self.invocations.wait(request_id, min(deadline, now + telemetry_grace_s),
+                                     ("start", "runtimeDone")) and time.monotonic() < deadline:
             return False
-        if self.tracker.wait(request_id, deadline) is None:
+        if not self.invocations.wait(request_id, deadline):
             log.warning("no runtimeDone for %s before the deadline; calling next", request_id)
             self.stats.incr("runtime_done_missed")
             return True
+        self.invocations.settle(request_id)  # a crash's event rides this drain
         t_done = time.monotonic()
         flushed = self.flush(min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0))
         elapsed_ms = (time.monotonic() - t_done) * 1000
@@ -140,8 +173,14 @@ class Pipeline:
         """One log line with every counter."""
         return self.stats.summary()
 
-    def shutdown(self, deadline: float) -> Dict[str, int]:
-        """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop."""
+    def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
+        """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure) first wait
+        briefly for the failed request's records."""
+        if reason in RESET_REASONS:
+            now = time.monotonic()
+            self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
+        self.invocations.settle_all()
         if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)
         drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())

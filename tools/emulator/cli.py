@@ -92,7 +92,8 @@ def table_row(index: int, result: InvokeResult, upstream: Optional[Any]) -> str:
     else:
         requests = upstream.requests
         total = str(len(requests))
-        before = str(sum(1 for r in requests if result.freeze_t is None or r.t <= result.freeze_t))
+        # a reset sandbox is not frozen: "before freeze" has no meaning there
+        before = "-" if result.reset else str(sum(1 for r in requests if result.freeze_t is None or r.t <= result.freeze_t))
     status = result.status + (" (reset)" if result.reset else "")
     return "%-4d %-8s %12s %16s %12s %14s" % (index, status, _ms(result.runtime_ms), _ms(result.post_runtime_ms),
                                             total, before)
