@@ -38,7 +38,8 @@ class Config:
     flush_mode: str = "end"
     flush_timeout_ms: int = 2000
     deadline_margin_ms: int = 200
-    senders: int = 4
+    senders: int = 4  # the fewest sender threads (kept when idle)
+    max_inflight: int = 64  # the most: concurrent upstream requests while a backlog calls for them
     connect_timeout_ms: int = 2000
     read_timeout_ms: int = 5000
     max_attempts: int = 10
@@ -88,9 +89,9 @@ class Config:
 
     def describe(self) -> str:
         """One log-safe line with the effective settings."""
-        return "upstream=%s port=%d flush=%s senders=%d queue=%d/%dB body_cap=%dB" % (
-            self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, self.senders,
-            self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
+        return "upstream=%s port=%d flush=%s senders=%d-%d queue=%d/%dB body_cap=%dB" % (
+            self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, min(self.senders, self.max_inflight),
+            self.max_inflight, self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
 
 
 _FIELDS = tuple(Config.__annotations__)  # in declaration order
@@ -176,6 +177,7 @@ def _load(env: Mapping[str, str], runtime_api: str) -> Config:
         flush_timeout_ms=_int(env, "SENTRY_EXT_FLUSH_TIMEOUT_MS", 2000, 0, 900000),
         deadline_margin_ms=_int(env, "SENTRY_EXT_DEADLINE_MARGIN_MS", 200, 10, 10000),
         senders=_int(env, "SENTRY_EXT_SENDERS", 4, 1, 32),
+        max_inflight=_int(env, "SENTRY_EXT_MAX_INFLIGHT", 64, 1, 256),
         connect_timeout_ms=_int(env, "SENTRY_EXT_CONNECT_TIMEOUT_MS", 2000, 10, 60000),
         read_timeout_ms=_int(env, "SENTRY_EXT_READ_TIMEOUT_MS", 5000, 10, 120000),
         max_attempts=_int(env, "SENTRY_EXT_MAX_ATTEMPTS", 10, 1, 100),
