@@ -26,6 +26,7 @@ from .transport import Result, Transport
 log = logging.getLogger(__name__)
 
 SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
+REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of what did not fit
 
 
 class Pipeline:
@@ -84,6 +85,7 @@ class Pipeline:
             self.outcomes.record_request(req, "spool_expired")
         queued = 0
         for req in loaded.requests:
+            req.attempts = 0  # a new sandbox, a new attempt budget
             if self.queue.put(req):
                 queued += 1
             else:
@@ -105,17 +107,35 @@ class Pipeline:
         return done
 
     def shutdown(self, deadline: float) -> Dict[str, int]:
-        """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop."""
+        """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop.
+
+        The spool is the last resort: /tmp survives only a reset of this same execution
+        environment (after a timeout or a crash); after a spindown a new environment starts with
+        an empty /tmp and whatever was spooled is gone.
+        """
         if self.outcomes.has_pending:
             self.reports.send()  # rides the drain (or the spool)
         drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())
         self.forwarder.stop()
+        in_flight = self.queue.depth()["in_flight"]
         leftovers = self.queue.take_all()
-        written, unsaved = self.spool.write(leftovers, deadline) if leftovers else (0, [])
-        if written:
-            self.stats.incr("spooled", written)
-            log.info("spooled %d unsent request(s) to %s for the next sandbox", written, self.cfg.spool_dir)
+        if in_flight:
+            # Sent but unanswered: upstream may have them, and the spool will send them again.
+            self.stats.incr("duplicates_at_risk", in_flight)
+        written, unsaved = self.spool.write(leftovers, deadline, REPORT_RESERVE_BYTES) if leftovers else (0, [])
         if unsaved:
             self.stats.drop("network_error", len(unsaved))
+            for req in unsaved:
+                self.outcomes.record_request(req, "network_error")
             log.warning("lost %d unsent request(s) at shutdown (spool full or deadline)", len(unsaved))
-        return {"drained": int(drained), "spooled": written, "lost": len(unsaved)}
+        if self.outcomes.has_pending:  # what was lost just now: its client report goes to the spool too
+            reports = self.reports.take_requests()
+            more, _ = self.spool.write(reports, deadline + SPOOL_RESERVE_S / 2)
+            written += more
+        if written:
+            self.stats.incr("spooled", written)
+            log.info("spooled %d unsent request(s) to %s (%d of them sent and unanswered): the last resort, "
+                     "sent only if this execution environment is reset (after a timeout or crash) and "
+                     "starts again; a spindown starts a new environment with an empty /tmp and they are lost",
+                     written, self.cfg.spool_dir, min(in_flight, written))
+        return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "in_flight": in_flight}

@@ -101,8 +101,8 @@ class Spool:
                 pass
         return total
 
-    def write(self, requests: List[Request], deadline: float) -> Tuple[int, List[Request]]:
-        """Spool what fits in the byte cap before ``deadline`` (monotonic).
+    def write(self, requests: List[Request], deadline: float, reserve: int = 0) -> Tuple[int, List[Request]]:
+        """Spool what fits in the byte cap less ``reserve`` bytes before ``deadline`` (monotonic).
 
         Returns (number written, requests that could not be written).
         """
@@ -113,7 +113,7 @@ class Spool:
         except OSError as exc:
             log.warning("cannot create spool directory %s: %s", self.directory, exc)
             return 0, list(requests)
-        budget = self.max_bytes - self._used_bytes() - len(MAGIC)
+        budget = self.max_bytes - self._used_bytes() - len(MAGIC) - reserve
         name = "%s%d-%d%s" % (PREFIX, time.time_ns(), os.getpid(), SUFFIX)
         final = os.path.join(self.directory, name)
         temp = final + ".tmp"
