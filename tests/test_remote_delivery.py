@@ -138,3 +138,80 @@ def test_what_neither_the_drain_nor_the_spool_could_take_is_counted_and_its_repo
     assert len(loaded) == outcome["spooled"] == 20 - lost + len(reports) and len(reports) == 1
     payload = json.loads(reports[0].body.split(b"\n")[2])
     assert payload["discarded_events"] == [{"reason": "network_error", "category": "error", "quantity": lost}]
+
+
+def _post_n(pipe, first: int, n: int) -> None:  # type: ignore[no-untyped-def]
+    from helpers import port_of, post
+
+    for i in range(first, first + n):
+        assert post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
+
+
+def test_near_the_deadline_requests_are_left_queued_not_started_and_abandoned(upstream: FakeUpstream) -> None:
+    from helpers import make_pipeline, stop
+
+    upstream.delay_s = DELAY_S
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="4", SENTRY_EXT_MAX_INFLIGHT="4")
+    try:
+        _post_n(pipe, 0, 5)
+        assert pipe.flush(5)  # learns the round trip
+        _post_n(pipe, 100, 12)  # three rounds of 4 in flight; the drain below has time for two
+        assert not pipe.flush(2.5 * DELAY_S)
+        depth = pipe.queue.depth()
+        assert depth["in_flight"] == 0 and depth["queued"] >= 1, depth  # nothing abandoned mid-request
+        assert len(upstream.requests) + depth["queued"] == 17
+        assert pipe.flush(5)  # the next drain sends the rest, once each
+        assert len(upstream.requests) == 17 and len({r.envelope.event_id for r in upstream.requests}) == 17
+        assert pipe.stats.get("retried") == 0 and pipe.stats.get("duplicates_at_risk") == 0
+        assert pipe.stats.get("held_at_deadline") >= 1
+    finally:
+        stop(pipe)
+
+
+def test_read_timeout_near_a_deadline_is_never_below_the_measured_round_trip(upstream: FakeUpstream) -> None:
+    from helpers import make_pipeline, stop
+
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), start=False)
+    fwd = pipe.forwarder
+    assert fwd._read_timeout() == (None, None)  # no deadline: the configured timeout
+    for _ in range(10):
+        fwd.rtt.add(0.08)
+    fwd.rtt.add(0.12)  # some spread: timeout() > expected()
+    rto, expected = fwd.rtt.timeout(), fwd.rtt.expected()
+    assert rto is not None and expected is not None and rto > expected > 0.08
+    now = time.monotonic()
+    fwd._deadline = now + 1.0
+    hold, timeout = fwd._read_timeout()
+    assert hold is None and timeout is not None and 0.9 < timeout <= 1.0
+    fwd._deadline = now + (expected + rto) / 2  # enough to start, less than the timeout floor
+    hold, timeout = fwd._read_timeout()
+    assert hold is None and timeout == rto
+    fwd._deadline = now + 0.05  # less than a round trip: leave it queued until that deadline
+    assert fwd._read_timeout() == (fwd._deadline, None)
+    stop(pipe)
+
+
+def test_threads_grow_with_a_backlog_and_retire_when_idle_and_a_handful_uses_few_connections(
+        upstream: FakeUpstream) -> None:
+    from helpers import make_pipeline, stop, wait_until
+
+    upstream.delay_s = DELAY_S
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="2", SENTRY_EXT_MAX_INFLIGHT="40")
+    pipe.forwarder.controller.idle_s = 0.3
+    try:
+        _post_n(pipe, 0, 3)
+        assert pipe.flush(5)
+        assert upstream.connections_opened <= 3 and pipe.forwarder.senders == 2
+        _post_n(pipe, 10, 100)
+        t0 = time.monotonic()
+        assert pipe.flush(5)
+        # 100 at up to 40 in flight: a few round trips, not 100 / 2
+        assert time.monotonic() - t0 < 8 * DELAY_S, time.monotonic() - t0
+        assert pipe.stats.get("senders_peak") == 40 and upstream.connections_opened <= 40
+        assert wait_until(lambda: pipe.forwarder.senders == 2, 5), pipe.forwarder.senders
+        opened = upstream.connections_opened
+        _post_n(pipe, 200, 3)
+        assert pipe.flush(5)
+        assert upstream.connections_opened == opened  # warm connections are reused
+    finally:
+        stop(pipe)
