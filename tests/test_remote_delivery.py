@@ -215,3 +215,29 @@ def test_threads_grow_with_a_backlog_and_retire_when_idle_and_a_handful_uses_few
         assert upstream.connections_opened == opened  # warm connections are reused
     finally:
         stop(pipe)
+
+
+@pytest.mark.skipif(__import__("tools.tlsutil", fromlist=["openssl"]).openssl() is None, reason="no openssl command")
+def test_https_upstream_trusted_through_ssl_cert_file_one_handshake_per_connection(tmp_path: Path) -> None:
+    from helpers import make_pipeline, stop
+    from tools.tlsutil import self_signed, server_context
+
+    cert, key = self_signed(tmp_path)
+    with FakeUpstream(tls=server_context(cert, key), delay_s=DELAY_S) as up:
+        assert up.dsn().startswith("https://")
+        pipe = make_pipeline(up.dsn(KEY, PROJECT), SSL_CERT_FILE=str(cert))
+        try:
+            _post_n(pipe, 0, 3)
+            assert pipe.flush(5)
+            _post_n(pipe, 10, 3)
+            assert pipe.flush(5)
+            assert len(up.requests) == 6 and all(r.status == 200 for r in up.requests)
+            assert 1 <= up.handshakes == up.connections_opened <= 3  # the second burst reuses them
+        finally:
+            stop(pipe)
+        pipe = make_pipeline(up.dsn(KEY, PROJECT))  # certifi's bundle does not trust it
+        try:
+            _post_n(pipe, 20, 1)
+            assert not pipe.flush(0.5) and len(up.requests) == 6
+        finally:
+            stop(pipe)
