@@ -2,6 +2,7 @@
 Sentry's Node extension.
 
     .venv/bin/python tools/bench.py [--peer node] [--runs N] [--quick] [--out FILE]
+    .venv/bin/python tools/bench.py --remote [--peer node] [--baseline REV]   (tools/bench_remote.py)
 
 Everything runs on this machine, on loopback: the extension is exec'd from an /opt-like
 directory exactly as Lambda execs it (``python -IS`` from the layer layout, the interpreter being
@@ -475,7 +476,13 @@ def build_report(data: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--remote" in args:  # the remote-upstream suite lives in its own module
+        from tools import bench_remote
+
+        return bench_remote.main([a for a in args if a != "--remote"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py) instead")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
     parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
