@@ -13,7 +13,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 from .buffer import BoundedQueue, Request
-from .concurrency import ConcurrencyController
+from .concurrency import ConcurrencyController, CpuShare
 from .rtt import RttEstimator
 from .stats import Stats
 from . import transport
@@ -82,6 +82,7 @@ class Forwarder:
         self.health = UpstreamHealth()
         self.rtt = RttEstimator()
         self.controller = ConcurrencyController(senders, max(senders, max_inflight or senders))
+        self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
@@ -129,7 +130,10 @@ class Forwarder:
         if self._stop.is_set():
             return 0
         with self._lock:
-            level = self.controller.update(len(self.queue), self.rtt.floor())
+            outstanding, floor = len(self.queue), self.rtt.floor()
+            # the CPU share is read only when more threads are wanted (it sums every thread's time)
+            cpu = self.cpu.read() if self.controller.need(outstanding, floor) > self._alive else 0.0
+            level = self.controller.update(outstanding, floor, cpu)
             count = level - self._alive
             if limit is not None:
                 count = min(count, limit)

@@ -15,7 +15,7 @@ from typing import Deque, Optional
 
 ALPHA = 0.125  # RFC 6298 gains
 BETA = 0.25
-FLOOR_SAMPLES = 32  # the floor is the minimum of this many recent samples
+FLOOR_SAMPLES = 64  # the floor is the minimum of this many recent samples
 
 
 class RttEstimator:

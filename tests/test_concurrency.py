@@ -73,3 +73,29 @@ def test_rtt_estimate_follows_the_upstream_and_its_floor_forgets_old_samples() -
     assert rtt.floor() == 0.2
     rtt.add(0.001)
     assert rtt.floor() == 0.001
+
+
+def test_no_growth_while_the_cpu_is_the_limit() -> None:
+    ctl = ConcurrencyController(minimum=4, cap=64, request_cpu_s=0.001, clock=Clock())
+    assert ctl.update(300, 0.08, cpu_share=0.95) == 4              # one GIL already busy: threads would contend
+    assert ctl.update(300, 0.08, cpu_share=None) == 4              # unknown: wait for a measurement
+    assert ctl.update(300, 0.08, cpu_share=0.2) == 64
+
+
+def test_cpu_share_over_windows_with_injected_clocks() -> None:
+    from sentry_ext.concurrency import CpuShare
+
+    wall, cpu = Clock(), Clock()
+    share = CpuShare(window_s=0.02, stale_s=0.2, clock=wall, cpu=cpu)
+    assert share.read() is None                                    # no window measured yet
+    wall.now += 0.025
+    cpu.now += 0.01875
+    assert abs((share.read() or 0) - 0.75) < 1e-9
+    wall.now += 0.01
+    cpu.now += 0.0
+    assert abs((share.read() or 0) - 0.75) < 1e-9                  # between windows: the last value
+    wall.now += 5.0                                                # a pause (or a freeze) says nothing about now
+    assert share.read() is None
+    wall.now += 0.05
+    cpu.now += 0.005
+    assert abs((share.read() or 0) - 0.1) < 1e-9
