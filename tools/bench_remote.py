@@ -193,6 +193,7 @@ def loopback_ingest(contenders: List[Contender], tmp: Path, runs: int, quick: bo
         out[key] = {figure: median([r.get(figure) for r in got if r.get(figure) is not None])
                     for figure in ("throughput_per_s", "p50_ms", "p99_ms", "cpu_per_envelope_ms", "rss_peak_mib")}
         out[key]["runs"] = len(got)
+        out[key]["refused"] = sum(n for r in got for code, n in (r.get("statuses") or {}).items() if code != "200")
         out[key]["samples"] = {figure: [r.get(figure) for r in got]
                                for figure in ("throughput_per_s", "p99_ms", "cpu_per_envelope_ms")}
     return out
@@ -232,12 +233,12 @@ def build_report(data: Dict[str, Any]) -> str:
     loop = data.get("loopback") or {}
     if loop:
         ll = ["| loopback ingest burst (4 × 500 posts, %d runs each, alternating; medians) | throughput posts/s "
-              "| p50 ms | p99 ms | CPU per envelope ms | peak RSS MiB |" % max(v["runs"] for v in loop.values()),
-              "|---|---|---|---|---|---|"]
+              "| p50 ms | p99 ms | CPU per envelope ms | peak RSS MiB | answers other than 200 (all runs) |"
+              % max(v["runs"] for v in loop.values()), "|---|---|---|---|---|---|---|"]
         for key, fig in loop.items():
-            ll.append("| %s | %s | %s | %s | %s | %s |" % (
+            ll.append("| %s | %s | %s | %s | %s | %s | %s |" % (
                 labels[key], _fmt(fig["throughput_per_s"]), _fmt(fig["p50_ms"], 2), _fmt(fig["p99_ms"], 2),
-                _fmt(fig["cpu_per_envelope_ms"], 3), _fmt(fig["rss_peak_mib"], 1)))
+                _fmt(fig["cpu_per_envelope_ms"], 3), _fmt(fig["rss_peak_mib"], 1), fig["refused"]))
         out.append("\n".join(ll))
     if data.get("peer_skipped"):
         out.append("Node extension: skipped (%s)." % data["peer_skipped"])
