@@ -30,7 +30,6 @@ NEAR_RTT_S = 0.01  # an upstream nearer than this is served by the minimum (see 
 IDLE_S = 5.0
 CPU_BUSY = 0.7  # share of one core above which more threads cannot help
 CPU_WINDOW_S = 0.02  # the CPU share is measured over windows this long
-CPU_STALE_S = 0.2  # a window older than this says nothing about now
 
 
 class ConcurrencyController:
@@ -73,16 +72,12 @@ class ConcurrencyController:
 
 
 class CpuShare:
-    """The share of one core this process used over the last window (injected clocks).
+    """The share of one core this process used over the last window of at least ``window_s``
+    (injected clocks); ``read`` is cheap between windows (it returns the last value)."""
 
-    ``read`` is cheap between windows (the last value); after a pause longer than ``stale_s`` it
-    starts a new window and answers None (unknown) until that window is complete.
-    """
-
-    def __init__(self, window_s: float = CPU_WINDOW_S, stale_s: float = CPU_STALE_S,
-                 clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.process_time) -> None:
+    def __init__(self, window_s: float = CPU_WINDOW_S, clock: Callable[[], float] = time.monotonic,
+                 cpu: Callable[[], float] = time.process_time) -> None:
         self.window_s = window_s
-        self.stale_s = stale_s
         self._clock = clock
         self._cpu = cpu
         self._t0 = clock()
@@ -90,11 +85,10 @@ class CpuShare:
         self._share: Optional[float] = None
 
     def read(self) -> Optional[float]:
+        """None until the first window is complete."""
         now = self._clock()
         elapsed = now - self._t0
-        if elapsed > self.stale_s:
-            self._t0, self._c0, self._share = now, self._cpu(), None
-        elif elapsed >= self.window_s:
+        if elapsed >= self.window_s:
             used = self._cpu()
             self._share = (used - self._c0) / elapsed
             self._t0, self._c0 = now, used
