@@ -252,6 +252,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--baseline", default=None, help="also run this git revision of the extension (e.g. main)")
     parser.add_argument("--quick", action="store_true", help="smoke run: bursts 3 and 30 at 80 ms, no loopback suite")
     parser.add_argument("--loopback-runs", type=int, default=4, help="loopback ingest runs per contender (default 4)")
+    parser.add_argument("--only", choices=["remote", "loopback"], default=None, help="run only one of the two suites")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/remote-<time>.json)")
     opts = parser.parse_args(argv)
     started = time.monotonic()
@@ -282,7 +283,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             peer_skipped = "not requested (use --peer node)"
         remote: List[Dict[str, Any]] = []
-        for delay_s in delays:
+        for delay_s in (() if opts.only == "loopback" else delays):
             for index, burst in enumerate(bursts):
                 order = contenders if index % 2 == 0 else list(reversed(contenders))
                 for contender in order:
@@ -291,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         remote.sort(key=lambda r: (r["delay_ms"], r["burst"], [c.key for c in contenders].index(r["contender"])))
         loopback: Dict[str, Any] = {}
         ours_like = [c for c in contenders if c.kind == "ours"]
-        if not opts.quick and opts.loopback_runs > 0:
+        if not opts.quick and opts.loopback_runs > 0 and opts.only != "remote":
             say("loopback ingest burst: %d run(s) each of %s ..." % (opts.loopback_runs, ", ".join(c.key for c in ours_like)))
             loopback = loopback_ingest(ours_like, tmp, opts.loopback_runs, False)
     data: Dict[str, Any] = {
