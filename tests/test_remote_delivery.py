@@ -241,3 +241,33 @@ def test_https_upstream_trusted_through_ssl_cert_file_one_handshake_per_connecti
             assert not pipe.flush(0.5) and len(up.requests) == 6
         finally:
             stop(pipe)
+
+
+def test_spooled_requests_get_a_fresh_attempt_budget(tmp_path: Path, upstream: FakeUpstream) -> None:
+    from helpers import make_pipeline, stop
+    from tools.fake_upstream import Reply
+
+    ids = spool_backlog(tmp_path, upstream, 1)  # spent 8 attempts in the sandbox that spooled it
+    upstream.script([Reply(503)])
+    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), spool=str(tmp_path), SENTRY_EXT_MAX_ATTEMPTS="2")
+    try:
+        pipe.forwarder.health.base_s = 0.01
+        assert pipe.flush(5)
+        assert pipe.stats.get("spool_loaded") == 1 and pipe.stats.get("retried") == 1
+        assert pipe.stats.snapshot()["dropped"] == {} and set(ids) <= set(arrivals(upstream))
+    finally:
+        stop(pipe)
+
+
+@pytest.mark.parametrize("drained,spooled,lost,dropped,verdict", [
+    (True, 0, 0, 0, "complete"),
+    (True, 0, 0, 5, "incomplete(5 dropped while draining)"),  # an empty queue is not a delivered one
+    (False, 3, 0, 0, "incomplete(3 spooled (sent only after a reset of this environment))"),
+    (False, 3, 2, 1, "incomplete(1 dropped while draining, 3 spooled (sent only after a reset of this "
+                     "environment), 2 lost)"),
+])
+def test_shutdown_verdict_says_complete_only_when_everything_was_delivered(
+        drained: bool, spooled: int, lost: int, dropped: int, verdict: str) -> None:
+    from sentry_ext.main import _drain_verdict
+
+    assert _drain_verdict(drained, spooled, lost, dropped) == verdict
