@@ -1,7 +1,8 @@
 """A bounded on-disk spool under /tmp for what SHUTDOWN's deadline left unsent.
 
-Lambda keeps /tmp across a sandbox reset (timeout, crash), so a spool written at SHUTDOWN is
-sent after the next Init. One file per SHUTDOWN: a magic line, then per request a JSON meta line,
+Lambda keeps /tmp across a reset of the same execution environment (after a timeout or crash),
+so a spool written then is sent after that environment's next Init; after a spindown a new
+environment starts with an empty /tmp and the spool is gone: it is the last resort. One file per SHUTDOWN: a magic line, then per request a JSON meta line,
 the body, and a newline. Files are written under a temporary name and renamed, so a reader never
 sees half a file; anything that does not parse is deleted, anything for another key is left alone.
 """
