@@ -5,25 +5,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional
 
-
-@dataclass
-class Request:
-    """One accepted SDK request, forwarded to ``upstream_path`` with exactly these headers and body."""
-
-    upstream_path: str  # "/api/<project>/<endpoint>/" plus "?query" when there is one
-    headers: Dict[str, str]
-    body: bytes
-    public_key: str
-    received_at: float = field(default_factory=time.time)  # wall clock: survives spooling
-    attempts: int = 0
-    event_id: Optional[str] = None
-
-    @property
-    def size(self) -> int:
-        return len(self.body) + 256
+from .request import Request
 
 
 class BoundedQueue:
@@ -134,11 +118,6 @@ class BoundedQueue:
                 self._paused_until = 0.0
                 self.cond.notify_all()
                 self._idle.notify_all()
-
-    @property
-    def paused_until(self) -> float:
-        with self.cond:
-            return self._paused_until
 
     def join(self, deadline: float) -> bool:
         """Wait until nothing is queued or in flight, or until ``deadline`` (monotonic), or until a

@@ -1,4 +1,9 @@
-"""The only module that reads the environment: a frozen Config built once at start-up."""
+"""The only module that reads the environment: a frozen Config built once at start-up.
+
+Every setting is one row of ``SETTINGS``; the loader, ``Config``'s defaults, validation and repr,
+and the README check (tests/test_config.py) all read that table. To add a setting: add a row,
+annotate the field on ``Config``, and document the variable in the README's configuration table.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,54 @@ import os
 from .dsn import Dsn, DsnError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~7 ms of start-up, and this module loads before the first /event/next
-    from typing import Any, Mapping, Optional, Tuple
+if TYPE_CHECKING:  # no typing: this module loads before the first /event/next (start-up budget: main.py)
+    from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 FLUSH_MODES = ("end", "background", "adaptive")
-DEFAULT_PORT = 5333
-DEFAULT_TELEMETRY_PORT = 5334
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MIB = 1024 * 1024
+
+# (field, environment variable(s), default, check, meaning). ``check`` is ``(lo, hi)`` for an
+# integer in that range, a tuple of choices (matched case-insensitively), or None for text. With
+# several variables the first one set wins; a field without a variable is fixed. An unset or
+# empty variable means the default.
+SETTINGS = (
+    ("runtime_api", "AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001", None, "Extensions/Telemetry API address"),
+    ("host", None, "127.0.0.1", None, "ingest address (loopback only)"),
+    ("port", "SENTRY_EXT_PORT", 5333, (1, 65535), "ingest port"),
+    ("max_body_bytes", "SENTRY_EXT_MAX_BODY_BYTES", 4 * MIB, (1024, 200 * MIB), "largest SDK body"),
+    ("queue_max_items", "SENTRY_EXT_QUEUE_MAX_ITEMS", 1000, (1, 100000), "queue bound in requests"),
+    ("queue_max_bytes", "SENTRY_EXT_QUEUE_MAX_BYTES", 8 * MIB, (64 * 1024, 512 * MIB), "queue bound in bytes"),
+    ("flush_mode", "SENTRY_EXT_FLUSH", "end", FLUSH_MODES, "when the queue is drained"),
+    ("flush_timeout_ms", "SENTRY_EXT_FLUSH_TIMEOUT_MS", 2000, (0, 900000), "longest drain after an invocation"),
+    ("deadline_margin_ms", "SENTRY_EXT_DEADLINE_MARGIN_MS", 200, (10, 10000), "taken off every deadline"),
+    ("senders", "SENTRY_EXT_SENDERS", 4, (1, 32), "sender threads kept when idle (the fewest)"),
+    ("max_inflight", "SENTRY_EXT_MAX_INFLIGHT", 64, (1, 256), "most concurrent upstream requests"),
+    ("connect_timeout_ms", "SENTRY_EXT_CONNECT_TIMEOUT_MS", 2000, (10, 60000), "upstream connect timeout"),
+    ("read_timeout_ms", "SENTRY_EXT_READ_TIMEOUT_MS", 5000, (10, 120000), "upstream read timeout"),
+    ("max_attempts", "SENTRY_EXT_MAX_ATTEMPTS", 10, (1, 100), "attempts per request"),
+    ("client_timeout_ms", "SENTRY_EXT_CLIENT_TIMEOUT_MS", 10000, (100, 600000), "silent SDK connection timeout"),
+    ("max_connections", "SENTRY_EXT_MAX_CONNECTIONS", 64, (1, 4096), "concurrent SDK connections"),
+    ("telemetry_host", "SENTRY_EXT_TELEMETRY_HOST", "sandbox.localdomain", None, "host in the subscription"),
+    ("telemetry_port", "SENTRY_EXT_TELEMETRY_PORT", 5334, (1, 65535), "Telemetry API listener port"),
+    ("spool_dir", "SENTRY_EXT_SPOOL_DIR", "/tmp/sentry-lambda-extension", None, "spool directory"),
+    ("spool_max_bytes", "SENTRY_EXT_SPOOL_MAX_BYTES", 16 * MIB, (0, 512 * MIB), "spool size cap (0: off)"),
+    ("spool_max_age_s", "SENTRY_EXT_SPOOL_MAX_AGE_S", 6 * 3600, (1, 30 * 86400), "oldest spooled request sent"),
+    ("log_level", "SENTRY_EXT_LOG_LEVEL", "INFO", LOG_LEVELS, "log level (a bad one means INFO)"),
+    ("ca_file", "SSL_CERT_FILE", None, None, "CA bundle (default: certifi's)"),
+    ("no_proxy", ("NO_PROXY", "no_proxy"), "", None, "upstream hosts that skip the proxy"),
+    ("adaptive_window", "SENTRY_EXT_ADAPTIVE_WINDOW", 20, (2, 1000), "adaptive: invocations looked at"),
+    ("adaptive_gap_ms", "SENTRY_EXT_ADAPTIVE_GAP_MS", 10000, (1, 3600000), "adaptive: mean gap for background"),
+    # bin/sentry-lambda-wrapper has the same default: keep the two in step
+    ("state_file", "SENTRY_EXT_STATE_FILE", "/tmp/sentry-lambda-extension.state", None, "handshake record for the exec wrapper"),
+)
+# Fields the loader derives from several variables (documented in the README all the same).
+DERIVED = (
+    ("dsn", ("SENTRY_DSN", "SENTRY_EXT_UPSTREAM"), "the project's DSN, its origin optionally replaced"),
+    ("proxy_url", ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"), "proxy for the DSN's scheme"),
+)
+_LENIENT = ("log_level",)  # a bad value falls back to the default instead of making the extension inert
+_HIDDEN = ("dsn", "proxy_url")  # secrets stay out of repr
 
 
 class ConfigError(ValueError):
@@ -21,48 +67,62 @@ class ConfigError(ValueError):
 
 
 class Config:
-    """Every setting of the extension; see the README's configuration table.
+    """Every setting of the extension (see ``SETTINGS`` and the README's configuration table).
 
-    Immutable, keyword-constructed; ``repr`` hides the DSN and the proxy URL. A plain class rather
-    than a dataclass: ``dataclasses`` costs ~20 ms of start-up before the first ``/event/next``.
+    Immutable, keyword-constructed from validated values; ``repr`` hides the DSN and the proxy
+    URL. A plain class rather than a dataclass: no ``dataclasses`` before the first ``/event/next``.
     """
 
     dsn: Optional[Dsn]
     problem: Optional[str]  # why the extension is inert, or None
+    proxy_url: Optional[str]
     runtime_api: str
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    max_body_bytes: int = 4 * MIB
-    queue_max_items: int = 1000
-    queue_max_bytes: int = 8 * MIB
-    flush_mode: str = "end"
-    flush_timeout_ms: int = 2000
-    deadline_margin_ms: int = 200
-    senders: int = 4  # the fewest sender threads (kept when idle)
-    max_inflight: int = 64  # the most: concurrent upstream requests while a backlog calls for them
-    connect_timeout_ms: int = 2000
-    read_timeout_ms: int = 5000
-    max_attempts: int = 10
-    client_timeout_s: float = 10.0
-    max_connections: int = 64
-    telemetry_host: str = "sandbox.localdomain"
-    telemetry_port: int = DEFAULT_TELEMETRY_PORT
-    spool_dir: str = "/tmp/sentry-lambda-extension"
-    spool_max_bytes: int = 16 * MIB
-    spool_max_age_s: int = 6 * 3600
-    log_level: str = "INFO"
-    ca_file: Optional[str] = None
-    proxy_url: Optional[str] = None
-    no_proxy: str = ""
-    adaptive_window: int = 20
-    adaptive_gap_s: float = 10.0
-    function_name: str = ""
+    host: str
+    port: int
+    max_body_bytes: int
+    queue_max_items: int
+    queue_max_bytes: int
+    flush_mode: str
+    flush_timeout_ms: int
+    deadline_margin_ms: int
+    senders: int  # the fewest sender threads (kept when idle)
+    max_inflight: int  # the most: concurrent upstream requests while a backlog calls for them
+    connect_timeout_ms: int
+    read_timeout_ms: int
+    max_attempts: int
+    client_timeout_ms: int
+    max_connections: int
+    telemetry_host: str
+    telemetry_port: int
+    spool_dir: str
+    spool_max_bytes: int
+    spool_max_age_s: int
+    log_level: str
+    ca_file: Optional[str]
+    no_proxy: str
+    adaptive_window: int
+    adaptive_gap_ms: int
+    state_file: str
+    warnings: Tuple[str, ...]  # lenient settings that fell back to their default (logged once)
 
     def __init__(self, **values: Any) -> None:
         missing = [name for name in _REQUIRED if name not in values]
         unknown = [name for name in values if name not in _FIELDS]
         if missing or unknown:
             raise TypeError("Config() missing %s, unknown %s" % (missing, unknown))
+        values.setdefault("proxy_url", None)
+        warnings = values.setdefault("warnings", ())
+        if not (isinstance(warnings, tuple) and all(isinstance(line, str) for line in warnings)):
+            raise ConfigError("warnings must be a tuple of text, got %r" % (warnings,))
+        if not (values["dsn"] is None or isinstance(values["dsn"], Dsn)):
+            raise ConfigError("dsn must be a Dsn or None, got %r" % type(values["dsn"]).__name__)
+        for name in ("problem", "proxy_url"):
+            if not (values.get(name) is None or isinstance(values[name], str)):
+                raise ConfigError("%s must be text or None, got %r" % (name, values[name]))
+        for name, _, default, check, _ in SETTINGS:
+            value = values.setdefault(name, default)
+            if value is not default:
+                _validate(name, value, default, check)
         self.__dict__.update(values)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -87,6 +147,14 @@ class Config:
     def active(self) -> bool:
         return self.dsn is not None and self.problem is None
 
+    @property
+    def client_timeout_s(self) -> float:
+        return self.client_timeout_ms / 1000.0
+
+    @property
+    def adaptive_gap_s(self) -> float:
+        return self.adaptive_gap_ms / 1000.0
+
     def describe(self) -> str:
         """One log-safe line with the effective settings."""
         return "upstream=%s port=%d flush=%s senders=%d-%d queue=%d/%dB body_cap=%dB" % (
@@ -95,38 +163,62 @@ class Config:
 
 
 _FIELDS = tuple(Config.__annotations__)  # in declaration order
-_REQUIRED = tuple(name for name in _FIELDS if name not in Config.__dict__)
-_HIDDEN = ("dsn", "proxy_url")  # secrets stay out of repr
+_ROWS = {row[0]: row for row in SETTINGS}
+_REQUIRED = ("dsn", "problem")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError("%s must be an integer, got %r" % (name, raw)) from None
-    if not lo <= value <= hi:
-        raise ConfigError("%s must be between %d and %d, got %d" % (name, lo, hi, value))
-    return value
+def _validate(name: str, value: Any, default: Any, check: Any) -> None:
+    if check is None:
+        if not (isinstance(value, str) or (value is None and default is None)):
+            raise ConfigError("%s must be text, got %r" % (name, value))
+    elif isinstance(check[0], int):
+        if type(value) is not int or not check[0] <= value <= check[1]:
+            raise ConfigError("%s must be an integer between %d and %d, got %r" % (name, check[0], check[1], value))
+    elif value not in check:
+        raise ConfigError("%s must be one of %s, got %r" % (name, "/".join(check), value))
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: Tuple[str, ...]) -> str:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in choices:
-        raise ConfigError("%s must be one of %s, got %r" % (name, "/".join(choices), raw))
-    return raw
-
-
-def _first(env: Mapping[str, str], *names: str) -> str:
-    for name in names:
+def _raw(env: Mapping[str, str], names: Any) -> str:
+    """The first non-empty value among ``names`` (one name or a tuple), stripped; "" if none."""
+    for name in (names,) if isinstance(names, str) else names:
         value = env.get(name, "").strip()
         if value:
             return value
     return ""
+
+
+def _setting(env: Mapping[str, str], field: str) -> Any:
+    """The value of one ``SETTINGS`` row from ``env``; raises ConfigError for an unusable one."""
+    _, names, default, check, _ = _ROWS[field]
+    raw = _raw(env, names) if names else ""
+    if not raw:
+        return default
+    label = names if isinstance(names, str) else names[0]
+    if check is None:
+        return raw
+    if isinstance(check[0], int):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError("%s must be an integer, got %r" % (label, raw)) from None
+        if not check[0] <= value <= check[1]:
+            raise ConfigError("%s must be between %d and %d, got %d" % (label, check[0], check[1], value))
+        return value
+    for choice in check:
+        if choice.lower() == raw.lower():
+            return choice
+    raise ConfigError("%s must be one of %s, got %r" % (label, "/".join(check), raw.lower()))
+
+
+def _lenient(env: Mapping[str, str], field: str, warnings: Optional[List[str]] = None) -> Any:
+    """``_setting``, or the row's default for an unusable value (said in ``warnings`` if given)."""
+    try:
+        return _setting(env, field)
+    except ConfigError as exc:
+        default = _ROWS[field][2]
+        if warnings is not None:
+            warnings.append("%s; using %s" % (exc, default))
+        return default
 
 
 def load(env: Optional[Mapping[str, str]] = None) -> Config:
@@ -135,27 +227,16 @@ def load(env: Optional[Mapping[str, str]] = None) -> Config:
     A bad value makes the extension inert: ``problem`` says why, in one line.
     """
     env = os.environ if env is None else env
-    runtime_api = env.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")
     try:
-        return _load(env, runtime_api)
+        return _load(env)
     except (ConfigError, DsnError) as exc:
-        return Config(dsn=None, problem=str(exc), runtime_api=runtime_api,
-                      port=_safe_port(env), log_level=_safe_level(env))
+        warnings: List[str] = []
+        return Config(dsn=None, problem=str(exc), runtime_api=_lenient(env, "runtime_api"),
+                      port=_lenient(env, "port"), state_file=_lenient(env, "state_file"),
+                      log_level=_lenient(env, "log_level", warnings), warnings=tuple(warnings))
 
 
-def _safe_port(env: Mapping[str, str]) -> int:
-    try:
-        return _int(env, "SENTRY_EXT_PORT", DEFAULT_PORT, 1, 65535)
-    except ConfigError:
-        return DEFAULT_PORT
-
-
-def _safe_level(env: Mapping[str, str]) -> str:
-    level = env.get("SENTRY_EXT_LOG_LEVEL", "").strip().upper()
-    return level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
-
-
-def _load(env: Mapping[str, str], runtime_api: str) -> Config:
+def _load(env: Mapping[str, str]) -> Config:
     raw_dsn = env.get("SENTRY_DSN", "").strip()
     if not raw_dsn:
         raise ConfigError("SENTRY_DSN is not set")
@@ -163,39 +244,13 @@ def _load(env: Mapping[str, str], runtime_api: str) -> Config:
     upstream = env.get("SENTRY_EXT_UPSTREAM", "").strip()
     if upstream:
         dsn = dsn.with_upstream(upstream)
-    proxy_url = _first(env, "HTTPS_PROXY", "https_proxy") if dsn.scheme == "https" else _first(
-        env, "HTTP_PROXY", "http_proxy")
-    cfg = Config(
-        dsn=dsn,
-        problem=None,
-        runtime_api=runtime_api,
-        port=_int(env, "SENTRY_EXT_PORT", DEFAULT_PORT, 1, 65535),
-        max_body_bytes=_int(env, "SENTRY_EXT_MAX_BODY_BYTES", 4 * MIB, 1024, 200 * MIB),
-        queue_max_items=_int(env, "SENTRY_EXT_QUEUE_MAX_ITEMS", 1000, 1, 100000),
-        queue_max_bytes=_int(env, "SENTRY_EXT_QUEUE_MAX_BYTES", 8 * MIB, 64 * 1024, 512 * MIB),
-        flush_mode=_choice(env, "SENTRY_EXT_FLUSH", "end", FLUSH_MODES),
-        flush_timeout_ms=_int(env, "SENTRY_EXT_FLUSH_TIMEOUT_MS", 2000, 0, 900000),
-        deadline_margin_ms=_int(env, "SENTRY_EXT_DEADLINE_MARGIN_MS", 200, 10, 10000),
-        senders=_int(env, "SENTRY_EXT_SENDERS", 4, 1, 32),
-        max_inflight=_int(env, "SENTRY_EXT_MAX_INFLIGHT", 64, 1, 256),
-        connect_timeout_ms=_int(env, "SENTRY_EXT_CONNECT_TIMEOUT_MS", 2000, 10, 60000),
-        read_timeout_ms=_int(env, "SENTRY_EXT_READ_TIMEOUT_MS", 5000, 10, 120000),
-        max_attempts=_int(env, "SENTRY_EXT_MAX_ATTEMPTS", 10, 1, 100),
-        client_timeout_s=_int(env, "SENTRY_EXT_CLIENT_TIMEOUT_MS", 10000, 100, 600000) / 1000.0,
-        max_connections=_int(env, "SENTRY_EXT_MAX_CONNECTIONS", 64, 1, 4096),
-        telemetry_host=env.get("SENTRY_EXT_TELEMETRY_HOST", "").strip() or "sandbox.localdomain",
-        telemetry_port=_int(env, "SENTRY_EXT_TELEMETRY_PORT", DEFAULT_TELEMETRY_PORT, 1, 65535),
-        spool_dir=env.get("SENTRY_EXT_SPOOL_DIR", "").strip() or "/tmp/sentry-lambda-extension",
-        spool_max_bytes=_int(env, "SENTRY_EXT_SPOOL_MAX_BYTES", 16 * MIB, 0, 512 * MIB),
-        spool_max_age_s=_int(env, "SENTRY_EXT_SPOOL_MAX_AGE_S", 6 * 3600, 1, 30 * 86400),
-        log_level=_safe_level(env),
-        ca_file=env.get("SSL_CERT_FILE", "").strip() or None,
-        proxy_url=proxy_url or None,
-        no_proxy=_first(env, "NO_PROXY", "no_proxy"),
-        adaptive_window=_int(env, "SENTRY_EXT_ADAPTIVE_WINDOW", 20, 2, 1000),
-        adaptive_gap_s=_int(env, "SENTRY_EXT_ADAPTIVE_GAP_MS", 10000, 1, 3600000) / 1000.0,
-        function_name=env.get("AWS_LAMBDA_FUNCTION_NAME", ""),
-    )
+    proxy_url = _raw(env, ("HTTPS_PROXY", "https_proxy") if dsn.scheme == "https" else ("HTTP_PROXY", "http_proxy"))
+    warnings: List[str] = []
+    values: Dict[str, Any] = {"dsn": dsn, "problem": None, "proxy_url": proxy_url or None}
+    for field, names, _, _, _ in SETTINGS:
+        if names:
+            values[field] = _lenient(env, field, warnings) if field in _LENIENT else _setting(env, field)
+    cfg = Config(warnings=tuple(warnings), **values)
     if cfg.telemetry_port in (cfg.port, 9001):
         raise ConfigError("SENTRY_EXT_TELEMETRY_PORT must differ from SENTRY_EXT_PORT and 9001 (reserved)")
     return cfg

@@ -1,7 +1,7 @@
 """DSN and authentication parsing (pure functions, no I/O).
 
-Imported before the first ``/event/next``, so it stays light: no ``dataclasses``, ``typing`` or
-``urllib.parse`` (together ~25 ms of start-up); ``urllib.parse`` loads only for unusual DSNs.
+Imported before the first ``/event/next``, so it stays light (start-up budget: main.py): no
+``dataclasses``, ``typing`` or ``urllib.parse``; ``urllib.parse`` loads only for unusual DSNs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-# Item type -> rate-limit data category (sentry-python's table).
+# Item type -> rate-limit data category: sentry-python's ``Item.data_category`` (2.x, with
+# trace_metric), plus the types only other SDKs send (replay, feedback, metric buckets), as Relay names them.
 CATEGORIES: Dict[str, str] = {
     "event": "error",
     "transaction": "transaction",
@@ -17,6 +18,7 @@ CATEGORIES: Dict[str, str] = {
     "sessions": "session",
     "attachment": "attachment",
     "log": "log_item",
+    "trace_metric": "trace_metric",
     "client_report": "internal",
     "profile": "profile",
     "profile_chunk": "profile_chunk",
@@ -41,8 +43,10 @@ ENDPOINT_CATEGORIES: Dict[str, str] = {
     "otlp": "span",
 }
 
-# Every category a limit can usefully name: the ones items and endpoints map to.
-KNOWN_CATEGORIES = frozenset(CATEGORIES.values()) | frozenset(ENDPOINT_CATEGORIES.values()) | {"default", "log_byte"}
+# Every category a limit can usefully name: the ones items and endpoints map to, and the byte
+# counts client reports add for logs and trace metrics.
+KNOWN_CATEGORIES = (frozenset(CATEGORIES.values()) | frozenset(ENDPOINT_CATEGORIES.values())
+                    | {"default", "log_byte", "trace_metric_byte"})
 
 HEADER_LINE_LIMIT = 64 * 1024  # bytes of decoded envelope header we are willing to inspect
 INSPECTABLE_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")  # what the stdlib can decode

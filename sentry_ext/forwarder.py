@@ -12,12 +12,12 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
+from .request import Request
 from .rtt import RttEstimator
 from .stats import Stats
-from . import transport
-from .transport import Result, Transport
+from .transport import Outcome, Result, Transport
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 30.0
 IDLE_POLL_S = 1.0  # an idle sender looks this often whether it is surplus
 
-# Called with (request, result) after every upstream reply (any status): rate limits and reports hook in here.
+# Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
 ResponseHook = Callable[[Request, Result], None]
 # Called with (request, reason) when the extension gives a request up.
 DropHook = Callable[[Request, str], None]
@@ -232,7 +232,7 @@ class Forwarder:
             return
         req.attempts += 1
         result = self._send(req, read_timeout)
-        if result.outcome == transport.STALE and req.attempts == 1:
+        if result.outcome == Outcome.STALE and req.attempts == 1:
             # A pooled connection that died while we were frozen: reconnect at once, no backoff.
             self.stats.incr("retried")
             result = self._send(req, read_timeout)
@@ -242,7 +242,7 @@ class Forwarder:
             except Exception:  # upstream has answered: a bug in bookkeeping must not cause a resend
                 log.exception("response hook error (survived)")
         outcome = result.outcome
-        if outcome == transport.OK:
+        if outcome == Outcome.OK:
             self.health.success()
             self.queue.resume()
             self.stats.incr("forwarded")
@@ -250,18 +250,19 @@ class Forwarder:
             self.queue.done(req)
             log.debug("forwarded %s (%d bytes) -> %d", req.upstream_path, len(req.body), result.status)
             return
-        if outcome in (transport.SEND_ERROR, transport.RATE_LIMITED):
+        if outcome in (Outcome.SEND_ERROR, Outcome.RATE_LIMITED):
             self.health.success()  # upstream is reachable and answering
             self.queue.resume()
-            self._give_up(req, "send_error" if outcome == transport.SEND_ERROR else "ratelimited_upstream",
+            self._give_up(req, "send_error" if outcome == Outcome.SEND_ERROR else "ratelimited_upstream",
                           result)
             return
-        # RETRY or a STALE that persisted: back off, then try again or give up.
+        # RETRY or a STALE that persisted: back off, then try again or give up. The failure counts
+        # either way (/health reads it), so even one attempt per request shows an outage.
+        grace = self.health.failure()
         if req.attempts >= self.max_attempts:
             reason = "send_error" if result.status else "network_error"
             self._give_up(req, reason, result)
             return
-        grace = self.health.failure()
         self.stats.incr("retried")
         if result.maybe_delivered:
             self.stats.incr("duplicates_at_risk")

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
+from .request import Request
 from .config import Config
 from .dsn import Dsn, DsnError, parse_auth_header, query_auth
 from .envelope import EnvelopeError, first_line, parse_header

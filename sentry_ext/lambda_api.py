@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing and json (with re) cost ~12 ms of start-up, before the first /event/next
+if TYPE_CHECKING:  # no typing or json before the first /event/next (start-up budget: main.py)
     from typing import Any, Callable, Dict, Optional, Tuple
 
 EXTENSION_PREFIX = "/2020-01-01/extension"
@@ -19,19 +19,40 @@ MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # an INVOKE event is small; this bounds a 
 
 
 class LambdaApiError(Exception):
-    """A non-2xx answer or a transport failure talking to the Lambda API."""
+    """A non-2xx answer (``status``) or a failure talking to the Lambda API (``status`` 0: refused,
+    reset, timed out or a malformed reply)."""
 
     def __init__(self, message: str, status: int = 0, body: bytes = b"") -> None:
         super().__init__(message)
         self.status = status
         self.body = body
 
+    @property
+    def fatal(self) -> bool:
+        """True for an answer that asking again will not change: a 4xx (bad request, unknown
+        extension identifier) or a 500, which the API documents as non-recoverable. Transport
+        failures and other 5xx are transient."""
+        return 400 <= self.status <= 500
+
+
+def _number(text: str, what: str, base: int = 10) -> int:
+    """A non-negative integer in ASCII digits (``int`` alone accepts signs, "_" and other scripts' digits)."""
+    text = text.strip()
+    digits = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
+    if not text or not text.isascii() or text.strip(digits) or len(text) > 18:
+        raise LambdaApiError("malformed %s %r" % (what, text[:40]))
+    return int(text, base)
+
 
 def _split_addr(addr: str) -> Tuple[str, int]:
     host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
+    try:
+        number = _number(port, "port")
+    except LambdaApiError:
+        number = 0
+    if not host or not 0 < number < 65536:
         raise LambdaApiError("AWS_LAMBDA_RUNTIME_API must be host:port, got %r" % addr)
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
@@ -46,9 +67,9 @@ def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
+    if len(parts) < 2 or len(parts[1]) != 3:
         raise LambdaApiError("malformed status line %r" % lines[0][:80])
-    status = int(parts[1])
+    status = _number(parts[1], "status code")
     headers: Dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
@@ -57,7 +78,7 @@ def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = _read_chunked(sock, rest)
     elif "content-length" in headers:
-        length = int(headers["content-length"])
+        length = _number(headers["content-length"], "Content-Length")
         if length > MAX_RESPONSE_BYTES:
             raise LambdaApiError("response body too large (%d bytes)" % length)
         body = rest
@@ -85,7 +106,7 @@ def _read_chunked(sock: socket.socket, buf: bytes) -> bytes:
                 raise LambdaApiError("connection closed mid-chunk")
             buf += chunk
         size_line, _, buf = buf.partition(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        size = _number(size_line.split(b";", 1)[0].decode("latin-1"), "chunk size", 16)
         if size == 0:
             return body
         if len(body) + size > MAX_RESPONSE_BYTES:
@@ -104,8 +125,8 @@ class LambdaApi:
 
     def __init__(self, runtime_api: str) -> None:
         self.host, self.port = _split_addr(runtime_api)
-        # getaddrinfo() runs a str host through the idna codec, whose import (with re) costs ~4 ms
-        # of start-up; an ASCII host needs no encoding, so it goes as bytes.
+        # getaddrinfo() runs a str host through the idna codec, whose import (with re) is on the
+        # start-up budget (main.py); an ASCII host needs no encoding, so it goes as bytes.
         self._connect_host = self.host.encode("ascii") if self.host.isascii() else self.host
         self.extension_id: Optional[str] = None
         self.register_body = b""
@@ -227,7 +248,7 @@ def _loads(raw: bytes) -> Any:
 
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             pass
     return raw.decode("utf-8", "replace")
 

@@ -1,8 +1,8 @@
 """Logging to stdout (CloudWatch adds timestamps): one line per lifecycle event.
 
-``logging`` costs ~10 ms to import, so the start-up path (before the first ``/event/next``) holds
-``get()`` stand-ins and only ``defer()``s the set-up; ``logging`` loads at the first log call or
-when ``setup()`` runs on the background init thread.
+``logging`` is on the start-up budget (main.py), so the start-up path (before the first
+``/event/next``) holds ``get()`` stand-ins and only ``defer()``s the set-up; ``logging`` loads at
+the first log call or when ``setup()`` runs on the background init thread.
 """
 
 from __future__ import annotations

@@ -1,13 +1,24 @@
-"""Lifecycle on the main thread: register, start the pipeline, loop on /event/next.
+"""Lifecycle on the main thread: record for the exec wrapper, register, start the pipeline, loop
+on /event/next.
 
-Only light modules are imported before the first ``/event/next`` (no logging, json, typing,
-dataclasses or urllib.parse: each would add to every cold start); the pipeline (urllib3, ssl,
-http.server) loads on a background thread once that ``/event/next`` is on the wire.
+Start-up budget (the one place these figures live; other modules refer here). Only light modules
+are imported before the first ``/event/next``: main, config, dsn, flush, handshake, lambda_api,
+logs, and the stdlib modules they need (socket, signal and threading, which bring enum and
+collections). Each of these would add to every cold start; import cost with ``python -IS -X
+importtime`` on the development VM after those three (median of 5, cumulative; at 128 MB Lambda
+gives a fraction of a core, so several times more there):
+
+    dataclasses 8.1 ms   logging 6.1 ms   typing 3.8 ms   urllib.parse 3.3 ms
+    json 2.6 ms (with re 1.3 ms)          encodings.idna 2.2 ms   http.client 16.7 ms
+
+So: types only under ``TYPE_CHECKING``, plain classes instead of dataclasses, lazy loggers
+(logs.py), json written by hand for the registration (lambda_api.py), raw sockets instead of
+http.client. The pipeline (urllib3, ssl, http.server) loads on a background thread once that
+``/event/next`` is on the wire.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import socket
@@ -15,18 +26,22 @@ import sys
 import threading
 import time
 
-from . import __version__, logs
+from . import __version__, handshake, logs
 from .config import Config, load
+from .flush import BACKGROUND, FlushControl, FlushDecision
 from .lambda_api import LambdaApi, LambdaApiError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Deque, Dict, Optional
+    from typing import Any, Dict, Optional
+
+    from .pipeline import Pipeline  # loaded on the init thread, after the first /event/next
 
 log = logs.get("sentry_ext.main")  # imports logging at its first use
 
 SIGNAL_DRAIN_S = 1.5  # drain budget after SIGTERM/SIGINT, inside Lambda's 2 s shutdown window
 POLL_BACKOFF_CAP_S = 1.0
+FATAL_POLLS = 5  # consecutive fatal /event/next answers (4xx, 500) before the loop gives up
 READY_WAIT_S = 5.0
 TELEMETRY_GRACE_S = 3.0  # platform.start must arrive within this of INVOKE, or telemetry is broken
 
@@ -55,29 +70,55 @@ class Extension:
         self.cfg = cfg
         self.name = name
         self.api = api or LambdaApi(cfg.runtime_api)
-        self.pipeline: Any = None
+        self.pipeline: Optional[Pipeline] = None
         self.ready = threading.Event()
-        self.mode = cfg.flush_mode
+        self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
         self._signal: Optional[int] = None
-        self._invokes: Deque[float] = collections.deque(maxlen=cfg.adaptive_window)
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
+        self._inert_reason = ""
+        self._record_error: Optional[str] = None
 
     # -- start-up ------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until SHUTDOWN or a signal; returns the process exit code."""
         started = time.monotonic()
+        ingest_sock = self._claim()  # before /register: the runtime, and its exec wrapper, start after it
         try:
             self.api.register(self.name, parse=False)  # no json before the first /event/next
         except LambdaApiError as exc:
+            if ingest_sock is not None:
+                ingest_sock.close()
+                handshake.record(self.cfg.state_file, handshake.INERT)
             log.error("could not register with the Extensions API: %s", exc)
             return 1
         self._registered_ms = (time.monotonic() - started) * 1000
         self._install_signals()
-        self._prepare()
+        self._prepare(ingest_sock)
         return self._loop()
+
+    def _claim(self) -> Optional[socket.socket]:
+        """Decide whether this extension will relay (valid settings, dependencies there, port bound)
+        and record it for the exec wrapper; returns the bound ingest socket, or None when inert."""
+        cfg = self.cfg
+        sock = None
+        missing = handshake.missing_dependency() if cfg.active else None
+        if not cfg.active:
+            self._inert_reason = str(cfg.problem or "SENTRY_DSN is not set")
+        elif missing is not None:
+            self._inert_reason = "%s is not on the path of %s (run from the layer, or install it there)" % (
+                missing, sys.executable)
+        else:
+            try:
+                sock = bind_listener(cfg.host, cfg.port)
+            except OSError as exc:
+                self._inert_reason = "cannot listen on %s:%d (%s); set SENTRY_EXT_PORT to a free port" % (
+                    cfg.host, cfg.port, exc)
+        self._record_error = handshake.record(cfg.state_file, handshake.ACTIVE if sock else handshake.INERT,
+                                              cfg.port)
+        return sock
 
     def _announce(self) -> None:
         """Log the registration (deferred off the start-up path; once)."""
@@ -88,23 +129,22 @@ class Extension:
         log.info("registered %s %s for %s (%.1f ms after start)", self.name, __version__,
                  info.get("functionName", "?"), ms)
 
-    def _prepare(self) -> None:
+    def _prepare(self, ingest_sock: Optional[socket.socket]) -> None:
         cfg = self.cfg
-        if not cfg.active:
+        for warning in cfg.warnings:
             self._announce()
-            log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", cfg.problem)
-            self.ready.set()
-            return
-        try:
-            ingest_sock = bind_listener(cfg.host, cfg.port)
-        except OSError as exc:
+            log.warning("%s", warning)
+        if self._record_error is not None:
             self._announce()
-            log.error("inert: cannot listen on %s:%d (%s); set SENTRY_EXT_PORT to a free port",
-                      cfg.host, cfg.port, exc)
+            log.warning("cannot write %s (%s): the exec wrapper leaves the SDK sending straight to Sentry",
+                        cfg.state_file, self._record_error)
+        if ingest_sock is None:
+            self._announce()
+            log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", self._inert_reason)
             self.ready.set()
             return
         telemetry_sock = None
-        if self.mode != "background":
+        if self.flush_control.mode != BACKGROUND:
             telemetry_sock = self._subscribe_telemetry()
         threading.Thread(target=self._start_pipeline, args=(ingest_sock, telemetry_sock),
                          name="sentry-ext-init", daemon=True).start()
@@ -132,7 +172,7 @@ class Extension:
     def _fallback(self, why: str) -> None:
         self._announce()
         log.warning("%s: falling back to background flushing", why)
-        self.mode = "background"
+        self.flush_control.fall_back()
 
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
@@ -145,18 +185,21 @@ class Extension:
 
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
-            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock)
-            pipeline.mode = self.mode
+            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control)
             pipeline.start()
             self.pipeline = pipeline
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
-                                                                "flush=" + self.mode))
+                                                                "flush=" + self.flush_control.mode))
         except Exception:
-            log.exception("inert: the pipeline failed to start")
-            # Close the held ports so SDK posts fail fast instead of waiting in the backlog.
+            # The runtime may already run with its DSN pointed here (the record said active): close
+            # the held ports so its sends are refused at once instead of waiting in the backlog,
+            # and say so. What it sends in this sandbox is lost; the next sandbox starts afresh.
+            log.exception("inert: the pipeline failed to start; SDK sends to port %d are refused (lost) "
+                          "until this sandbox ends", self.cfg.port)
             for sock in (ingest_sock, telemetry_sock):
                 if sock is not None:
                     sock.close()
+            handshake.record(self.cfg.state_file, handshake.INERT)
         finally:
             self.ready.set()
 
@@ -173,8 +216,17 @@ class Extension:
             raise StopSignal()
 
     def _loop(self) -> int:
+        # Lambda API error policy. A failure to reach the API (refused, reset, timed out, malformed
+        # reply) or a 5xx other than 500 is transient: retried with backoff (50 ms doubling to 1 s)
+        # for as long as it lasts, since exiting would make Lambda reset the sandbox. A fatal answer
+        # (4xx, or 500, which the API documents as non-recoverable) will not change on asking again:
+        # after FATAL_POLLS of them in a row (about 1.5 s) the API no longer serves this extension,
+        # so it stops like at SHUTDOWN (drain briefly, spool the rest), tells Lambda why with
+        # /exit/error, and exits 1, letting Lambda reset the sandbox instead of every later
+        # invocation waiting on an extension that can never call next.
         backoff = 0.05
-        while True:  # until SHUTDOWN or a signal
+        fatal = 0
+        while True:  # until SHUTDOWN, a signal or a fatal API answer
             if self._signal is not None:
                 return self._stop("signal %d" % self._signal, time.monotonic() + SIGNAL_DRAIN_S)
             try:
@@ -186,12 +238,16 @@ class Extension:
             except StopSignal:
                 continue
             except Exception as exc:  # LambdaApiError, or a reply malformed in a way the client missed
+                fatal = fatal + 1 if isinstance(exc, LambdaApiError) and exc.fatal else 0
+                if fatal >= FATAL_POLLS:
+                    return self._give_up(exc)
                 log.warning("event/next failed (%s); retrying in %.2fs", exc, backoff,
                             exc_info=not isinstance(exc, LambdaApiError))
                 self._sleep(backoff)
                 backoff = min(POLL_BACKOFF_CAP_S, backoff * 2)
                 continue
             backoff = 0.05
+            fatal = 0
             kind = event.get("eventType")
             try:
                 if kind == "INVOKE":
@@ -204,6 +260,16 @@ class Extension:
             except Exception:
                 log.exception("error handling %s (survived)", kind)
 
+    def _give_up(self, exc: Exception) -> int:
+        """The Extensions API keeps refusing /event/next: stop in order, report it, exit 1."""
+        log.error("event/next refused %d times in a row (%s); stopping the extension", FATAL_POLLS, exc)
+        self._stop("Lambda API error", time.monotonic() + SIGNAL_DRAIN_S)
+        try:
+            self.api.report_error("exit", "Extension.LambdaApiError", "event/next refused: %s" % str(exc)[:200])
+        except LambdaApiError:
+            pass
+        return 1
+
     def _sleep(self, seconds: float) -> None:
         try:
             self._polling = True
@@ -213,50 +279,17 @@ class Extension:
         finally:
             self._polling = False
 
-    def effective_mode(self, now: float) -> str:
-        """``end`` or ``background`` for this invocation (``adaptive`` decides by recent traffic)."""
-        if self.mode != "adaptive":
-            return self.mode
-        self._invokes.append(now)
-        if len(self._invokes) < self._invokes.maxlen:  # type: ignore[operator]
-            return "end"
-        mean_gap = (self._invokes[-1] - self._invokes[0]) / (len(self._invokes) - 1)
-        return "background" if mean_gap <= self.cfg.adaptive_gap_s else "end"
-
     def on_invoke(self, event: Dict[str, Any]) -> None:
-        """After an INVOKE: in ``end`` mode wait for runtimeDone, then drain, all before the deadline."""
-        now = time.monotonic()
-        mode = self.effective_mode(now)
-        if mode == "background" or not self.cfg.active:
+        """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
+        if self.flush_control.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
             return
+        now = time.monotonic()
         deadline = _deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
-        pipeline = self.pipeline
         request_id = str(event.get("requestId", ""))
-        # platform.start comes within ~25 ms of INVOKE; if it does not, telemetry is broken and
-        # waiting for runtimeDone could hold every invocation until its deadline.
-        if pipeline.tracker.wait(request_id, min(deadline, now + TELEMETRY_GRACE_S),
-                                 ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+        if not self.pipeline.after_invoke(request_id, deadline, TELEMETRY_GRACE_S):
             self._fallback("no telemetry for %s within %.0f s" % (request_id, TELEMETRY_GRACE_S))
-            pipeline.mode = self.mode
-            return
-        done = pipeline.tracker.wait(request_id, deadline)
-        if done is None:
-            log.warning("no runtimeDone for %s before the deadline; calling next", request_id)
-            pipeline.stats.incr("runtime_done_missed")
-            return
-        t_done = time.monotonic()
-        budget = min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0)
-        flushed = pipeline.flush(budget)
-        elapsed_ms = (time.monotonic() - t_done) * 1000
-        pipeline.stats.incr("flushes")
-        if not flushed:
-            pipeline.stats.incr("flushes_incomplete")
-            log.info("flush for %s incomplete after %.0f ms; %d request(s) stay queued", request_id,
-                     elapsed_ms, len(pipeline.queue))
-        else:
-            log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
 
     def _stop(self, why: str, deadline: float) -> int:
         """Orderly end: drain until ``deadline``, spool the rest, log the summary, exit 0."""
@@ -268,11 +301,9 @@ class Extension:
         if pipeline is None:
             log.info("summary: nothing relayed (inert)")
             return 0
-        dropped_before = sum(pipeline.stats.snapshot()["dropped"].values())
         outcome = pipeline.shutdown(deadline)
-        dropped = sum(pipeline.stats.snapshot()["dropped"].values()) - dropped_before - outcome["lost"]
-        log.info("summary: %s drain_ms=%.0f drain=%s", pipeline.stats.summary(), (time.monotonic() - t0) * 1000,
-                 _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"], dropped))
+        log.info("summary: %s drain_ms=%.0f drain=%s", pipeline.summary(), (time.monotonic() - t0) * 1000,
+                 _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"], outcome["dropped"]))
         return 0
 
 

@@ -10,14 +10,17 @@ import socket
 import time
 from typing import Any, Dict, Optional
 
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
+from .client_reports import ReportScheduler
 from .config import Config
+from .discards import Discards
+from .flush import FlushControl
 from .forwarder import Forwarder
+from .health import assess
 from .ingest import IngestServer
-from .limiter import IngestLimiter
-from .outcomes import Outcomes
+from .ingest_limits import IngestLimiter
 from .ratelimit import RateLimits
-from .reports import ReportScheduler
+from .request import Request
 from .spool import Spool
 from .stats import Stats
 from .telemetry import RuntimeDoneTracker, TelemetryListener
@@ -32,29 +35,30 @@ REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of w
 class Pipeline:
     """Everything between the SDK's POST and the upstream's reply."""
 
-    def __init__(self, cfg: Config, ingest_sock: socket.socket,
-                 telemetry_sock: Optional[socket.socket]) -> None:
+    def __init__(self, cfg: Config, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket],
+                 flush_control: Optional[FlushControl] = None) -> None:
         assert cfg.dsn is not None
         self.cfg = cfg
+        # The lifecycle loop's flush mode (shared, not copied): /health reports it.
+        self.flush_control = flush_control or FlushControl.from_config(cfg)
         self.stats = Stats()
         self.queue = BoundedQueue(cfg.queue_max_items, cfg.queue_max_bytes)
         self.transport = Transport(cfg)
         # Rate limits learnt from upstream replies, and client reports for what we drop ourselves.
         self.limits = RateLimits()
-        self.outcomes = Outcomes()
-        self.reports = ReportScheduler(self.outcomes, self.queue, cfg.dsn, self.stats)
-        self.limiter = IngestLimiter(self.limits, self.outcomes, self.stats)
+        self.discards = Discards()
+        self.reports = ReportScheduler(self.discards, self.queue, cfg.dsn, self.stats)
+        self.ingest_limits = IngestLimiter(self.limits, self.discards, self.stats)
         self.forwarder = Forwarder(self.queue, self.transport, self.stats, min(cfg.senders, cfg.max_inflight),
                                    cfg.max_attempts, on_response=self._on_response, on_drop=self._on_drop,
                                    max_inflight=cfg.max_inflight)
         self.server = IngestServer(ingest_sock, cfg, self.queue, self.stats, self._health_extra)
         self.server.before_queue = self._before_queue
-        self.server.accepted_headers = self.limiter.accepted_headers
+        self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
         self.tracker = RuntimeDoneTracker()
         self.listener = TelemetryListener(telemetry_sock, self.tracker) if telemetry_sock else None
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
-        self.mode = cfg.flush_mode
 
     def start(self) -> None:
         self.server.start()
@@ -64,25 +68,29 @@ class Pipeline:
         self._load_spool()
 
     def _health_extra(self) -> Dict[str, Any]:
-        return {"flush_mode": self.mode, "upstream": self.cfg.dsn.masked() if self.cfg.dsn else None}
+        depth = self.queue.depth()
+        data = assess(self.forwarder.health.failures, depth["queued"] + depth["in_flight"],
+                      self.cfg.queue_max_items, depth["bytes"], self.cfg.queue_max_bytes)
+        data.update(flush_mode=self.flush_control.mode, upstream=self.cfg.dsn.masked() if self.cfg.dsn else None)
+        return data
 
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
-        return self.limiter(req, header)
+        return self.ingest_limits(req, header)
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
 
     def _on_drop(self, req: Request, reason: str) -> None:
-        self.outcomes.record_request(req, reason)
+        self.discards.record_request(req, reason)
         self.reports.maybe_send()
 
     def _load_spool(self) -> None:
         loaded = self.spool.load()
         for req in loaded.expired:
             self.stats.drop("spool_expired")
-            self.outcomes.record_request(req, "spool_expired")
+            self.discards.record_request(req, "spool_expired")
         queued = 0
         for req in loaded.requests:
             req.attempts = 0  # a new sandbox, a new attempt budget
@@ -90,7 +98,7 @@ class Pipeline:
                 queued += 1
             else:
                 self.stats.drop("queue_overflow")
-                self.outcomes.record_request(req, "queue_overflow")
+                self.discards.record_request(req, "queue_overflow")
         if queued or loaded.expired or loaded.corrupt_files:
             self.stats.incr("spool_loaded", queued)
             log.info("spool: %d request(s) from an earlier sandbox queued, %d expired, %d corrupt file(s)",
@@ -99,12 +107,41 @@ class Pipeline:
     def flush(self, timeout: float) -> bool:
         """Deliver everything queued and in flight, pending client reports included, within ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
-        reported = self.reports.send() if self.outcomes.has_pending else True
+        reported = self.reports.send() if self.discards.has_pending else True
         done = self.forwarder.flush(timeout)
         if done and not reported and self.reports.send():
             # The queue was full when the flush began (an overflow): now it has room for the report.
             done = self.forwarder.flush(deadline - time.monotonic())
         return done
+
+    def after_invoke(self, request_id: str, deadline: float, telemetry_grace_s: float) -> bool:
+        """``end`` mode after an INVOKE: wait for the runtime's runtimeDone, then drain, all before
+        ``deadline`` (monotonic). False if telemetry looks broken: no platform.start within
+        ``telemetry_grace_s`` (waiting for runtimeDone could then hold every invocation to its deadline)."""
+        now = time.monotonic()
+        # platform.start comes within ~25 ms of INVOKE.
+        if self.tracker.wait(request_id, min(deadline, now + telemetry_grace_s),
+                             ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+            return False
+        if self.tracker.wait(request_id, deadline) is None:
+            log.warning("no runtimeDone for %s before the deadline; calling next", request_id)
+            self.stats.incr("runtime_done_missed")
+            return True
+        t_done = time.monotonic()
+        flushed = self.flush(min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0))
+        elapsed_ms = (time.monotonic() - t_done) * 1000
+        self.stats.incr("flushes")
+        if not flushed:
+            self.stats.incr("flushes_incomplete")
+            log.info("flush for %s incomplete after %.0f ms; %d request(s) stay queued", request_id,
+                     elapsed_ms, len(self.queue))
+        else:
+            log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
+        return True
+
+    def summary(self) -> str:
+        """One log line with every counter."""
+        return self.stats.summary()
 
     def shutdown(self, deadline: float) -> Dict[str, int]:
         """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop.
@@ -113,7 +150,8 @@ class Pipeline:
         environment (after a timeout or a crash); after a spindown a new environment starts with
         an empty /tmp and whatever was spooled is gone.
         """
-        if self.outcomes.has_pending:
+        dropped_before = sum(self.stats.snapshot()["dropped"].values())
+        if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)
         drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())
         self.forwarder.stop()
@@ -126,9 +164,9 @@ class Pipeline:
         if unsaved:
             self.stats.drop("network_error", len(unsaved))
             for req in unsaved:
-                self.outcomes.record_request(req, "network_error")
+                self.discards.record_request(req, "network_error")
             log.warning("lost %d unsent request(s) at shutdown (spool full or deadline)", len(unsaved))
-        if self.outcomes.has_pending:  # what was lost just now: its client report goes to the spool too
+        if self.discards.has_pending:  # what was lost just now: its client report goes to the spool too
             reports = self.reports.take_requests()
             more, _ = self.spool.write(reports, deadline + SPOOL_RESERVE_S / 2)
             written += more
@@ -138,4 +176,7 @@ class Pipeline:
                      "sent only if this execution environment is reset (after a timeout or crash) and "
                      "starts again; a spindown starts a new environment with an empty /tmp and they are lost",
                      written, self.cfg.spool_dir, min(in_flight, written))
-        return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "in_flight": in_flight}
+        # Dropped while draining (rejected, rate limited, out of attempts), not counting the lost.
+        dropped = sum(self.stats.snapshot()["dropped"].values()) - dropped_before - len(unsaved)
+        return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "dropped": dropped,
+                "in_flight": in_flight}

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
-from .buffer import Request
+from .request import Request
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ class LoadResult:
     requests: List[Request] = field(default_factory=list)
     expired: List[Request] = field(default_factory=list)
     corrupt_files: int = 0
-    foreign_files: int = 0
 
 
 def _encode(req: Request) -> bytes:
@@ -160,7 +159,6 @@ class Spool:
                 _unlink(path)
                 continue
             if any(r.public_key != self.public_key for r in requests):
-                result.foreign_files += 1
                 log.info("leaving spool file %s alone: written for another DSN", name)
                 continue
             budget -= size

@@ -29,13 +29,11 @@ class RuntimeDoneTracker:
     def __init__(self) -> None:
         self._seen: "collections.OrderedDict[str, Dict[str, Dict[str, Any]]]" = collections.OrderedDict()
         self._cond = threading.Condition()
-        self.batches = 0
 
     def record(self, events: Any) -> None:
         if not isinstance(events, list):
             return
         with self._cond:
-            self.batches += 1
             for event in events:
                 if not isinstance(event, dict):
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -12,20 +13,23 @@ from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from .config import Config
-from .buffer import Request
+from .request import Request
 
 log = logging.getLogger(__name__)
 
-OK = "ok"
-RETRY = "retry"            # network failure, timeout, 5xx: safe to send again
-STALE = "stale"            # pooled connection died (e.g. closed during a freeze): resend at once
-SEND_ERROR = "send_error"  # 4xx other than 429: upstream refused this request for good
-RATE_LIMITED = "ratelimited"  # 429: upstream counted the drop itself
+class Outcome(enum.Enum):
+    """What one send attempt came to, and so what the forwarder does next."""
+
+    OK = "ok"
+    RETRY = "retry"                # network failure, timeout, 5xx: safe to send again
+    STALE = "stale"                # pooled connection died (e.g. closed during a freeze): resend at once
+    SEND_ERROR = "send_error"      # 4xx other than 429: upstream refused this request for good
+    RATE_LIMITED = "ratelimited"   # 429: upstream counted the drop itself
 
 
 @dataclass
 class Result:
-    outcome: str
+    outcome: Outcome
     status: int = 0
     headers: Optional[Mapping[str, str]] = None
     error: str = ""
@@ -89,12 +93,12 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
 class Transport:
     """POSTs accepted requests to the configured upstream, byte for byte."""
 
-    def __init__(self, cfg: Config, pool: Any = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         if cfg.dsn is None:
             raise ValueError("Transport needs a DSN")
         self.cfg = cfg
         self.dsn = cfg.dsn
-        self.pool, self._absolute = (pool, True) if pool is not None else make_pool(cfg)
+        self.pool, self._absolute = make_pool(cfg)
         self._read_s = cfg.read_timeout_ms / 1000.0
         self._connect_s = cfg.connect_timeout_ms / 1000.0
         self._timeout = urllib3.Timeout(connect=self._connect_s, read=self._read_s)
@@ -110,23 +114,23 @@ class Transport:
             resp = self.pool.urlopen("POST", target, body=req.body, headers=req.headers,
                                      retries=False, redirect=False, preload_content=True, timeout=timeout)
         except ReadTimeoutError as exc:
-            return Result(RETRY, error=_describe(exc), maybe_delivered=True)
+            return Result(Outcome.RETRY, error=_describe(exc), maybe_delivered=True)
         except (ConnectTimeoutError, NewConnectionError, SSLError, ProxyError) as exc:
-            return Result(RETRY, error=_describe(exc))
+            return Result(Outcome.RETRY, error=_describe(exc))
         except ProtocolError as exc:
-            return Result(STALE, error=_describe(exc))
+            return Result(Outcome.STALE, error=_describe(exc))
         except HTTPError as exc:
-            return Result(RETRY, error=_describe(exc))
+            return Result(Outcome.RETRY, error=_describe(exc))
         status = resp.status
         headers = resp.headers
         if 200 <= status < 300:
-            return Result(OK, status, headers)
+            return Result(Outcome.OK, status, headers)
         if status == 429:
-            return Result(RATE_LIMITED, status, headers, "HTTP 429")
+            return Result(Outcome.RATE_LIMITED, status, headers, "HTTP 429")
         if status >= 500 or status == 408:
-            return Result(RETRY, status, headers, "HTTP %d" % status)
+            return Result(Outcome.RETRY, status, headers, "HTTP %d" % status)
         body = (resp.data or b"")[:200].decode("utf-8", "replace")
-        return Result(SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
+        return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
 
 
 def _describe(exc: BaseException) -> str:

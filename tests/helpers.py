@@ -1,4 +1,4 @@
-"""Test helpers: a live pipeline on loopback and small HTTP utilities."""
+"""Test helpers: constants, a live pipeline on loopback (and the ``pipelines`` fixture), HTTP utilities."""
 
 from __future__ import annotations
 
@@ -7,27 +7,62 @@ import json
 import socket
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
 
 from sentry_ext.config import load
+from sentry_ext.flush import FlushControl
 from sentry_ext.main import bind_listener
 from sentry_ext.pipeline import Pipeline
 
-KEY = "0123456789abcdef0123456789abcdef"
+KEY = "0123456789abcdef0123456789abcdef"  # the public key of every test DSN
 PROJECT = "42"
 
 
-def make_pipeline(upstream_dsn: str, start: bool = True, **env: str) -> Pipeline:
+def make_pipeline(upstream_dsn: str, start: bool = True, flush_control: Optional[FlushControl] = None,
+                  **env: str) -> Pipeline:
     """A started pipeline on a free loopback port relaying to ``upstream_dsn``."""
     settings = {"SENTRY_DSN": upstream_dsn, "SENTRY_EXT_SPOOL_DIR": env.pop("spool", "/nonexistent")}
     settings.update(env)
     cfg = load(settings)
     assert cfg.active, cfg.problem
     sock = bind_listener("127.0.0.1", 0)
-    pipeline = Pipeline(cfg, sock, None)
+    pipeline = Pipeline(cfg, sock, None, flush_control)
     if start:
         pipeline.start()
     return pipeline
+
+
+class FakeClock:
+    """A settable clock for code that takes ``clock=``: it reads ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+StartPipeline = Callable[..., Pipeline]  # the type of the ``pipelines`` fixture
+
+
+@pytest.fixture
+def pipelines(request: pytest.FixtureRequest) -> Iterator[StartPipeline]:
+    """``pipelines(dsn=None, **env)`` starts a pipeline relaying to ``dsn`` (default: the ``upstream``
+    fixture's DSN); every pipeline started is stopped after the test. Registered in conftest."""
+    made: List[Pipeline] = []
+
+    def start(dsn: Optional[str] = None, **kwargs: Any) -> Pipeline:
+        if dsn is None:
+            dsn = request.getfixturevalue("upstream").dsn(KEY, PROJECT)
+        pipeline = make_pipeline(dsn, **kwargs)
+        made.append(pipeline)
+        return pipeline
+
+    yield start
+    for pipeline in made:
+        stop(pipeline)
 
 
 def port_of(pipeline: Pipeline) -> int:

@@ -33,3 +33,4 @@ def test_quick_remote_bench_runs_and_loses_nothing(tmp_path: Path) -> None:
         assert run["status"] == "success" and run["by_end"] == run["burst"] and run["duplicates"] == 0, run
         assert 1 <= run["tls_handshakes"] <= run["burst"] and run["rss_peak_mib"] and run["peak_threads"]
     assert "| upstream | burst | extension |" in proc.stdout
+    assert data["command"].endswith("tools/bench.py --remote --quick --out %s" % out)  # how it was started

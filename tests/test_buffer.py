@@ -3,7 +3,8 @@ from __future__ import annotations
 import threading
 import time
 
-from sentry_ext.buffer import BoundedQueue, Request
+from sentry_ext.buffer import BoundedQueue
+from sentry_ext.request import Request
 
 
 def req(n: int = 10) -> Request:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from typing import List
 
+from helpers import FakeClock
 from sentry_ext.concurrency import ConcurrencyController
 from sentry_ext.rtt import RttEstimator
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_grows_under_backlog_with_a_distant_upstream_and_never_exceeds_the_cap() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     ctl = ConcurrencyController(minimum=4, cap=64, request_cpu_s=0.001, idle_s=5.0, clock=clock)
     assert ctl.update(outstanding=0, rtt_floor=0.08) == 4          # idle: the minimum
     assert ctl.update(outstanding=3, rtt_floor=0.08) == 4          # a handful: the idle minimum covers it
@@ -30,7 +23,7 @@ def test_grows_under_backlog_with_a_distant_upstream_and_never_exceeds_the_cap()
 
 
 def test_does_not_grow_before_a_round_trip_is_known_or_when_the_upstream_is_near() -> None:
-    ctl = ConcurrencyController(minimum=4, cap=64, request_cpu_s=0.001, clock=Clock())
+    ctl = ConcurrencyController(minimum=4, cap=64, request_cpu_s=0.001, clock=FakeClock(1000.0))
     assert ctl.update(outstanding=500, rtt_floor=None) == 4        # no reply yet: no evidence
     # loopback: the round trip is about the CPU a request takes, so threads would only contend
     assert ctl.update(outstanding=500, rtt_floor=0.0004) == 4
@@ -38,7 +31,7 @@ def test_does_not_grow_before_a_round_trip_is_known_or_when_the_upstream_is_near
 
 
 def test_shrinks_only_after_being_idle_for_idle_s() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     ctl = ConcurrencyController(minimum=2, cap=64, request_cpu_s=0.001, idle_s=5.0, clock=clock)
     assert ctl.update(300, 0.08) == 64
     clock.now += 4.9
@@ -51,7 +44,7 @@ def test_shrinks_only_after_being_idle_for_idle_s() -> None:
 
 
 def test_minimum_above_the_cap_is_lowered_to_it() -> None:
-    ctl = ConcurrencyController(minimum=32, cap=8, clock=Clock())
+    ctl = ConcurrencyController(minimum=32, cap=8, clock=FakeClock(1000.0))
     assert ctl.minimum == 8 and ctl.update(0, None) == 8 and ctl.update(1000, 1.0) == 8
 
 
@@ -76,7 +69,7 @@ def test_rtt_estimate_follows_the_upstream_and_its_floor_forgets_old_samples() -
 
 
 def test_no_growth_while_the_cpu_is_the_limit() -> None:
-    ctl = ConcurrencyController(minimum=4, cap=64, request_cpu_s=0.001, clock=Clock())
+    ctl = ConcurrencyController(minimum=4, cap=64, request_cpu_s=0.001, clock=FakeClock(1000.0))
     assert ctl.update(300, 0.08, cpu_share=0.95) == 4              # one GIL already busy: threads would contend
     assert ctl.update(300, 0.08, cpu_share=None) == 4              # unknown: wait for a measurement
     assert ctl.update(300, 0.08, cpu_share=0.2) == 64
@@ -85,7 +78,7 @@ def test_no_growth_while_the_cpu_is_the_limit() -> None:
 def test_cpu_share_over_windows_with_injected_clocks() -> None:
     from sentry_ext.concurrency import CpuShare
 
-    wall, cpu = Clock(), Clock()
+    wall, cpu = FakeClock(1000.0), FakeClock(1000.0)
     share = CpuShare(window_s=0.02, clock=wall, cpu=cpu)
     assert share.read() is None                                    # no window measured yet
     wall.now += 0.025

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
-from sentry_ext.config import load
+import re
+from pathlib import Path
+
+import pytest
+
+from sentry_ext import config
+from sentry_ext.config import Config, ConfigError, load
 
 DSN = "https://abc@o1.ingest.sentry.io/42"
 
@@ -46,3 +52,49 @@ def test_overrides_and_secrets_hidden() -> None:
 def test_https_proxy_chosen_for_https_upstream() -> None:
     cfg = load({"SENTRY_DSN": DSN, "https_proxy": "http://p:1", "HTTP_PROXY": "http://other:2", "NO_PROXY": "x"})
     assert cfg.proxy_url == "http://p:1" and cfg.no_proxy == "x"
+
+
+def test_config_validates_values_not_only_names() -> None:
+    dsn = load({"SENTRY_DSN": DSN}).dsn
+    assert Config(dsn=dsn, problem=None).port == 5333  # defaults from the table
+    for bad in ({"port": 0}, {"port": "5333"}, {"senders": True}, {"flush_mode": "sometimes"},
+                {"spool_dir": 7}, {"dsn": DSN}, {"problem": 1}, {"warnings": "one line"}):
+        with pytest.raises(ConfigError):
+            Config(**dict({"dsn": dsn, "problem": None}, **bad))
+    with pytest.raises(TypeError):
+        Config(dsn=dsn, problem=None, function_name="gone")
+
+
+def test_bad_log_level_falls_back_with_a_warning_without_making_it_inert() -> None:
+    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "verbose"})
+    assert cfg.active and cfg.log_level == "INFO"
+    assert len(cfg.warnings) == 1 and "SENTRY_EXT_LOG_LEVEL" in cfg.warnings[0] and "'verbose'" in cfg.warnings[0]
+    assert load({"SENTRY_EXT_LOG_LEVEL": "verbose"}).warnings == cfg.warnings  # inert: still said
+    assert load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "warning"}).warnings == ()
+
+
+def test_readme_configuration_table_documents_every_setting_with_its_default_and_range() -> None:
+    """Every variable of the settings table (and any other config.py reads, and the launcher's
+    SENTRY_EXT_PYTHON) is in the README's table, integers with the table's default and range."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    source = (root / "sentry_ext" / "config.py").read_text()
+    names = set(re.findall(r'"((?:SENTRY|HTTPS?|NO|SSL|AWS)_[A-Z0-9_]+|https?_proxy|no_proxy)"', source))
+    names.add("SENTRY_EXT_PYTHON")
+    for _, env_names, _ in config.DERIVED:
+        names.update(env_names)
+    for _, env_names, default, check, _ in config.SETTINGS:
+        if env_names is None:
+            continue
+        for name in (env_names,) if isinstance(env_names, str) else env_names:
+            names.add(name)
+            # the row whose first cell names it (other rows may mention it in their text)
+            row = next((r for r in rows if "`%s`" % name in r.split("|")[1]), "")
+            if row and isinstance(default, int):
+                assert "`%d`" % default in row and "%d\u2013%d" % check in row, row
+            elif row and check is not None:
+                assert all("`%s`" % c in row for c in check), row
+    missing = sorted(n for n in names if not any("`%s`" % n in r for r in rows))
+    assert not missing, "README configuration table lacks: %s" % ", ".join(missing)

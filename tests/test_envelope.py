@@ -80,6 +80,7 @@ def test_categories() -> None:
     assert category("transaction") == "transaction"
     assert category("sessions") == "session"
     assert category("log") == "log_item"
+    assert category("trace_metric") == "trace_metric"
     assert category("check_in") == "monitor"
     assert category("replay_recording") == "replay"
     assert category("something_new") == "default"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post
 from sentry_ext.config import load
 from sentry_ext.transport import pool_options, proxy_bypassed
 from tools.fake_upstream import FakeUpstream, Reply
@@ -18,91 +18,73 @@ def send(pipe, n: int) -> None:
         assert status == 200
 
 
-def test_retries_5xx_and_dropped_connections_until_delivered(upstream: FakeUpstream) -> None:
+def test_retries_5xx_and_dropped_connections_until_delivered(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.script([Reply(500), Reply(action="drop"), Reply(503), Reply(action="reset"),
                      Reply(action="drop_mid_response")])
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT))
-    try:
-        send(pipe, 3)
-        assert pipe.flush(20)
-        delivered = {r.envelope.event_id for r in upstream.requests if r.status == 200}
-        assert delivered == {"%032x" % i for i in range(3)}
-        assert pipe.stats.get("retried") >= 4 and pipe.stats.snapshot()["dropped"] == {}
-    finally:
-        stop(pipe)
+    pipe = pipelines()
+    send(pipe, 3)
+    assert pipe.flush(20)
+    delivered = {r.envelope.event_id for r in upstream.requests if r.status == 200}
+    assert delivered == {"%032x" % i for i in range(3)}
+    assert pipe.stats.get("retried") >= 4 and pipe.stats.snapshot()["dropped"] == {}
 
 
-def test_4xx_is_dropped_as_send_error_and_429_is_not_retried(upstream: FakeUpstream) -> None:
+def test_4xx_is_dropped_as_send_error_and_429_is_not_retried(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     # A category the test's events are not in: a bare 429 would (rightly) make ingest refuse the third one.
     upstream.script([Reply(400), Reply(429, headers={"X-Sentry-Rate-Limits": "30:transaction:key"})])
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="1")
-    try:
-        send(pipe, 3)
-        assert pipe.flush(10)
-        # nothing re-sent (a client report for the send_error may ride the flush)
-        assert len([r for r in upstream.requests if "client_report" not in r.item_types]) == 3
-        assert pipe.stats.dropped("send_error") == 1
-        assert pipe.stats.dropped("ratelimited_upstream") == 1
-        assert pipe.stats.get("forwarded") - pipe.stats.get("client_reports") == 1
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_SENDERS="1")
+    send(pipe, 3)
+    assert pipe.flush(10)
+    # nothing re-sent (a client report for the send_error may ride the flush)
+    assert len([r for r in upstream.requests if "client_report" not in r.item_types]) == 3
+    assert pipe.stats.dropped("send_error") == 1
+    assert pipe.stats.dropped("ratelimited_upstream") == 1
+    assert pipe.stats.get("forwarded") - pipe.stats.get("client_reports") == 1
 
 
-def test_gives_up_after_max_attempts_and_counts_network_error(upstream: FakeUpstream) -> None:
+def test_gives_up_after_max_attempts_and_counts_network_error(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.default = Reply(action="reset")
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3", SENTRY_EXT_SENDERS="1")
-    try:
-        send(pipe, 1)
-        assert pipe.flush(10)
-        assert pipe.stats.dropped("network_error") == 1
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_MAX_ATTEMPTS="3", SENTRY_EXT_SENDERS="1")
+    send(pipe, 1)
+    assert pipe.flush(10)
+    assert pipe.stats.dropped("network_error") == 1
 
 
-def test_flush_is_bounded_while_upstream_is_down(upstream: FakeUpstream) -> None:
+def test_flush_is_bounded_while_upstream_is_down(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.default = Reply(503)
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="100")
-    try:
-        send(pipe, 2)
-        t0 = time.monotonic()
-        assert not pipe.flush(0.5)
-        assert time.monotonic() - t0 < 1.5
-        assert len(pipe.queue) == 2  # still queued, to be sent after the thaw
-        upstream.default = Reply(200)
-        pipe.forwarder.health.success()
-        pipe.queue.resume()
-        assert pipe.flush(10)
-        assert pipe.stats.get("forwarded") == 2
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_MAX_ATTEMPTS="100")
+    send(pipe, 2)
+    t0 = time.monotonic()
+    assert not pipe.flush(0.5)
+    assert time.monotonic() - t0 < 1.5
+    assert len(pipe.queue) == 2  # still queued, to be sent after the thaw
+    upstream.default = Reply(200)
+    pipe.forwarder.health.success()
+    pipe.queue.resume()
+    assert pipe.flush(10)
+    assert pipe.stats.get("forwarded") == 2
 
 
-def test_stale_keepalive_connection_is_replaced_at_once(upstream: FakeUpstream) -> None:
+def test_stale_keepalive_connection_is_replaced_at_once(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.idle_close_s = 0.2
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="1")
-    try:
-        send(pipe, 1)
-        assert pipe.flush(5)
-        assert upstream.wait_for(lambda _: upstream.idle_closes >= 1, 5)
-        t0 = time.monotonic()
-        send(pipe, 1)
-        assert pipe.flush(5)
-        assert time.monotonic() - t0 < 1.0  # no back-off for a connection that died while idle
-        assert pipe.stats.get("forwarded") == 2
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_SENDERS="1")
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert upstream.wait_for(lambda _: upstream.idle_closes >= 1, 5)
+    t0 = time.monotonic()
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert time.monotonic() - t0 < 1.0  # no back-off for a connection that died while idle
+    assert pipe.stats.get("forwarded") == 2
 
 
-def test_concurrent_senders_overlap_round_trips(upstream: FakeUpstream) -> None:
+def test_concurrent_senders_overlap_round_trips(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.delay_s = 0.3
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="4")
-    try:
-        send(pipe, 4)
-        t0 = time.monotonic()
-        assert pipe.flush(10)
-        assert time.monotonic() - t0 < 0.9  # four in parallel, not 4 x 0.3 s
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_SENDERS="4")
+    send(pipe, 4)
+    t0 = time.monotonic()
+    assert pipe.flush(10)
+    assert time.monotonic() - t0 < 0.9  # four in parallel, not 4 x 0.3 s
 
 
 def test_pool_options_are_pure_and_use_the_ca_bundle() -> None:
@@ -132,22 +114,16 @@ def test_no_proxy_matching(host: str, port: int, no_proxy: str, expected: bool) 
     assert proxy_bypassed(host, port, no_proxy) is expected
 
 
-def test_http_proxy_gets_absolute_urls_and_no_proxy_bypasses_it(upstream: FakeUpstream) -> None:
-    pipe = make_pipeline("http://%s@sentry.invalid/%s" % (KEY, PROJECT), HTTP_PROXY=upstream.base_url)
-    try:
-        send(pipe, 1)
-        assert pipe.flush(5)
-        assert upstream.requests[0].target == "http://sentry.invalid/api/42/envelope/"
-    finally:
-        stop(pipe)
+def test_http_proxy_gets_absolute_urls_and_no_proxy_bypasses_it(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    pipe = pipelines("http://%s@sentry.invalid/%s" % (KEY, PROJECT), HTTP_PROXY=upstream.base_url)
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert upstream.requests[0].target == "http://sentry.invalid/api/42/envelope/"
     upstream.clear()
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")
-    try:
-        send(pipe, 1)
-        assert pipe.flush(5)
-        assert upstream.requests[0].target == "/api/42/envelope/"
-    finally:
-        stop(pipe)
+    pipe = pipelines(HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert upstream.requests[0].target == "/api/42/envelope/"
 
 
 def test_default_retry_budget_rides_out_a_multi_second_outage() -> None:

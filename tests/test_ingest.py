@@ -7,21 +7,18 @@ import http.client
 import json
 import socket
 import time
-from typing import Iterator
 
 import pytest
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, raw_exchange, stop, wait_until
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, raw_exchange, wait_until
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream
 
 
 @pytest.fixture
-def pipe(upstream: FakeUpstream) -> Iterator[Pipeline]:
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_BODY_BYTES="65536",
+def pipe(pipelines: StartPipeline) -> Pipeline:
+    return pipelines(SENTRY_EXT_MAX_BODY_BYTES="65536",
                       SENTRY_EXT_CLIENT_TIMEOUT_MS="500")
-    yield p
-    stop(p)
 
 
 def test_python_sdk_route_forwards_byte_for_byte(pipe: Pipeline, upstream: FakeUpstream) -> None:
@@ -159,23 +156,20 @@ def test_keep_alive_serves_many_requests_on_one_connection(pipe: Pipeline, upstr
     assert sorted(r.envelope.event_id for r in upstream.requests) == ["%032x" % i for i in range(20)]
 
 
-def test_queue_overflow_asks_for_a_brief_backoff(upstream: FakeUpstream) -> None:
+def test_queue_overflow_asks_for_a_brief_backoff(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.delay_s = 0.5
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
-    try:
-        statuses = []
-        for i in range(4):
-            status, headers, _ = post(port_of(p), "/api/42/envelope/", envelope("%032x" % i), auth())
-            statuses.append((status, headers.get("x-sentry-rate-limits"), headers.get("retry-after")))
-        assert statuses[:2] == [(200, None, None)] * 2
-        assert statuses[2:] == [(429, "1::organization:extension_queue_full", "1")] * 2
-        assert p.stats.dropped("queue_overflow") == 2
-        upstream.delay_s = 0
-        assert p.flush(10)
-        # The flush also delivers a client report for the two overflows (tests/test_ratelimit_ingest.py).
-        assert len([r for r in upstream.requests if "client_report" not in r.item_types]) == 2
-    finally:
-        stop(p)
+    p = pipelines(SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
+    statuses = []
+    for i in range(4):
+        status, headers, _ = post(port_of(p), "/api/42/envelope/", envelope("%032x" % i), auth())
+        statuses.append((status, headers.get("x-sentry-rate-limits"), headers.get("retry-after")))
+    assert statuses[:2] == [(200, None, None)] * 2
+    assert statuses[2:] == [(429, "1::organization:extension_queue_full", "1")] * 2
+    assert p.stats.dropped("queue_overflow") == 2
+    upstream.delay_s = 0
+    assert p.flush(10)
+    # The flush also delivers a client report for the two overflows (tests/test_ratelimit_ingest.py).
+    assert len([r for r in upstream.requests if "client_report" not in r.item_types]) == 2
 
 
 def test_expect_100_continue_refuses_an_oversized_body_before_it_is_sent(pipe: Pipeline) -> None:
@@ -186,23 +180,20 @@ def test_expect_100_continue_refuses_an_oversized_body_before_it_is_sent(pipe: P
     assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
 
 
-def test_bodies_being_read_count_against_the_memory_cap(upstream: FakeUpstream) -> None:
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_QUEUE_MAX_BYTES="65536",
+def test_bodies_being_read_count_against_the_memory_cap(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    p = pipelines(SENTRY_EXT_QUEUE_MAX_BYTES="65536",
                       SENTRY_EXT_MAX_BODY_BYTES="65536")
-    try:
-        body = envelope(payload=b'"' + b"x" * 59000 + b'"')
-        head = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
-                b"Content-Length: %d\r\n\r\n" % (KEY.encode(), len(body)))
-        with socket.create_connection(("127.0.0.1", port_of(p)), timeout=5) as slow:
-            slow.sendall(head + body[:100])  # holds a ~59 KB reservation while it trickles
-            assert wait_until(lambda: p.server._reading_bytes >= len(body), 5)
-            status, headers, _ = post(port_of(p), "/api/42/envelope/", envelope(payload=b'"' + b"y" * 9000 + b'"'),
-                                      auth())
-            assert status == 429 and headers["x-sentry-rate-limits"].startswith("1::")
-            slow.sendall(body[100:])
-            assert slow.recv(65536).startswith(b"HTTP/1.1 200")
-        assert wait_until(lambda: p.server._reading_bytes == 0, 5)
-        status, _, _ = post(port_of(p), "/api/42/envelope/", envelope(), auth())
-        assert status == 200
-    finally:
-        stop(p)
+    body = envelope(payload=b'"' + b"x" * 59000 + b'"')
+    head = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
+            b"Content-Length: %d\r\n\r\n" % (KEY.encode(), len(body)))
+    with socket.create_connection(("127.0.0.1", port_of(p)), timeout=5) as slow:
+        slow.sendall(head + body[:100])  # holds a ~59 KB reservation while it trickles
+        assert wait_until(lambda: p.server._reading_bytes >= len(body), 5)
+        status, headers, _ = post(port_of(p), "/api/42/envelope/", envelope(payload=b'"' + b"y" * 9000 + b'"'),
+                                  auth())
+        assert status == 429 and headers["x-sentry-rate-limits"].startswith("1::")
+        slow.sendall(body[100:])
+        assert slow.recv(65536).startswith(b"HTTP/1.1 200")
+    assert wait_until(lambda: p.server._reading_bytes == 0, 5)
+    status, _, _ = post(port_of(p), "/api/42/envelope/", envelope(), auth())
+    assert status == 200

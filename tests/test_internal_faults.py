@@ -8,11 +8,11 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, stop
 from sentry_ext.config import load
 from sentry_ext.lambda_api import LambdaApi
 from sentry_ext.main import Extension, bind_listener
@@ -45,10 +45,8 @@ def tracebacks(caplog: pytest.LogCaptureFixture, text: str) -> List[logging.LogR
 
 
 @pytest.fixture
-def pipe(upstream: FakeUpstream) -> Iterator[Pipeline]:
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="1")
-    yield p
-    stop(p)
+def pipe(pipelines: StartPipeline) -> Pipeline:
+    return pipelines(SENTRY_EXT_SENDERS="1")
 
 
 def delivered(upstream: FakeUpstream) -> set:

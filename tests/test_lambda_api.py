@@ -91,3 +91,29 @@ def test_telemetry_subscription_body_is_within_documented_ranges() -> None:
     assert 262144 <= body["buffering"]["maxBytes"] <= 1048576
     assert body["buffering"]["timeoutMs"] == 25
     assert body["destination"] == {"protocol": "HTTP", "URI": "http://sandbox.localdomain:5334/telemetry"}
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n{}",                       # not a number
+    b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n{}",                        # negative
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n{}",                      # a non-ASCII digit
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # bad chunk size
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n\r\n",  # negative chunk
+    b"HTTP/1.1 2\xb200 OK\r\nContent-Length: 2\r\n\r\n{}",                     # bad status code
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"[" * 100000,       # nesting too deep
+])
+def test_malformed_replies_raise_lambda_api_error_only(response: bytes) -> None:
+    server = OneShotServer([response])
+    api = LambdaApi("127.0.0.1:%d" % server.port)
+    api.extension_id = "abc"
+    with pytest.raises(LambdaApiError) as err:
+        api.next_event()
+    assert err.value.status == 0 and not err.value.fatal  # a malformed reply is transient
+
+
+def test_fatal_answers_are_4xx_and_500_only() -> None:
+    assert [s for s in (0, 200, 400, 403, 404, 429, 500, 502, 503) if LambdaApiError("x", s).fatal] == \
+        [400, 403, 404, 429, 500]
+    for addr in ("127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:\u0662", "127.0.0.1:0"):
+        with pytest.raises(LambdaApiError):
+            LambdaApi(addr)

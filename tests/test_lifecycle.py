@@ -2,83 +2,72 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
+from typing import Callable
 
 import pytest
 
-from helpers import KEY, PROJECT, make_pipeline, stop
+from helpers import KEY, PROJECT, StartPipeline, port_of
 from sentry_ext import main
 from sentry_ext.config import load
+from sentry_ext.lambda_api import LambdaApiError
 from tools.fake_upstream import FakeUpstream
 
 
-def extension(upstream: FakeUpstream, **env: str) -> main.Extension:
-    cfg = load(dict({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}, **env))
-    ext = main.Extension(cfg, "test-ext")
-    ext.pipeline = make_pipeline(upstream.dsn(KEY, PROJECT))
-    ext.ready.set()
-    return ext
+@pytest.fixture
+def extension(upstream: FakeUpstream, pipelines: StartPipeline) -> Callable[..., main.Extension]:
+    """``extension(**env)``: an Extension whose pipeline is ready (stopped after the test)."""
+    def make(**env: str) -> main.Extension:
+        ext = main.Extension(load(dict({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}, **env)), "test-ext")
+        ext.pipeline = pipelines(flush_control=ext.flush_control)
+        ext.ready.set()
+        return ext
+    return make
 
 
 def invoke_event(request_id: str, in_s: float) -> dict:
     return {"eventType": "INVOKE", "requestId": request_id, "deadlineMs": (time.time() + in_s) * 1000}
 
 
-def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(upstream: FakeUpstream,
+def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(extension: Callable[..., main.Extension],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(main, "TELEMETRY_GRACE_S", 0.2)
-    ext = extension(upstream)
-    try:
-        t0 = time.monotonic()
-        ext.on_invoke(invoke_event("r1", 30))
-        assert time.monotonic() - t0 < 2
-        assert ext.mode == "background"
-    finally:
-        stop(ext.pipeline)
+    ext = extension()
+    t0 = time.monotonic()
+    ext.on_invoke(invoke_event("r1", 30))
+    assert time.monotonic() - t0 < 2
+    assert ext.flush_control.mode == "background"
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(ext.pipeline), timeout=5)
+    conn.request("GET", "/health")
+    health = json.loads(conn.getresponse().read())
+    conn.close()
+    assert health["flush_mode"] == "background"  # one mode, not a copy per thread
 
 
-def test_end_mode_waits_for_runtime_done_then_flushes(upstream: FakeUpstream) -> None:
-    ext = extension(upstream)
-    try:
-        tracker = ext.pipeline.tracker
-        tracker.record([{"type": "platform.start", "record": {"requestId": "r2"}}])
-        import threading
+def test_end_mode_waits_for_runtime_done_then_flushes(extension: Callable[..., main.Extension]) -> None:
+    ext = extension()
+    tracker = ext.pipeline.tracker
+    tracker.record([{"type": "platform.start", "record": {"requestId": "r2"}}])
+    import threading
 
-        threading.Timer(0.3, tracker.record,
-                        args=([{"type": "platform.runtimeDone", "record": {"requestId": "r2", "status": "success"}}],)).start()
-        t0 = time.monotonic()
-        ext.on_invoke(invoke_event("r2", 30))
-        waited = time.monotonic() - t0
-        assert 0.25 <= waited < 2
-        assert ext.pipeline.stats.get("flushes") == 1 and ext.mode == "end"
-    finally:
-        stop(ext.pipeline)
+    threading.Timer(0.3, tracker.record,
+                    args=([{"type": "platform.runtimeDone", "record": {"requestId": "r2", "status": "success"}}],)).start()
+    t0 = time.monotonic()
+    ext.on_invoke(invoke_event("r2", 30))
+    waited = time.monotonic() - t0
+    assert 0.25 <= waited < 2
+    assert ext.pipeline.stats.get("flushes") == 1 and ext.flush_control.mode == "end"
 
 
-def test_wait_never_passes_the_invoke_deadline(upstream: FakeUpstream) -> None:
-    ext = extension(upstream, SENTRY_EXT_DEADLINE_MARGIN_MS="100")
-    try:
-        ext.pipeline.tracker.record([{"type": "platform.start", "record": {"requestId": "r3"}}])
-        t0 = time.monotonic()
-        ext.on_invoke(invoke_event("r3", 0.6))  # runtimeDone never comes: a function timing out
-        assert time.monotonic() - t0 < 0.6
-        assert ext.pipeline.stats.get("runtime_done_missed") == 1
-    finally:
-        stop(ext.pipeline)
-
-
-def test_adaptive_switches_to_background_when_invocations_are_frequent(upstream: FakeUpstream) -> None:
-    ext = extension(upstream, SENTRY_EXT_FLUSH="adaptive", SENTRY_EXT_ADAPTIVE_WINDOW="5",
-                    SENTRY_EXT_ADAPTIVE_GAP_MS="1000")
-    try:
-        modes = [ext.effective_mode(float(t)) for t in range(0, 20, 5)]  # sparse: every 5 s
-        assert modes == ["end"] * 4
-        modes = [ext.effective_mode(20.0 + t * 0.5) for t in range(6)]  # every 0.5 s
-        assert modes[-1] == "background"
-        modes = [ext.effective_mode(100.0 + t * 3) for t in range(5)]  # sparse again
-        assert modes[-1] == "end"
-    finally:
-        stop(ext.pipeline)
+def test_wait_never_passes_the_invoke_deadline(extension: Callable[..., main.Extension]) -> None:
+    ext = extension(SENTRY_EXT_DEADLINE_MARGIN_MS="100")
+    ext.pipeline.tracker.record([{"type": "platform.start", "record": {"requestId": "r3"}}])
+    t0 = time.monotonic()
+    ext.on_invoke(invoke_event("r3", 0.6))  # runtimeDone never comes: a function timing out
+    assert time.monotonic() - t0 < 0.6
+    assert ext.pipeline.stats.get("runtime_done_missed") == 1
 
 
 def test_deadline_conversion_applies_the_margin() -> None:
@@ -87,3 +76,46 @@ def test_deadline_conversion_applies_the_margin() -> None:
     assert abs((deadline - now_mono) - 4.8) < 0.05
     fallback = main._deadline({}, 200)
     assert 1.5 < fallback - time.monotonic() < 2.0
+
+
+class ScriptedApi:
+    """Stands in for LambdaApi in the loop: answers /event/next from a script of events and errors."""
+
+    def __init__(self, script: list) -> None:
+        self.script = list(script)
+        self.polls = 0
+        self.errors: list = []
+        self.extension_id = "ext"
+
+    def next_event(self, on_sent=None) -> dict:
+        self.polls += 1
+        if on_sent is not None:
+            on_sent()
+        step = self.script.pop(0) if self.script else LambdaApiError("scripted end", 403)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def report_error(self, phase: str, error_type: str, message: str) -> None:
+        self.errors.append((phase, error_type))
+
+
+def test_transient_poll_errors_are_retried_until_the_api_answers() -> None:
+    transient = [LambdaApiError("connection refused"), LambdaApiError("answered 503", 503),
+                 LambdaApiError("answered 404", 404)]  # a lone fatal answer is retried too
+    api = ScriptedApi(transient + [{"eventType": "INVOKE", "requestId": "r"},
+                                   {"eventType": "SHUTDOWN", "deadlineMs": (time.time() + 2) * 1000}])
+    ext = main.Extension(load({}), "test-ext", api=api)  # type: ignore[arg-type]
+    assert ext._loop() == 0
+    assert api.polls == 5 and api.errors == []
+
+
+def test_repeated_fatal_poll_answers_stop_the_extension_and_tell_lambda() -> None:
+    fatal = LambdaApiError("answered 403", 403)
+    api = ScriptedApi([fatal, LambdaApiError("refused")] + [fatal] * main.FATAL_POLLS)
+    ext = main.Extension(load({}), "test-ext", api=api)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    assert ext._loop() == 1
+    assert time.monotonic() - t0 < 5  # backoff 50 ms doubling, capped at 1 s
+    assert api.polls == 2 + main.FATAL_POLLS  # a transient error in between resets the count
+    assert api.errors == [("exit", "Extension.LambdaApiError")]

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import threading
 import zlib
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.envelope import Envelope, EnvelopeError, decode_body, encode_body
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream, Recorded, Reply, decode_body as fake_decode
@@ -62,10 +62,8 @@ def sdk_requests(upstream: FakeUpstream) -> List[Recorded]:
 
 
 @pytest.fixture
-def pipe(upstream: FakeUpstream) -> Iterator[Pipeline]:
-    p = make_pipeline(upstream.dsn(KEY, PROJECT))
-    yield p
-    stop(p)
+def pipe(pipelines: StartPipeline) -> Pipeline:
+    return pipelines()
 
 
 # -- the rewriting pieces ---------------------------------------------------------------------
@@ -128,7 +126,7 @@ def test_mixed_envelope_is_split(pipe: Pipeline, upstream: FakeUpstream, encodin
     assert rec.envelope.items[0][0] == {"type": "attachment", "length": len(ATTACHMENT), "filename": "a.txt",
                                         "x_extra": "kept"}
     assert rec.envelope.items[1][0] == {"type": "future_item", "x_key": [1], "length": len(CUSTOM)}
-    assert pipe.outcomes.snapshot(KEY) == {("ratelimit_backoff", "error"): 1}
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "error"): 1}
     assert pipe.stats.get("items_ratelimited") == 1
     assert pipe.flush(5)
     assert reports(upstream) == {("ratelimit_backoff", "error"): 1}
@@ -142,7 +140,7 @@ def test_unaffected_envelope_is_forwarded_byte_for_byte(pipe: Pipeline, upstream
     assert status == 200 and "transaction" in reply_headers["x-sentry-rate-limits"]
     assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
     assert upstream.requests[0].raw_body == body
-    assert not pipe.outcomes.has_pending
+    assert not pipe.discards.has_pending
 
 
 def test_fully_limited_envelope_gets_429_with_the_active_limits(pipe: Pipeline, upstream: FakeUpstream) -> None:
@@ -156,7 +154,7 @@ def test_fully_limited_envelope_gets_429_with_the_active_limits(pipe: Pipeline, 
     status, _, _ = post(port_of(pipe), "/api/42/store/", b'{"message":"x"}', auth())
     assert status == 429
     assert pipe.stats.dropped("ratelimit_backoff") == 2 and pipe.stats.snapshot()["rejected"]["429"] == 2
-    assert pipe.outcomes.snapshot(KEY) == {("ratelimit_backoff", "error"): 2}
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "error"): 2}
     assert pipe.flush(5)
     assert sdk_requests(upstream) == []
     assert reports(upstream) == {("ratelimit_backoff", "error"): 2}
@@ -183,12 +181,12 @@ def test_upstream_429_is_not_reported_and_bare_429_limits_everything(pipe: Pipel
     port = port_of(pipe)
     assert post(port, "/api/42/envelope/", envelope("1" * 32), auth())[0] == 200
     assert wait_until(lambda: pipe.limits.is_limited(KEY, "transaction"), 5)
-    assert pipe.stats.dropped("ratelimited_upstream") == 1 and not pipe.outcomes.has_pending
+    assert pipe.stats.dropped("ratelimited_upstream") == 1 and not pipe.discards.has_pending
     # everything is refused now, even a body we cannot look into
     status, headers, _ = post(port, "/api/42/envelope/", b"\x1b\x00\x00brotli?",
                               dict(auth(), **{"Content-Encoding": "br"}))
     assert status == 429 and re.fullmatch(r"(60|59)::key", headers["x-sentry-rate-limits"])
-    assert pipe.outcomes.snapshot(KEY) == {("ratelimit_backoff", "default"): 1}
+    assert pipe.discards.snapshot(KEY) == {("ratelimit_backoff", "default"): 1}
 
 
 def test_br_body_is_forwarded_untouched_under_category_limits(pipe: Pipeline, upstream: FakeUpstream) -> None:
@@ -203,56 +201,50 @@ def test_br_body_is_forwarded_untouched_under_category_limits(pipe: Pipeline, up
 # -- client reports for our own drops ---------------------------------------------------------
 
 
-def test_client_reports_after_a_queue_overflow(upstream: FakeUpstream) -> None:
+def test_client_reports_after_a_queue_overflow(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.delay_s = 0.3
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
-    try:
-        port = port_of(p)
-        tx = json.dumps({"type": "transaction", "spans": [{}, {}]}).encode()
-        bodies = [envelope("%032x" % i) for i in range(4)] + [gzip.compress(envelope("f" * 32, item_type="transaction",
-                                                                                     payload=tx))]
-        statuses = []
-        for i, body in enumerate(bodies):
-            headers = dict(auth(), **({"Content-Encoding": "gzip"} if i == 4 else {}))
-            statuses.append(post(port, "/api/42/envelope/", body, headers)[0])
-        assert statuses == [200, 200, 429, 429, 429]
-        expected = {("queue_overflow", "error"): 2, ("queue_overflow", "transaction"): 1,
-                    ("queue_overflow", "span"): 3}
-        # counted right after the 429 is written, so the reply is never delayed by the counting
-        assert wait_until(lambda: p.outcomes.snapshot(KEY) == expected, 5)
-        upstream.delay_s = 0
-        assert p.flush(10)
-        assert len(sdk_requests(upstream)) == 2
-        assert reports(upstream) == expected
-        assert len(upstream.items("client_report")) == 1  # batched: one report, not one per drop
-    finally:
-        stop(p)
+    p = pipelines(SENTRY_EXT_QUEUE_MAX_ITEMS="2", SENTRY_EXT_SENDERS="1")
+    port = port_of(p)
+    tx = json.dumps({"type": "transaction", "spans": [{}, {}]}).encode()
+    bodies = [envelope("%032x" % i) for i in range(4)] + [gzip.compress(envelope("f" * 32, item_type="transaction",
+                                                                                 payload=tx))]
+    statuses = []
+    for i, body in enumerate(bodies):
+        headers = dict(auth(), **({"Content-Encoding": "gzip"} if i == 4 else {}))
+        statuses.append(post(port, "/api/42/envelope/", body, headers)[0])
+    assert statuses == [200, 200, 429, 429, 429]
+    expected = {("queue_overflow", "error"): 2, ("queue_overflow", "transaction"): 1,
+                ("queue_overflow", "span"): 3}
+    # counted right after the 429 is written, so the reply is never delayed by the counting
+    assert wait_until(lambda: p.discards.snapshot(KEY) == expected, 5)
+    upstream.delay_s = 0
+    assert p.flush(10)
+    assert len(sdk_requests(upstream)) == 2
+    assert reports(upstream) == expected
+    assert len(upstream.items("client_report")) == 1  # batched: one report, not one per drop
 
 
-def test_client_reports_after_an_outage_and_no_report_loop(upstream: FakeUpstream) -> None:
+def test_client_reports_after_an_outage_and_no_report_loop(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.default = Reply(action="reset")
-    p = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="2", SENTRY_EXT_SENDERS="1")
-    try:
-        port = port_of(p)
-        for i in range(2):
-            assert post(port, "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
-        assert p.flush(10)
-        assert p.stats.dropped("network_error") == 2
-        assert p.outcomes.snapshot(KEY) == {("network_error", "error"): 2}
-        # still down: the report itself is lost, and that loss is not reported again
-        assert p.flush(10)
-        assert p.stats.dropped("network_error") == 3 and not p.outcomes.has_pending
-        assert post(port, "/api/42/envelope/", envelope("9" * 32), auth())[0] == 200
-        assert p.flush(10)
-        # upstream is back: the next flush carries the report
-        upstream.default = Reply(200)
-        p.forwarder.health.success()
-        p.queue.resume()
-        assert p.flush(10)
-        assert reports(upstream) == {("network_error", "error"): 1}
-        assert p.stats.get("client_reports") == 2  # one lost in the outage, one delivered
-    finally:
-        stop(p)
+    p = pipelines(SENTRY_EXT_MAX_ATTEMPTS="2", SENTRY_EXT_SENDERS="1")
+    port = port_of(p)
+    for i in range(2):
+        assert post(port, "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
+    assert p.flush(10)
+    assert p.stats.dropped("network_error") == 2
+    assert p.discards.snapshot(KEY) == {("network_error", "error"): 2}
+    # still down: the report itself is lost, and that loss is not reported again
+    assert p.flush(10)
+    assert p.stats.dropped("network_error") == 3 and not p.discards.has_pending
+    assert post(port, "/api/42/envelope/", envelope("9" * 32), auth())[0] == 200
+    assert p.flush(10)
+    # upstream is back: the next flush carries the report
+    upstream.default = Reply(200)
+    p.forwarder.health.success()
+    p.queue.resume()
+    assert p.flush(10)
+    assert reports(upstream) == {("network_error", "error"): 1}
+    assert p.stats.get("client_reports") == 2  # one lost in the outage, one delivered
 
 
 # -- the real sentry-sdk ----------------------------------------------------------------------

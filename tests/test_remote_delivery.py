@@ -15,11 +15,12 @@ from typing import Dict, List
 import pytest
 
 from e2e import EXTENSION_NAME, ext_log, make_emulator
-from helpers import KEY, PROJECT, auth, envelope
-from sentry_ext.buffer import Request
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
+from sentry_ext.pipeline import Pipeline
+from sentry_ext.request import Request
 from sentry_ext.spool import Spool
 from tools.fake_upstream import FakeUpstream
-from tools.sandbox import free_port
+from tools.netutil import free_port
 
 DELAY_S = 0.08
 
@@ -113,23 +114,17 @@ def test_shutdown_with_a_backlog_of_1000_exits_on_time_and_accounts_for_every_re
 
 
 def test_what_neither_the_drain_nor_the_spool_could_take_is_counted_and_its_report_spooled(
-        tmp_path: Path, upstream: FakeUpstream) -> None:
-    from helpers import make_pipeline, port_of, post, stop
+        tmp_path: Path, upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     from sentry_ext.pipeline import REPORT_RESERVE_BYTES
 
     upstream.delay_s = 5.0  # nothing is answered before the SHUTDOWN deadline
     spool = tmp_path / "spool"
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), spool=str(spool),
-                         SENTRY_EXT_SPOOL_MAX_BYTES=str(REPORT_RESERVE_BYTES + 1500))
-    try:
-        for i in range(20):
-            assert post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
-        assert upstream.wait_for(lambda reqs: len(reqs) >= 4, 5)  # the senders are waiting on replies
-        t0 = time.monotonic()
-        outcome = pipe.shutdown(t0 + 0.5)
-        assert time.monotonic() - t0 < 0.6
-    finally:
-        stop(pipe)
+    pipe = pipelines(spool=str(spool), SENTRY_EXT_SPOOL_MAX_BYTES=str(REPORT_RESERVE_BYTES + 1500))
+    _post_n(pipe, 0, 20)
+    assert upstream.wait_for(lambda reqs: len(reqs) >= 4, 5)  # the senders are waiting on replies
+    t0 = time.monotonic()
+    outcome = pipe.shutdown(t0 + 0.5)
+    assert time.monotonic() - t0 < 0.6
     lost = outcome["lost"]
     assert lost > 0 and pipe.stats.dropped("network_error") == lost
     assert outcome["in_flight"] >= 4 and pipe.stats.get("duplicates_at_risk") == outcome["in_flight"]
@@ -140,38 +135,30 @@ def test_what_neither_the_drain_nor_the_spool_could_take_is_counted_and_its_repo
     assert payload["discarded_events"] == [{"reason": "network_error", "category": "error", "quantity": lost}]
 
 
-def _post_n(pipe, first: int, n: int) -> None:  # type: ignore[no-untyped-def]
-    from helpers import port_of, post
-
+def _post_n(pipe: Pipeline, first: int, n: int) -> None:
     for i in range(first, first + n):
         assert post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
 
 
-def test_near_the_deadline_requests_are_left_queued_not_started_and_abandoned(upstream: FakeUpstream) -> None:
-    from helpers import make_pipeline, stop
-
+def test_near_the_deadline_requests_are_left_queued_not_started_and_abandoned(
+        upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.delay_s = DELAY_S
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="4", SENTRY_EXT_MAX_INFLIGHT="4")
-    try:
-        _post_n(pipe, 0, 5)
-        assert pipe.flush(5)  # learns the round trip
-        _post_n(pipe, 100, 12)  # three rounds of 4 in flight; the drain below has time for two
-        assert not pipe.flush(2.5 * DELAY_S)
-        depth = pipe.queue.depth()
-        assert depth["in_flight"] == 0 and depth["queued"] >= 1, depth  # nothing abandoned mid-request
-        assert len(upstream.requests) + depth["queued"] == 17
-        assert pipe.flush(5)  # the next drain sends the rest, once each
-        assert len(upstream.requests) == 17 and len({r.envelope.event_id for r in upstream.requests}) == 17
-        assert pipe.stats.get("retried") == 0 and pipe.stats.get("duplicates_at_risk") == 0
-        assert pipe.stats.get("held_at_deadline") >= 1
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_SENDERS="4", SENTRY_EXT_MAX_INFLIGHT="4")
+    _post_n(pipe, 0, 5)
+    assert pipe.flush(5)  # learns the round trip
+    _post_n(pipe, 100, 12)  # three rounds of 4 in flight; the drain below has time for two
+    assert not pipe.flush(2.5 * DELAY_S)
+    depth = pipe.queue.depth()
+    assert depth["in_flight"] == 0 and depth["queued"] >= 1, depth  # nothing abandoned mid-request
+    assert len(upstream.requests) + depth["queued"] == 17
+    assert pipe.flush(5)  # the next drain sends the rest, once each
+    assert len(upstream.requests) == 17 and len({r.envelope.event_id for r in upstream.requests}) == 17
+    assert pipe.stats.get("retried") == 0 and pipe.stats.get("duplicates_at_risk") == 0
+    assert pipe.stats.get("held_at_deadline") >= 1
 
 
-def test_read_timeout_near_a_deadline_is_never_below_the_measured_round_trip(upstream: FakeUpstream) -> None:
-    from helpers import make_pipeline, stop
-
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), start=False)
+def test_read_timeout_near_a_deadline_is_never_below_the_measured_round_trip(pipelines: StartPipeline) -> None:
+    pipe = pipelines(start=False)
     fwd = pipe.forwarder
     assert fwd._read_timeout() == (None, None)  # no deadline: the configured timeout
     for _ in range(10):
@@ -188,75 +175,60 @@ def test_read_timeout_near_a_deadline_is_never_below_the_measured_round_trip(ups
     assert hold is None and timeout == rto
     fwd._deadline = now + 0.05  # less than a round trip: leave it queued until that deadline
     assert fwd._read_timeout() == (fwd._deadline, None)
-    stop(pipe)
 
 
 def test_threads_grow_with_a_backlog_and_retire_when_idle_and_a_handful_uses_few_connections(
-        upstream: FakeUpstream) -> None:
-    from helpers import make_pipeline, stop, wait_until
-
+        upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.delay_s = DELAY_S
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="2", SENTRY_EXT_MAX_INFLIGHT="40")
+    pipe = pipelines(SENTRY_EXT_SENDERS="2", SENTRY_EXT_MAX_INFLIGHT="40")
     pipe.forwarder.controller.idle_s = 0.3
-    try:
-        _post_n(pipe, 0, 3)
-        assert pipe.flush(5)
-        assert upstream.connections_opened <= 3 and pipe.forwarder.senders == 2
-        _post_n(pipe, 10, 100)
-        t0 = time.monotonic()
-        assert pipe.flush(5)
-        # 100 at up to 40 in flight: a few round trips, not 100 / 2
-        assert time.monotonic() - t0 < 8 * DELAY_S, time.monotonic() - t0
-        assert pipe.stats.get("senders_peak") == 40 and upstream.connections_opened <= 40
-        assert wait_until(lambda: pipe.forwarder.senders == 2, 5), pipe.forwarder.senders
-        opened = upstream.connections_opened
-        _post_n(pipe, 200, 3)
-        assert pipe.flush(5)
-        assert upstream.connections_opened == opened  # warm connections are reused
-    finally:
-        stop(pipe)
+    _post_n(pipe, 0, 3)
+    assert pipe.flush(5)
+    assert upstream.connections_opened <= 3 and pipe.forwarder.senders == 2
+    _post_n(pipe, 10, 100)
+    t0 = time.monotonic()
+    assert pipe.flush(5)
+    # 100 at up to 40 in flight: a few round trips, not 100 / 2
+    assert time.monotonic() - t0 < 8 * DELAY_S, time.monotonic() - t0
+    assert pipe.stats.get("senders_peak") == 40 and upstream.connections_opened <= 40
+    assert wait_until(lambda: pipe.forwarder.senders == 2, 5), pipe.forwarder.senders
+    opened = upstream.connections_opened
+    _post_n(pipe, 200, 3)
+    assert pipe.flush(5)
+    assert upstream.connections_opened == opened  # warm connections are reused
 
 
 @pytest.mark.skipif(__import__("tools.tlsutil", fromlist=["openssl"]).openssl() is None, reason="no openssl command")
-def test_https_upstream_trusted_through_ssl_cert_file_one_handshake_per_connection(tmp_path: Path) -> None:
-    from helpers import make_pipeline, stop
+def test_https_upstream_trusted_through_ssl_cert_file_one_handshake_per_connection(
+        tmp_path: Path, pipelines: StartPipeline) -> None:
     from tools.tlsutil import self_signed, server_context
 
     cert, key = self_signed(tmp_path)
     with FakeUpstream(tls=server_context(cert, key), delay_s=DELAY_S) as up:
         assert up.dsn().startswith("https://")
-        pipe = make_pipeline(up.dsn(KEY, PROJECT), SSL_CERT_FILE=str(cert))
-        try:
-            _post_n(pipe, 0, 3)
-            assert pipe.flush(5)
-            _post_n(pipe, 10, 3)
-            assert pipe.flush(5)
-            assert len(up.requests) == 6 and all(r.status == 200 for r in up.requests)
-            assert 1 <= up.handshakes == up.connections_opened <= 3  # the second burst reuses them
-        finally:
-            stop(pipe)
-        pipe = make_pipeline(up.dsn(KEY, PROJECT))  # certifi's bundle does not trust it
-        try:
-            _post_n(pipe, 20, 1)
-            assert not pipe.flush(0.5) and len(up.requests) == 6
-        finally:
-            stop(pipe)
+        pipe = pipelines(up.dsn(KEY, PROJECT), SSL_CERT_FILE=str(cert))
+        _post_n(pipe, 0, 3)
+        assert pipe.flush(5)
+        _post_n(pipe, 10, 3)
+        assert pipe.flush(5)
+        assert len(up.requests) == 6 and all(r.status == 200 for r in up.requests)
+        assert 1 <= up.handshakes == up.connections_opened <= 3  # the second burst reuses them
+        pipe = pipelines(up.dsn(KEY, PROJECT))  # certifi's bundle does not trust it
+        _post_n(pipe, 20, 1)
+        assert not pipe.flush(0.5) and len(up.requests) == 6
 
 
-def test_spooled_requests_get_a_fresh_attempt_budget(tmp_path: Path, upstream: FakeUpstream) -> None:
-    from helpers import make_pipeline, stop
+def test_spooled_requests_get_a_fresh_attempt_budget(
+        tmp_path: Path, upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     from tools.fake_upstream import Reply
 
     ids = spool_backlog(tmp_path, upstream, 1)  # spent 8 attempts in the sandbox that spooled it
     upstream.script([Reply(503)])
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), spool=str(tmp_path), SENTRY_EXT_MAX_ATTEMPTS="2")
-    try:
-        pipe.forwarder.health.base_s = 0.01
-        assert pipe.flush(5)
-        assert pipe.stats.get("spool_loaded") == 1 and pipe.stats.get("retried") == 1
-        assert pipe.stats.snapshot()["dropped"] == {} and set(ids) <= set(arrivals(upstream))
-    finally:
-        stop(pipe)
+    pipe = pipelines(spool=str(tmp_path), SENTRY_EXT_MAX_ATTEMPTS="2")
+    pipe.forwarder.health.base_s = 0.01
+    assert pipe.flush(5)
+    assert pipe.stats.get("spool_loaded") == 1 and pipe.stats.get("retried") == 1
+    assert pipe.stats.snapshot()["dropped"] == {} and set(ids) <= set(arrivals(upstream))
 
 
 @pytest.mark.parametrize("drained,spooled,lost,dropped,verdict", [

@@ -16,7 +16,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream, Reply
 from tools.sandbox import free_port
@@ -54,20 +54,17 @@ def assert_bounded_flush(pipe: Pipeline, budget_s: float) -> bool:
 # -- unreachable upstreams -----------------------------------------------------------------
 
 
-def test_refused_connection_is_dropped_as_network_error_within_the_budget() -> None:
+def test_refused_connection_is_dropped_as_network_error_within_the_budget(pipelines: StartPipeline) -> None:
     port = free_port()  # nothing listens there any more
-    pipe = make_pipeline("http://%s@127.0.0.1:%d/%s" % (KEY, port, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3")
-    try:
-        send(pipe, ["a" * 32])
-        assert_bounded_flush(pipe, 1.0)
-        assert wait_until(lambda: pipe.stats.dropped("network_error") == 1, 5), pipe.stats.snapshot()
-        assert pipe.queue.depth()["in_flight"] == 0
-        assert all(t.is_alive() for t in pipe.forwarder._threads)
-    finally:
-        stop(pipe)
+    pipe = pipelines("http://%s@127.0.0.1:%d/%s" % (KEY, port, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3")
+    send(pipe, ["a" * 32])
+    assert_bounded_flush(pipe, 1.0)
+    assert wait_until(lambda: pipe.stats.dropped("network_error") == 1, 5), pipe.stats.snapshot()
+    assert pipe.queue.depth()["in_flight"] == 0
+    assert all(t.is_alive() for t in pipe.forwarder._threads)
 
 
-def test_dns_failure_is_dropped_as_network_error_without_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dns_failure_is_dropped_as_network_error_without_hanging(monkeypatch: pytest.MonkeyPatch, pipelines: StartPipeline) -> None:
     # Resolution is simulated (EAI_NONAME, as a resolver answers for .invalid): a real lookup
     # would leave loopback, and a resolver's timeout is not bounded by the connect timeout.
     real = socket.getaddrinfo
@@ -80,15 +77,12 @@ def test_dns_failure_is_dropped_as_network_error_without_hanging(monkeypatch: py
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    pipe = make_pipeline("https://%s@nonexistent.invalid/%s" % (KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3",
+    pipe = pipelines("https://%s@nonexistent.invalid/%s" % (KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3",
                          SENTRY_EXT_CONNECT_TIMEOUT_MS="200")
-    try:
-        send(pipe, ["b" * 32])
-        assert_bounded_flush(pipe, 1.0)
-        assert wait_until(lambda: pipe.stats.dropped("network_error") == 1, 5), pipe.stats.snapshot()
-        assert len(lookups) >= 3  # every attempt tried to resolve
-    finally:
-        stop(pipe)
+    send(pipe, ["b" * 32])
+    assert_bounded_flush(pipe, 1.0)
+    assert wait_until(lambda: pipe.stats.dropped("network_error") == 1, 5), pipe.stats.snapshot()
+    assert len(lookups) >= 3  # every attempt tried to resolve
 
 
 # -- TLS -----------------------------------------------------------------------------------
@@ -131,67 +125,55 @@ def tls_upstream(tmp_path: Path) -> Iterator[Tuple[FakeUpstream, Path]]:
         up.stop()
 
 
-def test_tls_upstream_is_reached_when_its_ca_is_configured(tls_upstream: Tuple[FakeUpstream, Path]) -> None:
+def test_tls_upstream_is_reached_when_its_ca_is_configured(tls_upstream: Tuple[FakeUpstream, Path], pipelines: StartPipeline) -> None:
     up, ca = tls_upstream
-    pipe = make_pipeline("https://%s@127.0.0.1:%d/%s" % (KEY, up.port, PROJECT), SSL_CERT_FILE=str(ca))
-    try:
-        send(pipe, ["c" * 32])
-        assert assert_bounded_flush(pipe, 3.0)
-        assert "c" * 32 in delivered(up)
-        assert not pipe.stats.snapshot()["dropped"]
-    finally:
-        stop(pipe)
+    pipe = pipelines("https://%s@127.0.0.1:%d/%s" % (KEY, up.port, PROJECT), SSL_CERT_FILE=str(ca))
+    send(pipe, ["c" * 32])
+    assert assert_bounded_flush(pipe, 3.0)
+    assert "c" * 32 in delivered(up)
+    assert not pipe.stats.snapshot()["dropped"]
 
 
-def test_untrusted_tls_upstream_is_dropped_after_retries_and_counted(tls_upstream: Tuple[FakeUpstream, Path]) -> None:
+def test_untrusted_tls_upstream_is_dropped_after_retries_and_counted(tls_upstream: Tuple[FakeUpstream, Path], pipelines: StartPipeline) -> None:
     up, _ = tls_upstream
-    pipe = make_pipeline("https://%s@127.0.0.1:%d/%s" % (KEY, up.port, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3")
-    try:
-        send(pipe, ["d" * 32])
-        assert_bounded_flush(pipe, 1.0)
-        assert wait_until(lambda: pipe.stats.dropped("network_error") == 1, 5), pipe.stats.snapshot()
-        assert pipe.stats.get("retried") >= 2
-        assert not up.requests  # nothing was ever sent over the unverified connection
-    finally:
-        stop(pipe)
+    pipe = pipelines("https://%s@127.0.0.1:%d/%s" % (KEY, up.port, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="3")
+    send(pipe, ["d" * 32])
+    assert_bounded_flush(pipe, 1.0)
+    assert wait_until(lambda: pipe.stats.dropped("network_error") == 1, 5), pipe.stats.snapshot()
+    assert pipe.stats.get("retried") >= 2
+    assert not up.requests  # nothing was ever sent over the unverified connection
 
 
 # -- faulty replies, in-process ------------------------------------------------------------
 
 
-def test_resets_and_cut_responses_are_retried_then_delivered(upstream: FakeUpstream) -> None:
+def test_resets_and_cut_responses_are_retried_then_delivered(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.script([Reply(action="drop_mid_response"), Reply(action="reset"), Reply(action="drop"), Reply(502)])
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_SENDERS="1")
-    try:
-        send(pipe, ["e" * 32])
-        assert assert_bounded_flush(pipe, 4.0), pipe.queue.depth()
-        assert "e" * 32 in delivered(upstream)
-        assert pipe.stats.get("retried") >= 4 and not pipe.stats.snapshot()["dropped"]
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_SENDERS="1")
+    send(pipe, ["e" * 32])
+    assert assert_bounded_flush(pipe, 4.0), pipe.queue.depth()
+    assert "e" * 32 in delivered(upstream)
+    assert pipe.stats.get("retried") >= 4 and not pipe.stats.snapshot()["dropped"]
 
 
-def test_a_5xx_storm_drops_are_counted_and_reported_once_upstream_is_back(upstream: FakeUpstream) -> None:
+def test_a_5xx_storm_drops_are_counted_and_reported_once_upstream_is_back(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
     upstream.default = Reply(503)
-    pipe = make_pipeline(upstream.dsn(KEY, PROJECT), SENTRY_EXT_MAX_ATTEMPTS="2", SENTRY_EXT_SENDERS="2")
-    try:
-        ids = ["%032x" % i for i in range(4)]
-        send(pipe, ids)
-        assert wait_until(lambda: pipe.stats.dropped("send_error") == 4, 5), pipe.stats.snapshot()
-        assert all(t.is_alive() for t in pipe.forwarder._threads)
-        upstream.default = Reply()
-        pipe.forwarder.health.success()  # skip the remaining grace period
-        pipe.queue.resume()
-        send(pipe, ["f" * 32])
-        assert assert_bounded_flush(pipe, 3.0)
-        assert "f" * 32 in delivered(upstream)
-        if hasattr(pipe, "outcomes"):  # client reports (sentry_ext/outcomes.py)
-            assert upstream.wait_for(lambda _: any(e.get("reason") == "send_error" for e in reports(upstream)), 5), \
-                [r.item_types for r in upstream.requests]
-            lost = sum(e["quantity"] for e in reports(upstream) if e["reason"] == "send_error" and e["category"] == "error")
-            assert lost == 4
-    finally:
-        stop(pipe)
+    pipe = pipelines(SENTRY_EXT_MAX_ATTEMPTS="2", SENTRY_EXT_SENDERS="2")
+    ids = ["%032x" % i for i in range(4)]
+    send(pipe, ids)
+    assert wait_until(lambda: pipe.stats.dropped("send_error") == 4, 5), pipe.stats.snapshot()
+    assert all(t.is_alive() for t in pipe.forwarder._threads)
+    upstream.default = Reply()
+    pipe.forwarder.health.success()  # skip the remaining grace period
+    pipe.queue.resume()
+    send(pipe, ["f" * 32])
+    assert assert_bounded_flush(pipe, 3.0)
+    assert "f" * 32 in delivered(upstream)
+    if hasattr(pipe, "discards"):  # client reports (sentry_ext/discards.py)
+        assert upstream.wait_for(lambda _: any(e.get("reason") == "send_error" for e in reports(upstream)), 5), \
+            [r.item_types for r in upstream.requests]
+        lost = sum(e["quantity"] for e in reports(upstream) if e["reason"] == "send_error" and e["category"] == "error")
+        assert lost == 4
 
 
 # -- faulty replies under the emulator: invocations end on time --------------------------

@@ -7,7 +7,7 @@ Sentry's Node extension.
 Everything runs on this machine, on loopback: the extension is exec'd from an /opt-like
 directory exactly as Lambda execs it (``python -IS`` from the layer layout, the interpreter being
 ``sys.executable``), against a stub Extensions API (cold start, footprint, ingest) or the local
-Lambda emulator with real freezes (``tools/emulator.py``: post-runtime time and delivery), and
+Lambda emulator with real freezes (``tools/emulator/``: post-runtime time and delivery), and
 relays to the fake Sentry upstream (``tools/fake_upstream.py``). Each figure is a median over
 several runs; ratios are taken between contenders measured in the same run (alternating).
 
@@ -34,10 +34,14 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import (PEER_NAME, PEER_PORT, ExtApiStub, Launched, base_env, cpu_ms, find_peer,  # noqa: E402
-                                 fresh_layer_zip, loadavg, machine, median, opt_floor, opt_layer, opt_peer,
-                                 percentile, port_free, status_kib, wait_port)
-from tools.sandbox import free_port  # noqa: E402
+from tools.bench_logs import bench_log_lines  # noqa: E402
+from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
+                                 fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
+                                 wait_port)
+from tools.ext_api_stub import ExtApiStub  # noqa: E402
+from tools.netutil import free_port  # noqa: E402
+from tools.procfs import cpu_ms, status_kib  # noqa: E402
+from tools.stats import median, percentile  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
@@ -52,7 +56,7 @@ FIGURE_KEYS = (
     "ingest_tunnel_throughput_per_s", "ingest_httpclient_p50_ms", "ingest_httpclient_p99_ms",
     "ingest_httpclient_throughput_per_s", "cpu_per_envelope_ms",
     "post_runtime_end_ms", "post_runtime_background_ms", "post_runtime_end_slow_upstream_ms",
-    "delivery_before_freeze_pct", "delivery_by_end_pct",
+    "delivery_before_freeze_pct", "delivery_by_end_pct", "cpu_per_log_line_us",
 )
 
 #: (figure key, comparison, bound) of each target in the issue.
@@ -68,6 +72,7 @@ TARGETS: Dict[str, Tuple[str, float]] = {
     "post_runtime_end_slow_upstream_ms": ("<=", 150.0),
     "cpu_per_envelope_ms": ("<=", 0.5),
     "delivery_before_freeze_pct": (">=", 100.0),
+    "cpu_per_log_line_us": ("<=", 20.0),
 }
 
 
@@ -451,6 +456,8 @@ def build_report(data: Dict[str, Any]) -> str:
     row("delivered before the freeze (`end`, %d frozen invocations × 2 scenarios)" % data["settings"]["invocations"],
         _fmt(fig.get("delivery_before_freeze_pct")) + " %", "–", "100 %", "delivery_before_freeze_pct")
     row("delivered by the end (every scenario)", _fmt(fig.get("delivery_by_end_pct")) + " %", "–", "", "")
+    row("CPU per function log line, Telemetry record → envelope bytes (tools/bench_logs.py), µs",
+        _fmt(fig.get("cpu_per_log_line_us")), "–", "≤ 20", "cpu_per_log_line_us")
 
     out = ["\n".join(lines)]
     side = data["details"].get("side_by_side") or []
@@ -475,12 +482,7 @@ def build_report(data: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--remote" in args:  # the remote-upstream suite lives in its own module
-        from tools import bench_remote
-
-        return bench_remote.main([a for a in args if a != "--remote"])
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py) instead")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
@@ -491,86 +493,99 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="layer zip to measure (default: newest dist/sentry-lambda-extension-*.zip, "
                              "else a layer layout assembled from this tree)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/bench-<time>.json)")
-    opts = parser.parse_args(argv)
-    settings = Settings(opts.quick, opts.runs)
-    started = time.monotonic()
-    machine_info = machine()  # load average at the start, before our own load
-    python = sys.executable
+    return parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-") as tmp_name:
-        tmp = Path(tmp_name)
+
+class Lineup:
+    """The contenders of one run: the layer, the source tree, the floor and (optionally) the peer."""
+
+    def __init__(self, tmp: Path, opts: argparse.Namespace, python: str) -> None:
         layer_zip = opts.layer or fresh_layer_zip(tmp / "dist", opts.offline, say)
-        opt, layer_origin = opt_layer(tmp / "layer", layer_zip)
+        opt, self.layer_origin = opt_layer(tmp / "layer", layer_zip)
         if layer_zip is not None and opts.layer is None:
-            layer_origin = "built now by tools/build_layer.py from this tree (%s)" % layer_origin.split("(")[-1].rstrip(")")
-        ours = Contender("ours", "ours (layer, python -IS)", opt, EXTENSION_NAME, "ours")
-        dev = Contender("ours_dev", "ours (source tree, python -I)", make_opt(tmp / "dev"), EXTENSION_NAME, "ours")
-        floor = Contender("floor", "floor (tools/floor_extension.py, python -IS)", opt_floor(tmp / "floor", python),
-                          "floor-extension", "floor")
-        peer: Optional[Contender] = None
-        peer_skipped: Optional[str] = None
-        peer_note = ""
+            self.layer_origin = ("built now by tools/build_layer.py from this tree (%s)"
+                                 % self.layer_origin.split("(")[-1].rstrip(")"))
+        self.ours = Contender("ours", "ours (layer, python -IS)", opt, EXTENSION_NAME, "ours")
+        self.dev = Contender("ours_dev", "ours (source tree, python -I)", make_opt(tmp / "dev"), EXTENSION_NAME, "ours")
+        self.floor = Contender("floor", "floor (tools/floor_extension.py, python -IS)", opt_floor(tmp / "floor", python),
+                               "floor-extension", "floor")
+        self.peer: Optional[Contender] = None
+        self.peer_skipped: Optional[str] = "not requested (use --peer node)"
+        self.peer_note = ""
         if opts.peer == "node":
-            ext_dir, peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
+            ext_dir, self.peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
             if ext_dir is None:
-                peer_skipped = peer_note
+                self.peer_skipped = self.peer_note
             elif not port_free(PEER_PORT):
-                peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
+                self.peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
             else:
-                peer = Contender("peer", "Sentry Node extension", opt_peer(tmp / "peer", ext_dir), PEER_NAME, "peer")
-        else:
-            peer_skipped = "not requested (use --peer node)"
-        if peer_skipped and opts.peer == "node":
-            say("SKIPPING the Node extension peer: %s" % peer_skipped)
-        say("layer: %s; interpreter: %s" % (layer_origin, python))
+                self.peer = Contender("peer", "Sentry Node extension", opt_peer(tmp / "peer", ext_dir), PEER_NAME, "peer")
+                self.peer_skipped = None
+            if self.peer_skipped:
+                say("SKIPPING the Node extension peer: %s" % self.peer_skipped)
+        say("layer: %s; interpreter: %s" % (self.layer_origin, python))
 
-        details: Dict[str, Any] = {}
-        with FakeUpstream() as upstream:
-            say("cold start: %d alternating rounds ..." % settings.cold_runs)
-            cold_set = [floor, ours, dev] + ([peer] if peer else [])
-            details["cold_start"] = bench_cold_start(cold_set, settings.cold_runs, tmp, upstream.dsn())
 
-        say("footprint and ingest: %d × %d posts, %d run(s) each ..."
-            % (settings.threads, settings.posts_per_thread, settings.ingest_runs))
-        details["client_floor"] = {client: client_floor(settings, client) for client in ("raw", "http.client")}
-        details["ingest_sdk"] = bench_ingest(ours, tmp, "sdk", settings)
-        details["ingest_sdk_httpclient"] = bench_ingest(ours, tmp, "sdk", settings, "http.client", 1)
-        details["ingest_tunnel"] = bench_ingest(ours, tmp, "tunnel", settings)
-        if peer:
-            details["peer_ingest_tunnel"] = bench_ingest(peer, tmp, "tunnel", settings)
+def run_cold_start(lineup: Lineup, settings: Settings, tmp: Path) -> Dict[str, Any]:
+    with FakeUpstream() as upstream:
+        say("cold start: %d alternating rounds ..." % settings.cold_runs)
+        cold_set = [lineup.floor, lineup.ours, lineup.dev] + ([lineup.peer] if lineup.peer else [])
+        return bench_cold_start(cold_set, settings.cold_runs, tmp, upstream.dsn())
 
-        say("post-runtime time and delivery: %d invocations, %.1f s freezes ..." % (settings.invocations, settings.freeze_s))
-        emulated: Dict[str, Any] = {}
-        emulated["end"] = bench_emulated(ours, tmp, settings, "app.handler", {}, "end")
-        emulated["background"] = bench_emulated(ours, tmp, settings, "app.handler", {}, "background")
-        emulated["end_slow"] = bench_emulated(ours, tmp, settings, "app.handler", {"messages": 1}, "end",
-                                              settings.slow_upstream_s)
-        details["emulated"] = emulated
 
-        say("side by side, tunnel handler ...")
-        side: List[Dict[str, Any]] = []
-        variants = [(settings.slow_upstream_s, settings.idle_close_s)] if settings.quick else \
-            [(0.0, None), (settings.slow_upstream_s, None), (settings.slow_upstream_s, settings.idle_close_s)]
-        for delay_s, idle in variants:
-            runs: List[Tuple[Contender, str, str]] = [(ours, "end", "ours, `end`"), (ours, "background", "ours, `background`")]
-            if peer:
-                runs.append((peer, "", "Sentry Node extension"))
-            for contender, mode, label in runs:
-                item = bench_emulated(contender, tmp, settings, "tunnel_app.handler", {"envelopes": 3},
-                                      mode or "end", delay_s, idle)
-                item["label"] = label
-                side.append(item)
-        details["side_by_side"] = side
+def run_ingest(lineup: Lineup, settings: Settings, tmp: Path) -> Dict[str, Any]:
+    say("footprint and ingest: %d × %d posts, %d run(s) each ..."
+        % (settings.threads, settings.posts_per_thread, settings.ingest_runs))
+    out: Dict[str, Any] = {
+        "client_floor": {client: client_floor(settings, client) for client in ("raw", "http.client")},
+        "ingest_sdk": bench_ingest(lineup.ours, tmp, "sdk", settings),
+        "ingest_sdk_httpclient": bench_ingest(lineup.ours, tmp, "sdk", settings, "http.client", 1),
+        "ingest_tunnel": bench_ingest(lineup.ours, tmp, "tunnel", settings),
+    }
+    if lineup.peer:
+        out["peer_ingest_tunnel"] = bench_ingest(lineup.peer, tmp, "tunnel", settings)
+    return out
 
+
+def run_emulated(lineup: Lineup, settings: Settings, tmp: Path) -> Dict[str, Any]:
+    say("post-runtime time and delivery: %d invocations, %.1f s freezes ..." % (settings.invocations, settings.freeze_s))
+    ours = lineup.ours
+    return {
+        "end": bench_emulated(ours, tmp, settings, "app.handler", {}, "end"),
+        "background": bench_emulated(ours, tmp, settings, "app.handler", {}, "background"),
+        "end_slow": bench_emulated(ours, tmp, settings, "app.handler", {"messages": 1}, "end", settings.slow_upstream_s),
+    }
+
+
+def run_side_by_side(lineup: Lineup, settings: Settings, tmp: Path) -> List[Dict[str, Any]]:
+    say("side by side, tunnel handler ...")
+    side: List[Dict[str, Any]] = []
+    variants = [(settings.slow_upstream_s, settings.idle_close_s)] if settings.quick else \
+        [(0.0, None), (settings.slow_upstream_s, None), (settings.slow_upstream_s, settings.idle_close_s)]
+    for delay_s, idle in variants:
+        runs: List[Tuple[Contender, str, str]] = [(lineup.ours, "end", "ours, `end`"),
+                                                  (lineup.ours, "background", "ours, `background`")]
+        if lineup.peer:
+            runs.append((lineup.peer, "", "Sentry Node extension"))
+        for contender, mode, label in runs:
+            item = bench_emulated(contender, tmp, settings, "tunnel_app.handler", {"envelopes": 3},
+                                  mode or "end", delay_s, idle)
+            item["label"] = label
+            side.append(item)
+    return side
+
+
+def our_figures(details: Dict[str, Any]) -> Dict[str, Any]:
+    """The headline figures of our extension (the keys of TARGETS and more)."""
     cold = details["cold_start"]
-    sdk, tun = details["ingest_sdk"], details["ingest_tunnel"]
+    sdk, tun, http_client = details["ingest_sdk"], details["ingest_tunnel"], details["ingest_sdk_httpclient"]
+    emulated = details["emulated"]
     end_runs = [emulated["end"], emulated["end_slow"]]
     all_runs = [emulated["end"], emulated["background"], emulated["end_slow"]]
-    figures = {
+    return {
         "cold_start_ms": cold["ours"]["next_ms"],
         "cold_start_floor_ms": cold["floor"]["next_ms"],
-        "cold_start_ratio": (cold["ours"]["next_ms"] / cold["floor"]["next_ms"]
-                             if cold["ours"]["next_ms"] and cold["floor"]["next_ms"] else None),
+        "cold_start_ratio": _ratio(cold["ours"]["next_ms"], cold["floor"]["next_ms"]),
         "cold_start_dev_ms": cold["ours_dev"]["next_ms"],
         "register_ms": cold["ours"]["register_ms"],
         "cpu_to_first_next_ms": cold["ours"]["cpu_ms"],
@@ -582,50 +597,92 @@ def main(argv: Optional[List[str]] = None) -> int:
         "ingest_tunnel_p50_ms": tun["p50_ms"],
         "ingest_tunnel_p99_ms": tun["p99_ms"],
         "ingest_tunnel_throughput_per_s": tun["throughput_per_s"],
-        "ingest_httpclient_p50_ms": details["ingest_sdk_httpclient"]["p50_ms"],
-        "ingest_httpclient_p99_ms": details["ingest_sdk_httpclient"]["p99_ms"],
-        "ingest_httpclient_throughput_per_s": details["ingest_sdk_httpclient"]["throughput_per_s"],
+        "ingest_httpclient_p50_ms": http_client["p50_ms"],
+        "ingest_httpclient_p99_ms": http_client["p99_ms"],
+        "ingest_httpclient_throughput_per_s": http_client["throughput_per_s"],
         "cpu_per_envelope_ms": sdk["cpu_per_envelope_ms"],
         "post_runtime_end_ms": emulated["end"]["post_runtime_median_ms"],
         "post_runtime_background_ms": emulated["background"]["post_runtime_median_ms"],
         "post_runtime_end_slow_upstream_ms": emulated["end_slow"]["post_runtime_median_ms"],
-        "delivery_before_freeze_pct": _pct(sum(r["delivered_before_freeze"] for r in end_runs), sum(r["sent"] for r in end_runs)),
-        "delivery_by_end_pct": _pct(sum(r["delivered_by_end"] for r in all_runs), sum(r["sent"] for r in all_runs)),
+        "delivery_before_freeze_pct": _delivered_pct(end_runs, "delivered_before_freeze"),
+        "delivery_by_end_pct": _delivered_pct(all_runs, "delivered_by_end"),
+        "cpu_per_log_line_us": details["logs"]["cpu_per_log_line_us"],
     }
-    peer_figures: Dict[str, Any] = {}
-    if peer:
-        pc = cold["peer"]
-        pi = details["peer_ingest_tunnel"]
-        peer_side = [s for s in side if s["contender"] == "peer"]
-        peer_figures = {key: None for key in FIGURE_KEYS}
-        peer_figures.update({
-            "cold_start_ms": pc["next_ms"],
-            "cold_start_floor_ms": cold["floor"]["next_ms"],
-            "cold_start_ratio": pc["next_ms"] / cold["floor"]["next_ms"] if pc["next_ms"] and cold["floor"]["next_ms"] else None,
-            "register_ms": pc["register_ms"],
-            "cpu_to_first_next_ms": pc["cpu_ms"],
-            "rss_after_init_mib": pi["rss_after_init_mib"],
-            "rss_peak_burst_mib": pi["rss_peak_mib"],
-            "ingest_p50_ms": pi["p50_ms"], "ingest_p99_ms": pi["p99_ms"], "ingest_throughput_per_s": pi["throughput_per_s"],
-            "ingest_tunnel_p50_ms": pi["p50_ms"], "ingest_tunnel_p99_ms": pi["p99_ms"],
-            "ingest_tunnel_throughput_per_s": pi["throughput_per_s"],
-            "cpu_per_envelope_ms": pi["cpu_per_envelope_ms"],
-            "delivery_before_freeze_pct": _pct(sum(s["delivered_before_freeze"] for s in peer_side), sum(s["sent"] for s in peer_side)),
-            "delivery_by_end_pct": _pct(sum(s["delivered_by_end"] for s in peer_side), sum(s["sent"] for s in peer_side)),
-        })
+
+
+def peer_figures(details: Dict[str, Any]) -> Dict[str, Any]:
+    """The same figures for the Node extension peer (None where it has no counterpart)."""
+    cold = details["cold_start"]
+    pc, pi = cold["peer"], details["peer_ingest_tunnel"]
+    peer_side = [s for s in details["side_by_side"] if s["contender"] == "peer"]
+    figures: Dict[str, Any] = {key: None for key in FIGURE_KEYS}
+    figures.update({
+        "cold_start_ms": pc["next_ms"],
+        "cold_start_floor_ms": cold["floor"]["next_ms"],
+        "cold_start_ratio": _ratio(pc["next_ms"], cold["floor"]["next_ms"]),
+        "register_ms": pc["register_ms"],
+        "cpu_to_first_next_ms": pc["cpu_ms"],
+        "rss_after_init_mib": pi["rss_after_init_mib"],
+        "rss_peak_burst_mib": pi["rss_peak_mib"],
+        "ingest_p50_ms": pi["p50_ms"], "ingest_p99_ms": pi["p99_ms"], "ingest_throughput_per_s": pi["throughput_per_s"],
+        "ingest_tunnel_p50_ms": pi["p50_ms"], "ingest_tunnel_p99_ms": pi["p99_ms"],
+        "ingest_tunnel_throughput_per_s": pi["throughput_per_s"],
+        "cpu_per_envelope_ms": pi["cpu_per_envelope_ms"],
+        "delivery_before_freeze_pct": _delivered_pct(peer_side, "delivered_before_freeze"),
+        "delivery_by_end_pct": _delivered_pct(peer_side, "delivered_by_end"),
+    })
+    return figures
+
+
+def print_summary(data: Dict[str, Any], report: str, out: Path) -> None:
+    m = data["machine"]
+    print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s. Layer: %s.%s\n"
+          "Command: `%s` (%.0f s)\n"
+          % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"],
+             m["loadavg_end"], data["layer"], (" Peer: %s." % data["peer_note"]) if data["peer"] else "",
+             data["command"], data["elapsed_s"]))
+    missed = [key for key, t in data["targets"].items() if t["met"] is False]
+    print("targets missed: %s" % (", ".join(missed) or "none"))
+    print("JSON: %s" % out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--remote" in args:  # the remote-upstream suite lives in its own module, with its own options
+        from tools import bench_remote
+
+        return bench_remote.main([a for a in args if a != "--remote"], script="tools/bench.py --remote")
+    opts = parse_args(args)
+    settings = Settings(opts.quick, opts.runs)
+    started = time.monotonic()
+    machine_info = machine()  # load average at the start, before our own load
+    python = sys.executable
+
+    with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        lineup = Lineup(tmp, opts, python)
+        details: Dict[str, Any] = {"cold_start": run_cold_start(lineup, settings, tmp)}
+        details.update(run_ingest(lineup, settings, tmp))
+        details["emulated"] = run_emulated(lineup, settings, tmp)
+        details["side_by_side"] = run_side_by_side(lineup, settings, tmp)
+        say("function logs: parse + batch + serialize, 1,000 lines ...")
+        details["logs"] = bench_log_lines(1000, 5 if settings.quick else 30)
+
+    figures = our_figures(details)
+    machine_info["loadavg_end"] = loadavg()
     data: Dict[str, Any] = {
         "command": " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python,
-                             "tools/bench.py"] + list(argv if argv is not None else sys.argv[1:])),
+                             "tools/bench.py"] + args),
         "machine": machine_info,
         "quick": settings.quick,
         "settings": {"cold_runs": settings.cold_runs, "ingest_runs": settings.ingest_runs,
                      "burst": settings.threads * settings.posts_per_thread, "threads": settings.threads,
                      "invocations": settings.invocations, "freeze_s": settings.freeze_s},
-        "layer": layer_origin,
-        "peer_note": peer_note,
-        "peer_skipped": peer_skipped,
+        "layer": lineup.layer_origin,
+        "peer_note": lineup.peer_note,
+        "peer_skipped": lineup.peer_skipped,
         "figures": figures,
-        "peer": peer_figures,
+        "peer": peer_figures(details) if lineup.peer else {},
         "targets": {key: {"target": "%s %s" % TARGETS[key], "value": figures.get(key), "met": _met(key, figures.get(key))}
                     for key in TARGETS},
         "details": details,
@@ -635,17 +692,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = opts.out or ROOT / "bench-results" / ("bench-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"), "-quick" if opts.quick else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, default=str))
-    m = data["machine"]
-    m["loadavg_end"] = loadavg()
-    print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s. Layer: %s.%s\n"
-          "Command: `%s` (%.0f s)\n"
-          % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"],
-             m["loadavg_end"], layer_origin, (" Peer: %s." % peer_note) if peer else "", data["command"],
-             data["elapsed_s"]))
-    missed = [key for key, t in data["targets"].items() if t["met"] is False]
-    print("targets missed: %s" % (", ".join(missed) or "none"))
-    print("JSON: %s" % out)
+    print_summary(data, report, out)
     return 0
+
+
+def _ratio(value: Optional[float], floor: Optional[float]) -> Optional[float]:
+    return value / floor if value and floor else None
+
+
+def _delivered_pct(runs: List[Dict[str, Any]], key: str) -> Optional[float]:
+    return _pct(sum(r[key] for r in runs), sum(r["sent"] for r in runs))
 
 
 def _pct(part: int, whole: int) -> Optional[float]:

@@ -23,10 +23,15 @@ import uuid
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+from tools.netutil import BodyError, read_chunked
+
 SDK_NAME = "sentry.python.aws_lambda"
 SDK_VERSION = "2.75.0"
 EVENT_TARGET_BYTES = 1024  # the serialized event payload, before compression
 MAX_POSTS = 100_000
+MAX_LINE = 65537
+MAX_HEADER_LINES = 100
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
 def _now_iso() -> str:
@@ -111,17 +116,22 @@ class RawConnection:
     def __init__(self, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((b"127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
+        self.reader = self.sock.makefile("rb")
 
     def exchange(self, request: bytes) -> Tuple[int, bool]:
         """Send one request, read its response; (status, server closes the connection)."""
         self.sock.sendall(request)
-        self.buf = self._until(self.buf, b"\r\n\r\n")
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        status_line = self.reader.readline(MAX_LINE)
+        if not status_line:
+            raise ConnectionError("server closed the connection")
         length = 0
         close = chunked = False
-        lines = head.split(b"\r\n")
-        for line in lines[1:]:
+        for _ in range(MAX_HEADER_LINES):
+            line = self.reader.readline(MAX_LINE)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                raise ConnectionError("server closed the connection mid-headers")
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
@@ -130,38 +140,17 @@ class RawConnection:
                 chunked = True
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
-        if chunked:  # Node's http server answers res.writeHead() + res.end(body) this way
-            for _ in range(MAX_POSTS):
-                rest = self._until(rest, b"\r\n")
-                size_line, _, rest = rest.partition(b"\r\n")
-                size = int(size_line.split(b";", 1)[0], 16)
-                rest = self._fill(rest, size + 2)
-                rest = rest[size + 2:]
-                if size == 0:
-                    break
-            self.buf = rest
-        else:
-            rest = self._fill(rest, length)
-            self.buf = rest[length:]
-        return int(lines[0].split(b" ", 2)[1]), close
-
-    def _until(self, buf: bytes, marker: bytes) -> bytes:
-        while marker not in buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
-        return buf
-
-    def _fill(self, buf: bytes, size: int) -> bytes:
-        while len(buf) < size:
-            chunk = self.sock.recv(65536)
-            if not chunk:
+        try:
+            if chunked:  # Node's http server answers res.writeHead() + res.end(body) this way
+                read_chunked(self.reader, MAX_RESPONSE_BYTES)
+            elif len(self.reader.read(length)) != length:
                 raise ConnectionError("server closed the connection mid-body")
-            buf += chunk
-        return buf
+        except BodyError as exc:
+            raise ConnectionError("bad chunked response: %s" % exc) from None
+        return int(status_line.split(b" ", 2)[1]), close
 
     def close(self) -> None:
+        self.reader.close()
         self.sock.close()
 
 

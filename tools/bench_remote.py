@@ -40,11 +40,12 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import (PEER_NAME, PEER_PORT, find_peer, loadavg, machine, median,  # noqa: E402
-                                 opt_peer, port_free, status_kib)
+from tools.bench_support import PEER_NAME, PEER_PORT, find_peer, loadavg, machine, opt_peer, port_free  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
+from tools.procfs import status_kib  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, make_opt  # noqa: E402
+from tools.stats import median  # noqa: E402
 from tools.tlsutil import self_signed, server_context  # noqa: E402
 
 BURSTS = (3, 30, 300, 2000)
@@ -245,7 +246,9 @@ def build_report(data: Dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py") -> int:
+    """``script`` is how the run was started, for the report's command line (tools/bench.py --remote too)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
     parser.add_argument("--offline", action="store_true", help="never run npm; use build/peer/ if it is there")
@@ -254,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--loopback-runs", type=int, default=4, help="loopback ingest runs per contender (default 4)")
     parser.add_argument("--only", choices=["remote", "loopback"], default=None, help="run only one of the two suites")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/remote-<time>.json)")
-    opts = parser.parse_args(argv)
+    opts = parser.parse_args(args)
     started = time.monotonic()
     info = machine()
     bursts = (3, 30) if opts.quick else BURSTS
@@ -297,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             loopback = loopback_ingest(ours_like, tmp, opts.loopback_runs, False)
     data: Dict[str, Any] = {
         "command": " ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT))
-                             else sys.executable, "tools/bench_remote.py"] + list(argv if argv is not None else sys.argv[1:])),
+                             else sys.executable, script] + args),
         "machine": info, "quick": opts.quick, "labels": labels, "baseline": baseline_note,
         "peer_note": peer_note, "peer_skipped": peer_skipped if opts.peer == "node" else None,
         "remote": remote, "loopback": loopback,

@@ -18,9 +18,8 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from tools.ext_api_stub import ExtApiStub, cpu_ms, cpu_precise_ms, status_kib  # noqa: F401 - re-exported
 from tools.sandbox import EXTENSION_NAME, LAUNCHER, ROOT
 
 PEER_NAME = "sentry-extension"  # Sentry's Node extension registers under this fixed name
@@ -72,7 +71,7 @@ class Launched:
 
 
 def base_env(api_address: str, function_name: str = "bench-function") -> Dict[str, str]:
-    """The environment Lambda gives an extension (as tools/emulator.py builds it)."""
+    """The environment Lambda gives an extension (as tools/emulator/processes.py builds it)."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ") if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update({
@@ -240,23 +239,6 @@ def opt_peer(base: Path, ext_dir: Path) -> Path:
     shutil.copy2(ext_dir / "index.mjs", script)
     script.chmod(0o755)
     return opt
-
-
-def median(values: List[float]) -> Optional[float]:
-    vals = sorted(v for v in values if v is not None)
-    if not vals:
-        return None
-    mid = len(vals) // 2
-    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
-
-
-def percentile(values: List[float], pct: float) -> Optional[float]:
-    """Nearest-rank percentile."""
-    vals = sorted(values)
-    if not vals:
-        return None
-    rank = max(1, min(len(vals), int(-(-pct * len(vals) // 100))))
-    return vals[rank - 1]
 
 
 def machine() -> Dict[str, Any]:

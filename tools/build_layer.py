@@ -7,6 +7,8 @@ Layout inside the zip (Lambda unpacks layers into ``/opt``)::
     sentry-lambda-extension/urllib3/, certifi/         vendored, pinned below, pure Python
     sentry-lambda-extension/bin/sentry-lambda-wrapper  for AWS_LAMBDA_EXEC_WRAPPER (sh, 0755)
     sentry-lambda-extension/bin/sentry-lambda-inert    bash stand-in used when there is no Python (0755)
+    sentry-lambda-extension/bin/python-hook/sitecustomize.py  the wrapper puts it on a Python
+                                                       function's PYTHONPATH: sentry-python's org_id
     sentry-lambda-extension/LICENSES/                  licences of the vendored packages
     sentry-lambda-extension/BUILD-INFO.json            versions, wheel hashes, bytecode tags
     .../__pycache__/<module>.cpython-3XX.pyc           bytecode for each Lambda Python found
@@ -39,7 +41,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ OPT = "/opt"
 LAUNCHER = ROOT / "bin" / NAME
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
 INERT = ROOT / "bin" / "sentry-lambda-inert"  # bash stand-in the launcher runs when there is no Python
+PYTHON_HOOK = ROOT / "bin" / "python-hook" / "sitecustomize.py"  # runs in the function (see the wrapper)
 PACKAGE = ROOT / "sentry_ext"
 DEFAULT_OUT = ROOT / "dist"
 DEFAULT_WHEELS = ROOT / "build" / "wheels"
@@ -195,11 +197,12 @@ def _check_pure(name: str, data: bytes) -> None:
 
 
 def own_entries() -> List[Entry]:
-    """The launcher, the wrapper, the inert stand-in and every ``.py`` file of ``sentry_ext``."""
+    """The launcher, the wrapper, its Python hook, the inert stand-in and every ``.py`` file of ``sentry_ext``."""
     entries = [
         Entry("extensions/" + NAME, LAUNCHER.read_bytes(), 0o755),
         Entry(LIB + "/bin/" + WRAPPER.name, WRAPPER.read_bytes(), 0o755),
         Entry(LIB + "/bin/" + INERT.name, INERT.read_bytes(), 0o755),
+        Entry(LIB + "/bin/python-hook/" + PYTHON_HOOK.name, PYTHON_HOOK.read_bytes()),
     ]
     for path in sorted(PACKAGE.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -424,28 +427,24 @@ def summary(result: BuildResult) -> str:
 
 # -- cold-start measurement ------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_once(opt: Path, python: str, spool: Path, timeout: float = 30.0) -> Dict[str, float]:
     """Start the layer's launcher once; ms from spawn to register, next and ready, and CPU ms."""
     if __package__ in (None, ""):  # run as a script: make ``tools`` importable
         sys.path.insert(0, str(ROOT))
     from tools.ext_api_stub import ExtApiStub
+    from tools.netutil import free_port
 
-    port = _free_port()
+    port = free_port()
     with ExtApiStub() as api:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "AWS_LAMBDA_RUNTIME_API": api.address,
             "SENTRY_DSN": "http://0123456789abcdef0123456789abcdef@127.0.0.1:9/1",
             "SENTRY_EXT_PORT": str(port),
-            "SENTRY_EXT_TELEMETRY_PORT": str(_free_port()),
+            "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
             "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
             "SENTRY_EXT_SPOOL_DIR": str(spool),
+            "SENTRY_EXT_STATE_FILE": str(spool) + ".state",
             "SENTRY_EXT_PYTHON": python,
             "SENTRY_EXT_LOG_LEVEL": "WARNING",
         }

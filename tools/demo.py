@@ -10,7 +10,6 @@ import argparse
 import collections
 import json
 import logging
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import List, Optional
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt
+from tools.stats import median, percentile
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -67,10 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("events captured by the function: %d, arrived upstream: %d"
               % (len(captured), len(arrived & set(captured))))
         if post:
-            ranked = sorted(post)
-            p95 = ranked[min(len(ranked) - 1, int(round(0.95 * (len(ranked) - 1))))]
             print("post-runtime extension time: median %.1f ms, p95 %.1f ms, max %.1f ms"
-                  % (statistics.median(post), p95, max(post)))
+                  % (median(post), percentile(post, 95), max(post)))
         summary = [line for line in log_text.splitlines() if "summary:" in line]
         if summary:
             print("extension: " + summary[-1].split("] ", 1)[-1])

@@ -8,57 +8,19 @@ pushed. Used by ``tools/bench.py`` and ``tools/build_layer.py --measure``.
 from __future__ import annotations
 
 import collections
-import glob
 import http.server
 import json
-import os
 import threading
 import time
 import uuid
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from tools.netutil import BodyError, read_body
+from tools.procfs import cpu_precise_ms, status_kib
+
 EXTENSION_PREFIX = "/2020-01-01/extension"
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 LONG_POLL_MAX_S = 120.0
-
-
-# ------------------------------------------------------------------------------------- /proc
-
-
-def cpu_ms(pid: int) -> Optional[float]:
-    """CPU time (user+system) of the process, exited threads included, in ms (clock-tick resolution)."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
-
-
-def cpu_precise_ms(pid: int) -> Optional[float]:
-    """CPU time of the live threads from schedstat (ns resolution), or ``cpu_ms`` without schedstat."""
-    total = 0
-    found = False
-    for path in glob.glob("/proc/%d/task/*/schedstat" % pid):
-        try:
-            with open(path, "rb") as fh:
-                total += int(fh.read().split()[0])
-                found = True
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e6 if found else cpu_ms(pid)
-
-
-def status_kib(pid: int, key: str) -> Optional[int]:
-    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM, ...)."""
-    try:
-        with open("/proc/%d/status" % pid, "r", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+MAX_BODY_BYTES = 1024 * 1024
 
 
 # ------------------------------------------------------------------------- Extensions API stub
@@ -102,8 +64,11 @@ class ExtApiStub:
                 pass
 
             def _body(self) -> bytes:
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length > 0 else b""
+                try:
+                    return read_body(self.rfile, self.headers, MAX_BODY_BYTES)
+                except BodyError:
+                    self.close_connection = True
+                    return b""
 
             def _send(self, status: int, body: bytes, headers: Optional[Dict[str, str]] = None) -> None:
                 self.send_response(status)

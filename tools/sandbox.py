@@ -4,22 +4,18 @@ holding the extension, and the function environment that points it at a fake ups
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Dict, Optional
+
+from tools.netutil import free_port
+
+__all__ = ["free_port", "make_opt", "function_env", "local_dsn"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "bin" / "sentry-lambda-extension"
 SAMPLE_FUNCTION = ROOT / "tools" / "sample_function"
 EXTENSION_NAME = "sentry-lambda-extension"
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_opt(base: Path) -> Path:
@@ -41,6 +37,7 @@ def function_env(upstream_dsn: str, spool_dir: Path, python: Optional[str] = Non
         "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
         "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
         "SENTRY_EXT_SPOOL_DIR": str(spool_dir),
+        "SENTRY_EXT_STATE_FILE": str(spool_dir) + ".state",  # the exec wrapper's record, private per run
         "SENTRY_EXT_PYTHON": python or sys.executable,
         "NO_PROXY": "127.0.0.1,localhost",
     }

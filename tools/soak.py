@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.emulator import Emulator, InvokeResult  # noqa: E402
+from tools import procfs  # noqa: E402
+from tools.emulator import Emulator, InvokeResult, ShutdownResult  # noqa: E402
 from tools.fake_upstream import FakeUpstream, Recorded, Reply  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+from tools.stats import percentile  # noqa: E402
 
 # (name, reply the upstream gives to every request during the fault window)
 FAULTS = (
@@ -50,18 +52,16 @@ MAX_INVOCATIONS = 1_000_000
 
 def proc_status(pid: int) -> Dict[str, int]:
     """VmRSS (KiB), Threads and open fds of ``pid`` from /proc (empty if it is gone)."""
-    out: Dict[str, int] = {}
-    try:
-        with open("/proc/%d/status" % pid, encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    out["rss_kib"] = int(line.split()[1])
-                elif line.startswith("Threads:"):
-                    out["threads"] = int(line.split()[1])
-        out["fds"] = len(list(Path("/proc/%d/fd" % pid).iterdir()))
-    except (OSError, ValueError, IndexError):
-        pass
+    fields = procfs.status_fields(pid, "VmRSS", "Threads")
+    out = {name: fields[key] for name, key in (("rss_kib", "VmRSS"), ("threads", "Threads")) if key in fields}
+    fds = procfs.fd_count(pid)
+    if fds is not None:
+        out["fds"] = fds
     return out
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return round(value, 1) if value is not None else None
 
 
 def parse_summary(log: str) -> Dict[str, Any]:
@@ -138,19 +138,105 @@ def rss_verdict(samples: List[Dict[str, float]], duration_s: float) -> Dict[str,
             "slope_kib_per_min": round(slope, 1), "warmup_s": round(warm, 1)}
 
 
+class FaultSchedule:
+    """The upstream's faults in turn (FAULTS): one every ``every_s`` seconds, lasting ``len_s``."""
+
+    def __init__(self, upstream: FakeUpstream, t0: float, every_s: float, len_s: float) -> None:
+        self.upstream = upstream
+        self.t0 = t0
+        self.every_s = every_s
+        self.len_s = len_s
+        self.next_fault = t0 + every_s
+        self.until = 0.0
+        self.faults: List[Dict[str, Any]] = []
+
+    def tick(self, now: float) -> None:
+        if self.until and now >= self.until:
+            self.upstream.default = Reply()
+            self.until = 0.0
+        if now >= self.next_fault:
+            name, reply = FAULTS[len(self.faults) % len(FAULTS)]
+            self.upstream.default = reply
+            self.until = now + self.len_s
+            self.next_fault = now + self.every_s
+            self.faults.append({"t": round(now - self.t0, 1), "fault": name})
+
+    def end(self) -> None:
+        self.upstream.default = Reply()
+
+
+class Observed:
+    """What the run saw: each invocation's outcome and samples of the extension process."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.samples: List[Dict[str, float]] = []
+        self.post_ms: List[float] = []
+        self.bad: List[str] = []
+        self.captured: set = set()
+        self.invocations = 0
+        self.resets = 0
+        self.pids: set = set()
+
+    def sample(self, emu: Emulator, now: float) -> Optional[Dict[str, float]]:
+        pid = emu.pids.get(EXTENSION_NAME)
+        if not pid:
+            return None
+        self.pids.add(pid)
+        sample: Dict[str, float] = {"t": round(now - self.t0, 1)}
+        sample.update(proc_status(pid))
+        self.samples.append(sample)
+        return sample
+
+    def record(self, result: InvokeResult) -> None:
+        self.invocations += 1
+        if result.reset or result.status != "success":
+            self.resets += int(result.reset)
+            self.bad.append("invocation %d: %s %s" % (self.invocations, result.status, result.error_type))
+        if not result.extensions_before_deadline.get(EXTENSION_NAME, False):
+            self.bad.append("invocation %d: extension missed the deadline" % self.invocations)
+        if result.post_runtime_ms is not None:
+            self.post_ms.append(result.post_runtime_ms)
+        try:
+            self.captured.update(json.loads(result.response or b"{}").get("event_ids", []))
+        except ValueError:
+            pass
+
+
+def drive(emu: Emulator, obs: Observed, faults: FaultSchedule, tally: Tally, duration: float, rate: float,
+          messages: int, long_freeze_every_s: float, long_freeze_s: float, sample_s: float, verbose: bool) -> None:
+    """Invoke at ``rate`` until ``duration`` is over, frozen in between (longer every so often)."""
+    end = obs.t0 + duration
+    next_invoke = time.monotonic()
+    next_sample = obs.t0
+    next_long_freeze = obs.t0 + long_freeze_every_s
+    for _ in range(MAX_INVOCATIONS):
+        now = time.monotonic()
+        if now >= end:
+            break
+        faults.tick(now)
+        if now >= next_sample:
+            sample = obs.sample(emu, now)
+            if sample is not None and verbose:
+                print("soak t=%6.1fs rss=%s KiB threads=%s fds=%s invocations=%d accepted=%d" % (
+                    sample["t"], sample.get("rss_kib"), sample.get("threads"), sample.get("fds"),
+                    obs.invocations, tally.accepted), flush=True)
+            next_sample = now + sample_s
+        obs.record(emu.invoke({"messages": messages}))
+        next_invoke += 1.0 / rate
+        pause = max(0.0, next_invoke - time.monotonic())
+        if time.monotonic() >= next_long_freeze:
+            pause = max(pause, long_freeze_s)
+            next_long_freeze = time.monotonic() + long_freeze_every_s
+            next_invoke = time.monotonic() + pause
+        emu.wait_frozen_for(min(pause, max(0.0, end - time.monotonic())))
+    faults.end()
+
+
 def run(minutes: float, rate: float, messages: int, fault_every_s: float, fault_len_s: float,
         long_freeze_every_s: float, long_freeze_s: float, sample_s: float,
         verbose: bool = False) -> Dict[str, Any]:
-    duration = minutes * 60.0
     tally = Tally()
-    samples: List[Dict[str, float]] = []
-    faults: List[Dict[str, Any]] = []
-    post_ms: List[float] = []
-    bad: List[str] = []
-    captured: set = set()
-    invocations = 0
-    resets = 0
-    pids: set = set()
     with tempfile.TemporaryDirectory(prefix="sentry-ext-soak-") as tmp, FakeUpstream() as upstream:
         base = Path(tmp)
         upstream.on_record = tally
@@ -162,105 +248,56 @@ def run(minutes: float, rate: float, messages: int, fault_every_s: float, fault_
         with emu:
             t0 = time.monotonic()
             emu.start()
-            end = t0 + duration
-            next_invoke = time.monotonic()
-            next_sample = t0
-            next_fault = t0 + fault_every_s
-            fault_until = 0.0
-            fault_index = 0
-            next_long_freeze = t0 + long_freeze_every_s
-            for _ in range(MAX_INVOCATIONS):
-                now = time.monotonic()
-                if now >= end:
-                    break
-                if fault_until and now >= fault_until:
-                    upstream.default = Reply()
-                    fault_until = 0.0
-                if now >= next_fault:
-                    name, reply = FAULTS[fault_index % len(FAULTS)]
-                    fault_index += 1
-                    upstream.default = reply
-                    fault_until = now + fault_len_s
-                    next_fault = now + fault_every_s
-                    faults.append({"t": round(now - t0, 1), "fault": name})
-                if now >= next_sample:
-                    pid = emu.pids.get(EXTENSION_NAME)
-                    if pid:
-                        pids.add(pid)
-                        sample: Dict[str, float] = {"t": round(now - t0, 1)}
-                        sample.update(proc_status(pid))
-                        samples.append(sample)
-                        if verbose:
-                            print("soak t=%6.1fs rss=%s KiB threads=%s fds=%s invocations=%d accepted=%d" % (
-                                sample["t"], sample.get("rss_kib"), sample.get("threads"), sample.get("fds"),
-                                invocations, tally.accepted), flush=True)
-                    next_sample = now + sample_s
-                result: InvokeResult = emu.invoke({"messages": messages})
-                invocations += 1
-                if result.reset or result.status != "success":
-                    resets += int(result.reset)
-                    bad.append("invocation %d: %s %s" % (invocations, result.status, result.error_type))
-                if not result.extensions_before_deadline.get(EXTENSION_NAME, False):
-                    bad.append("invocation %d: extension missed the deadline" % invocations)
-                if result.post_runtime_ms is not None:
-                    post_ms.append(result.post_runtime_ms)
-                try:
-                    captured.update(json.loads(result.response or b"{}").get("event_ids", []))
-                except ValueError:
-                    pass
-                next_invoke += 1.0 / rate
-                pause = max(0.0, next_invoke - time.monotonic())
-                if time.monotonic() >= next_long_freeze:
-                    pause = max(pause, long_freeze_s)
-                    next_long_freeze = time.monotonic() + long_freeze_every_s
-                    next_invoke = time.monotonic() + pause
-                emu.wait_frozen_for(min(pause, max(0.0, end - time.monotonic())))
-            upstream.default = Reply()
-            final = proc_status(emu.pids.get(EXTENSION_NAME, 0)) if emu.pids.get(EXTENSION_NAME) else {}
-            if final:
-                final["t"] = round(time.monotonic() - t0, 1)
-                samples.append(final)
+            obs = Observed(t0)
+            faults = FaultSchedule(upstream, t0, fault_every_s, fault_len_s)
+            drive(emu, obs, faults, tally, minutes * 60.0, rate, messages, long_freeze_every_s, long_freeze_s,
+                  sample_s, verbose)
+            obs.sample(emu, time.monotonic())  # the final sample
             shutdown = emu.shutdown()
             elapsed = time.monotonic() - t0
             log = emu.output(EXTENSION_NAME)
-        tracebacks = log.count("Traceback (most recent call last)")
+    return build_report(obs, faults.faults, tally, shutdown, elapsed, log, minutes)
+
+
+def build_report(obs: Observed, faults: List[Dict[str, Any]], tally: Tally, shutdown: ShutdownResult,
+                 elapsed: float, log: str, minutes: float) -> Dict[str, Any]:
     summary = parse_summary(log)
+    samples = obs.samples
     rss = [s["rss_kib"] for s in samples if "rss_kib" in s]
     threads = [s["threads"] for s in samples if "threads" in s]
     fds = [s["fds"] for s in samples if "fds" in s]
-    post_sorted = sorted(post_ms)
     verdict = rss_verdict(samples, elapsed)
     dropped = summary.get("dropped", {}) if isinstance(summary.get("dropped"), dict) else {}
     report = {
         "duration_s": round(elapsed, 1),
-        "invocations": invocations,
-        "failed_or_late": bad[:20],
-        "failed_or_late_count": len(bad),
-        "sandbox_resets": resets,
-        "extension_processes": len(pids),
+        "invocations": obs.invocations,
+        "failed_or_late": obs.bad[:20],
+        "failed_or_late_count": len(obs.bad),
+        "sandbox_resets": obs.resets,
+        "extension_processes": len(obs.pids),
         "shutdown_exit_code": shutdown.exit_codes.get(EXTENSION_NAME),
         "shutdown_killed": bool(shutdown.killed),
-        "post_runtime_ms_p50": round(post_sorted[len(post_sorted) // 2], 1) if post_sorted else None,
-        "post_runtime_ms_p99": round(post_sorted[int(len(post_sorted) * 0.99)], 1) if post_sorted else None,
-        "post_runtime_ms_max": round(post_sorted[-1], 1) if post_sorted else None,
+        "post_runtime_ms_p50": _round(percentile(obs.post_ms, 50)),
+        "post_runtime_ms_p99": _round(percentile(obs.post_ms, 99)),
+        "post_runtime_ms_max": _round(percentile(obs.post_ms, 100)),
         "rss_kib": {"min": min(rss), "max": max(rss), "last": rss[-1], "first": rss[0]} if rss else {},
         "threads": {"min": min(threads), "max": max(threads), "last": threads[-1]} if threads else {},
         "fds": {"min": min(fds), "max": max(fds), "last": fds[-1]} if fds else {},
         "rss_verdict": verdict,
         "faults": len(faults),
         "fault_kinds": sorted({f["fault"] for f in faults}),
-        "errors_captured": len(captured),
-        "errors_delivered": len(captured & tally.event_ids),
-        "errors_missing": len(captured - tally.event_ids),
+        "errors_captured": len(obs.captured),
+        "errors_delivered": len(obs.captured & tally.event_ids),
+        "errors_missing": len(obs.captured - tally.event_ids),
         "upstream_requests": tally.requests,
         "upstream_accepted": tally.accepted,
         "upstream_transactions": tally.transactions,
         "extension_summary": summary,
         "extension_dropped_total": sum(dropped.values()),
-        "tracebacks_in_log": tracebacks,
+        "tracebacks_in_log": log.count("Traceback (most recent call last)"),
         "samples": samples,
     }
-    ok = (not bad and resets == 0 and len(pids) == 1 and report["shutdown_exit_code"] == 0
+    ok = (not obs.bad and obs.resets == 0 and len(obs.pids) == 1 and report["shutdown_exit_code"] == 0
           and not report["shutdown_killed"] and bool(summary))
     if minutes >= 2:
         ok = ok and verdict.get("plateau") is True

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .buffer import Request
+from .discards import DECODE_LIMIT, Discards, item_outcomes
 from .envelope import (INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, Item, decode_body, encode_body,
                        endpoint_category, endpoint_of)
-from .outcomes import DECODE_LIMIT, Outcomes, item_outcomes
 from .ratelimit import RateLimits, limited
+from .request import Request
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,10 @@ Answer = Tuple[int, Dict[str, Any], Dict[str, str]]
 class IngestLimiter:
     """The ingest ``before_queue`` hook for rate limits; it fails open (forwards unchanged) on any bug."""
 
-    def __init__(self, limits: RateLimits, outcomes: Outcomes, stats: Stats,
+    def __init__(self, limits: RateLimits, discards: Discards, stats: Stats,
                  decode_limit: int = DECODE_LIMIT) -> None:
         self.limits = limits
-        self.outcomes = outcomes
+        self.discards = discards
         self.stats = stats
         self.decode_limit = decode_limit
 
@@ -52,13 +52,13 @@ class IngestLimiter:
         active = self.limits.active(key)
         now = self.limits.now()
         if limited(active, None, now):  # a limit on everything: no need to look inside
-            self.outcomes.record_request(req, REASON)
+            self.discards.record_request(req, REASON)
             return self._refuse(req, None)
         endpoint = endpoint_of(req.upstream_path)
         if endpoint != "envelope":
             category = endpoint_category(endpoint)
             if category is not None and limited(active, category, now):
-                self.outcomes.record_request(req, REASON)
+                self.discards.record_request(req, REASON)
                 return self._refuse(req, [category])
             return None
         encoding = (req.headers.get("content-encoding") or "").strip().lower()
@@ -77,7 +77,7 @@ class IngestLimiter:
             return None
         for item in dropped:
             for category, quantity in item_outcomes(item):
-                self.outcomes.record(key, REASON, category, quantity)
+                self.discards.record(key, REASON, category, quantity)
         if not kept:
             return self._refuse(req, {item.data_category for item in dropped})
         envelope.items = kept

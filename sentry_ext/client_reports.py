@@ -1,4 +1,4 @@
-"""Sends pending client reports upstream as standalone envelopes on the normal queue, batched."""
+"""Sends pending discard counts upstream as client_report envelopes on the normal queue, batched."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 from typing import Callable, List, Optional
 
 from . import __version__
-from .buffer import BoundedQueue, Request
+from .buffer import BoundedQueue
+from .discards import Discards
 from .dsn import Dsn
-from .outcomes import Outcomes
+from .request import Request
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,11 @@ def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
 
 
 class ReportScheduler:
-    """Turns pending outcomes into report envelopes: periodically (rate-limited) and on demand."""
+    """Turns pending discard counts into client_report envelopes: periodically (rate-limited) and on demand."""
 
-    def __init__(self, outcomes: Outcomes, queue: BoundedQueue, dsn: Dsn, stats: Optional[Stats] = None,
+    def __init__(self, discards: Discards, queue: BoundedQueue, dsn: Dsn, stats: Optional[Stats] = None,
                  interval_s: float = REPORT_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.outcomes = outcomes
+        self.discards = discards
         self.queue = queue
         self.dsn = dsn
         self.stats = stats
@@ -49,7 +50,7 @@ class ReportScheduler:
 
     def maybe_send(self) -> None:
         """Queue reports if counts are pending and the last one went out ``interval_s`` ago (cheap when not)."""
-        if not self.outcomes.has_pending or self._clock() - self._last < self.interval_s:
+        if not self.discards.has_pending or self._clock() - self._last < self.interval_s:
             return
         with self._lock:
             if self._clock() - self._last < self.interval_s:
@@ -69,13 +70,13 @@ class ReportScheduler:
         return taken
 
     def _drain(self, sink: Callable[[Request], bool]) -> bool:
-        for key in self.outcomes.pending_keys():
+        for key in self.discards.pending_keys():
             for _ in range(1000):  # each round takes counts out, so this ends long before
-                payload = self.outcomes.take_report(key)
+                payload = self.discards.take_report(key)
                 if payload is None:
                     break
                 if not sink(report_request(self.dsn, key, payload)):
-                    self.outcomes.restore(key, payload)
+                    self.discards.restore(key, payload)
                     log.debug("no room in the queue for a client report; kept for later")
                     return False
                 if self.stats is not None:

@@ -1,4 +1,5 @@
-"""Client reports: what the extension itself dropped, counted per key, reason and category."""
+"""What the extension itself discarded, counted per key, reason and category, and drained as
+client_report payloads (``client_reports`` queues them upstream)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .buffer import Request
+from .request import Request
 from .envelope import Envelope, EnvelopeError, Item, decode_body, endpoint_category, endpoint_of
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ REASONS: Dict[str, Optional[str]] = {
     "ratelimited_upstream": None,
 }
 
+# Batched items whose loss is also counted in payload bytes, under this category.
+BYTE_CATEGORIES = {"log_item": "log_byte", "trace_metric": "trace_metric_byte"}
+
 # Our own client reports are "internal": a dropped report is never reported (no feedback loop).
 UNREPORTED_CATEGORIES = frozenset({"internal"})
 
@@ -45,12 +49,12 @@ def item_outcomes(item: Item) -> List[Tuple[str, int]]:
             spans = None
         # A lost transaction also loses its spans, plus one for the transaction's own root span.
         return [("transaction", 1), ("span", (len(spans) if isinstance(spans, list) else 0) + 1)]
-    if category in ("span", "log_item"):
+    if category in ("span", "log_item", "trace_metric"):
         count = item.headers.get("item_count")
         quantity = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
         pairs = [(category, quantity)]
-        if category == "log_item":
-            pairs.append(("log_byte", len(item.payload)))
+        if category in BYTE_CATEGORIES:
+            pairs.append((BYTE_CATEGORIES[category], len(item.payload)))
         return pairs
     if category == "attachment":
         return [("attachment", len(item.payload) or 1)]  # attachments are counted in bytes
@@ -73,7 +77,7 @@ def request_outcomes(req: Request, limit: int = DECODE_LIMIT) -> List[Tuple[str,
     return pairs
 
 
-class Outcomes:
+class Discards:
     """Thread-safe counters of discarded data, drained as client_report payloads under 4 KiB."""
 
     def __init__(self, clock: Callable[[], float] = time.time, max_bytes: int = MAX_REPORT_BYTES) -> None:

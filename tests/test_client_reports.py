@@ -1,4 +1,4 @@
-"""Client-report aggregation, item counting of dropped requests, and report scheduling."""
+"""Client reports: discard counting (sentry_ext/discards.py) and the report envelopes (client_reports.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from sentry_ext.buffer import BoundedQueue, Request
+from helpers import KEY, FakeClock
+from sentry_ext.buffer import BoundedQueue
+from sentry_ext.client_reports import ReportScheduler, report_request
+from sentry_ext.discards import MAX_REPORT_BYTES, Discards, request_outcomes
 from sentry_ext.dsn import Dsn
 from sentry_ext.envelope import Envelope
-from sentry_ext.outcomes import MAX_REPORT_BYTES, Outcomes, request_outcomes
-from sentry_ext.reports import ReportScheduler, report_request
+from sentry_ext.request import Request
 from sentry_ext.stats import Stats
-
-KEY = "0123456789abcdef0123456789abcdef"
 
 
 def build(*items: Tuple[dict, bytes], header: bytes = b'{"event_id":"aa"}') -> bytes:
@@ -37,10 +37,12 @@ MIXED = build(({"type": "event"}, b'{"message":"x"}'),
               ({"type": "attachment", "length": 5}, b"12345"),
               ({"type": "log", "item_count": 7}, b'{"items":[]}'),
               ({"type": "span", "item_count": 4}, b"{}"),
+              ({"type": "trace_metric", "item_count": 3}, b'{"items":[1]}'),
               ({"type": "client_report"}, b'{"discarded_events":[]}'),
               ({"type": "brand_new_type"}, b"{}"))
 MIXED_COUNTS = [("error", 1), ("transaction", 1), ("span", 4), ("attachment", 5), ("log_item", 7),
-                ("log_byte", 12), ("span", 4), ("default", 1)]  # client_report: internal, not counted
+                ("log_byte", 12), ("span", 4), ("trace_metric", 3), ("trace_metric_byte", 13),
+                ("default", 1)]  # client_report: internal, not counted
 
 
 @pytest.mark.parametrize("encoding,encode", [
@@ -73,7 +75,7 @@ def _entries(payload: bytes) -> Dict[Tuple[str, str], int]:
 
 
 def test_record_and_take_report() -> None:
-    out = Outcomes(clock=lambda: 1700000000.5)
+    out = Discards(clock=lambda: 1700000000.5)
     assert out.take_report(KEY) is None and not out.has_pending
     out.record(KEY, "queue_overflow", "error")
     out.record(KEY, "queue_overflow", "error", 2)
@@ -88,7 +90,7 @@ def test_record_and_take_report() -> None:
 
 
 def test_record_request_maps_reasons() -> None:
-    out = Outcomes()
+    out = Discards()
     body = build(({"type": "transaction"}, TRANSACTION))
     out.record_request(req(body), "spool_expired")
     out.record_request(req(body), "ratelimited_upstream")  # upstream counted it: nothing
@@ -100,7 +102,7 @@ def test_record_request_maps_reasons() -> None:
 
 
 def test_reports_are_split_under_4_kib() -> None:
-    out = Outcomes()
+    out = Discards()
     expected: Dict[Tuple[str, str], int] = {}
     for i in range(300):
         reason = ("queue_overflow", "network_error", "send_error")[i % 3]
@@ -121,7 +123,7 @@ def test_reports_are_split_under_4_kib() -> None:
 
 
 def test_restore_puts_counts_back() -> None:
-    out = Outcomes()
+    out = Discards()
     out.record(KEY, "queue_overflow", "error", 2)
     payload = out.take_report(KEY)
     assert payload is not None and not out.has_pending
@@ -141,30 +143,22 @@ def test_report_request_is_a_valid_authenticated_envelope() -> None:
     assert request_outcomes(r) == []  # a dropped report is never reported
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_scheduler_batches_periodic_reports_and_keeps_counts_when_the_queue_is_full() -> None:
     dsn = Dsn.parse("https://%s@o1.ingest.sentry.io/42" % KEY)
-    out = Outcomes()
+    out = Discards()
     queue = BoundedQueue(1, 1 << 20)
-    clock = Clock()
+    clock = FakeClock(100.0)
     stats = Stats()
     sched = ReportScheduler(out, queue, dsn, stats, interval_s=30, clock=clock)
     for _ in range(5):
         out.record(KEY, "queue_overflow", "error")
         sched.maybe_send()
     assert len(queue) == 0  # not one envelope per drop: the interval has not passed
-    clock.t += 30
+    clock.now += 30
     sched.maybe_send()
     assert len(queue) == 1 and not out.has_pending and stats.get("client_reports") == 1
     out.record(KEY, "queue_overflow", "error", 3)
-    clock.t += 30
+    clock.now += 30
     sched.maybe_send()  # the queue (cap 1) is full: counts stay pending
     assert len(queue) == 1 and out.snapshot(KEY) == {("queue_overflow", "error"): 3}
     assert not sched.send()

@@ -1,0 +1,39 @@
+"""Local emulator of the AWS Lambda execution environment (sandbox).
+
+Serves the Runtime API (for the real ``awslambdaric``), the Extensions API and the
+Telemetry API on one HTTP server bound to 127.0.0.1, launches every executable in
+``<opt>/extensions`` plus a runtime process, and drives the Lambda lifecycle:
+Init -> Invoke* (with SIGSTOP freezes in between) -> Shutdown, including the
+timeout/crash reset that Lambda performs.
+
+Library use::
+
+    with Emulator(opt_dir, None, task_root) as emu:
+        emu.start()
+        result = emu.invoke({"hello": "world"})
+        emu.wait_frozen_for(2.0)
+        ...
+        emu.shutdown()
+
+Command line: ``python -m tools.emulator --opt DIR --task-root DIR ...`` (see ``cli.main``).
+
+Layout (one module a job; each API is a mixin over ``base.EmulatorBase``, whose one lock and
+condition guard all state):
+
+- ``state.py``: the function's identity, ``InvokeResult``/``ShutdownResult``, and the state of one
+  sandbox (``Sandbox``: processes, registered ``Ext``s, ``RuntimeState``, the ``Invocation``);
+- ``server.py``: the one HTTP server of the three APIs; ``Emulator._handle`` routes to them;
+- ``runtime_api.py``, ``extensions_api.py``, ``telemetry.py`` (subscriptions, records, delivery);
+- ``processes.py``: sandbox/process control (environment, launch, output, exits, signals,
+  freeze/thaw with SIGSTOP/SIGCONT, kill and reap; /proc through ``tools.procfs``);
+- ``lifecycle.py``: the Init, Invoke and Shutdown phases (timeouts and crashes reset);
+- ``emulator.py``: ``Emulator``, the public API; ``cli.py``/``__main__.py``: the command line.
+
+Only processes this emulator started are ever signalled (see ``processes.py``).
+"""
+
+from tools.emulator.cli import main
+from tools.emulator.emulator import Emulator
+from tools.emulator.state import EmulatorError, InvokeResult, ShutdownResult
+
+__all__ = ["Emulator", "EmulatorError", "InvokeResult", "ShutdownResult", "main"]

@@ -1,0 +1,350 @@
+"""The Lambda lifecycle phases: Init (launch and register extensions, start the runtime, wait
+for every ``next``), Invoke (deliver INVOKE, wait for the response and every extension's
+``next`` or the deadline; a timeout or crash resets the sandbox) and Shutdown (SIGTERM the
+runtime, SHUTDOWN to extensions, SIGKILL at the deadline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from tools import procfs
+from tools.emulator.processes import KILL_WAIT_S, ProcessControl
+from tools.emulator.state import FUNCTION_VERSION, EmulatorError, Ext, Invocation, InvokeResult, Sandbox, ShutdownResult, epoch_ms
+from tools.emulator.telemetry import TelemetryApi
+
+logger = logging.getLogger(__name__)
+
+RUNTIME_SIGTERM_GRACE_S = 0.3
+
+
+class Lifecycle(ProcessControl, TelemetryApi):
+    """Init, Invoke and Shutdown phases of one sandbox."""
+
+    def _init(self) -> None:
+        """Init phase: launch and register extensions, start the runtime, wait for every next."""
+        with self._cond:
+            self._gen += 1
+            sb = Sandbox(self._gen)
+            self._sandbox = sb
+            self._frozen = False
+            self._emit(
+                sb,
+                "platform.initStart",
+                {
+                    "initializationType": "on-demand",
+                    "phase": "init",
+                    "runtimeVersion": "python:%d.%d.emulated" % sys.version_info[:2],
+                    "functionName": self.function_name,
+                    "functionVersion": FUNCTION_VERSION,
+                },
+            )
+        deadline = sb.init_start_t + self.init_timeout_s
+        try:
+            self._init_extensions(sb, deadline)
+            init_ms = self._init_runtime(sb, deadline)
+            logger.debug("Init done in %.1f ms (%d extensions)", init_ms, len(sb.extensions))
+        except BaseException as exc:
+            self._kill_sandbox(sb)
+            if isinstance(exc, EmulatorError):
+                raise EmulatorError("%s\n%s" % (exc, self._outputs_text(sb))) from None
+            raise
+        self._freeze()
+
+    def _init_extensions(self, sb: Sandbox, deadline: float) -> None:
+        """Launch every extension and wait until each has registered (EmulatorError otherwise)."""
+        ext_env = self._base_env()
+        for path in self._extension_paths():
+            proc = self._launch(path.name, "extension", [str(path)], self.opt_dir, ext_env)
+            with self._cond:
+                sb.procs.append(proc)
+        with self._cond:
+            expected = len(sb.procs)
+            ok = self._wait_until(lambda: len(sb.extensions) >= expected or self._crash(sb) is not None, deadline)
+            crash = self._crash(sb)
+            if crash is not None:
+                raise EmulatorError("Init failed before the runtime started: %s" % crash)
+            if not ok:
+                raise EmulatorError(
+                    "Init timed out after %.1fs: %d of %d extensions registered"
+                    % (self.init_timeout_s, len(sb.extensions), expected)
+                )
+
+    def _init_runtime(self, sb: Sandbox, deadline: float) -> float:
+        """Start the runtime and wait until it and every extension called ``next``; the Init ms."""
+        argv = list(self.runtime_cmd)
+        if self.exec_wrapper:
+            argv = [self.exec_wrapper] + argv
+        rt_proc = self._launch("runtime", "runtime", argv, self.task_root, self._runtime_env())
+        with self._cond:
+            sb.runtime = rt_proc
+
+            def init_done() -> bool:
+                return sb.rt.done and all(e.done for e in sb.extensions.values())
+
+            ok = self._wait_until(
+                lambda: init_done() or sb.rt.init_error is not None or self._crash(sb) is not None, deadline
+            )
+            if sb.rt.init_error is not None:
+                raise EmulatorError("runtime reported an Init error: %r" % (sb.rt.init_error,))
+            crash = self._crash(sb)
+            if crash is not None:
+                raise EmulatorError("Init failed: %s" % crash)
+            if not ok:
+                waiting = [e.name for e in sb.extensions.values() if not e.done]
+                if not sb.rt.done:
+                    waiting.append("runtime")
+                raise EmulatorError(
+                    "Init timed out after %.1fs waiting for next from: %s" % (self.init_timeout_s, ", ".join(waiting))
+                )
+            init_ms = (time.monotonic() - sb.init_start_t) * 1000.0
+            self.last_init_ms = init_ms
+            self._emit(
+                sb,
+                "platform.initReport",
+                {
+                    "initializationType": "on-demand",
+                    "phase": "init",
+                    "status": "success",
+                    "metrics": {"durationMs": round(init_ms, 3)},
+                },
+            )
+            sb.phase = "ready"
+        return init_ms
+
+    def _invoke(self, payload: Union[Dict[str, Any], bytes, None]) -> InvokeResult:
+        """Invoke phase: thaw, deliver INVOKE, wait for its outcome, report; then freeze or reset."""
+        with self._lock:
+            sb = self._sandbox
+        assert sb is not None
+        if isinstance(payload, (bytes, bytearray)):
+            body = bytes(payload)
+        else:
+            body = json.dumps(payload if payload is not None else {}).encode()
+        self._thaw()
+        with self._cond:
+            inv, invoke_exts = self._deliver_invoke(sb, body)
+            status, reset_reason = self._await_outcome(sb, inv, invoke_exts)
+            inv.finished = True
+            result = self._invoke_result(sb, inv, invoke_exts, status, reset_reason)
+            if reset_reason is None:
+                sb.phase = "ready"
+        if reset_reason is not None:
+            logger.info("invocation %s ended with %s: resetting the sandbox (%s)", inv.request_id, status, reset_reason)
+            result.shutdown = self._shutdown_sandbox(sb, reset_reason)
+            with self._lock:
+                self.shutdowns.append(result.shutdown)
+        else:
+            result.freeze_t = self._freeze()
+        return result
+
+    def _deliver_invoke(self, sb: Sandbox, body: bytes) -> Tuple[Invocation, List[Ext]]:
+        """Start an invocation (lock held): queue it for the runtime and INVOKE for the extensions
+        registered for it; the extensions it went to."""
+        request_id = str(uuid.uuid4())
+        start_mono = time.monotonic()
+        deadline_ms = epoch_ms() + int(self.timeout_s * 1000)
+        trace_id = "Root=1-%08x-%s;Parent=%s;Sampled=0" % (int(time.time()), uuid.uuid4().hex[:24], uuid.uuid4().hex[:16])
+        invoke_exts: List[Ext] = []
+        sb.phase = "invoke"
+        inv = Invocation(
+            request_id=request_id,
+            payload=body,
+            deadline_ms=deadline_ms,
+            deadline_mono=start_mono + self.timeout_s,
+            trace_id=trace_id,
+            arn=self.function_arn,
+            t_deliver=time.monotonic(),
+        )
+        sb.invocation = inv
+        self._emit(sb, "platform.start", {"requestId": request_id, "version": FUNCTION_VERSION})
+        sb.rt.done = False
+        sb.rt.queue.append(inv)
+        event = json.dumps(
+            {
+                "eventType": "INVOKE",
+                "deadlineMs": deadline_ms,
+                "requestId": request_id,
+                "invokedFunctionArn": self.function_arn,
+                "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_id},
+            }
+        ).encode()
+        for ext in sb.extensions.values():
+            if "INVOKE" in ext.events and not ext.errored:
+                ext.done = False
+                ext.queue.append(event)
+                invoke_exts.append(ext)
+        self._cond.notify_all()
+        return inv, invoke_exts
+
+    def _await_outcome(self, sb: Sandbox, inv: Invocation, invoke_exts: List[Ext]) -> Tuple[str, Optional[str]]:
+        """Wait (lock held) for the invocation to end: ``(status, reset reason or None)``.
+
+        Success: the runtime responded and it and every INVOKE extension called ``next`` before
+        the deadline. A crashed process or an extension error is a ``failure`` reset, the deadline
+        a ``timeout`` reset (the place for further failure modes)."""
+        # 1. wait for the runtime's response (or error), a crash, or the deadline
+        self._wait_until(lambda: inv.t_response is not None or self._crash(sb) is not None, inv.deadline_mono)
+        crash = self._crash(sb)
+        status: str
+        reset_reason: Optional[str] = None
+        if inv.t_response is None:
+            if crash is not None:
+                status, reset_reason = "error", "failure"
+                inv.error_type = "Runtime.ExitError" if "runtime" in crash else "Extension.Crash"
+            else:
+                status, reset_reason = "timeout", "timeout"
+                inv.error_type = "Sandbox.Timedout"
+                self._emit(
+                    sb,
+                    "platform.runtimeDone",
+                    {
+                        "requestId": inv.request_id,
+                        "status": "timeout",
+                        "metrics": {"durationMs": round((time.monotonic() - inv.t_deliver) * 1000.0, 3)},
+                    },
+                )
+        else:
+            # 2. wait for the runtime and every INVOKE extension to call next again
+            self._wait_until(
+                lambda: (sb.rt.done and all(e.done for e in invoke_exts)) or self._crash(sb) is not None,
+                inv.deadline_mono,
+            )
+            crash = self._crash(sb)
+            all_done = sb.rt.done and all(e.done for e in invoke_exts)
+            if crash is not None:
+                status, reset_reason = "error", "failure"
+                inv.error_type = "Runtime.ExitError" if "runtime" in crash else "Extension.Crash"
+            elif not all_done:
+                status, reset_reason = "timeout", "timeout"
+                inv.error_type = "Sandbox.Timedout"
+            else:
+                status = inv.status or "success"
+        if crash is not None:
+            logger.warning("invocation %s: %s", inv.request_id, crash)
+        return status, reset_reason
+
+    def _invoke_result(self, sb: Sandbox, inv: Invocation, invoke_exts: List[Ext], status: str,
+                       reset_reason: Optional[str]) -> InvokeResult:
+        """Timings of the ended invocation, and its ``platform.report`` record (lock held)."""
+        end_t = time.monotonic()
+        if inv.t_response is not None:
+            runtime_ms: Optional[float] = (inv.t_response - inv.t_deliver) * 1000.0
+            done_times = [e.next_t for e in invoke_exts if e.done and e.next_t is not None]
+            ext_next_ms = {
+                e.name: (e.next_t - inv.t_response) * 1000.0
+                for e in invoke_exts
+                if e.done and e.next_t is not None
+            }
+            if len(done_times) == len(invoke_exts):
+                last = max(done_times) if done_times else inv.t_response
+            else:
+                last = end_t
+            post_runtime_ms: Optional[float] = max(0.0, (last - inv.t_response) * 1000.0)
+            finish_t = max(last, sb.rt.next_t or inv.t_response) if reset_reason is None else end_t
+        else:
+            runtime_ms = None
+            post_runtime_ms = None
+            ext_next_ms = {}
+            finish_t = end_t
+        before_deadline = {
+            e.name: bool(e.done and e.next_t is not None and e.next_t <= inv.deadline_mono) for e in invoke_exts
+        }
+        duration_ms = (finish_t - inv.t_deliver) * 1000.0
+        hwm_kib = sum((procfs.status_kib(p.pid, "VmHWM") or 0) for p in sb.all_procs() if p.alive)
+        self._emit(
+            sb,
+            "platform.report",
+            {
+                "requestId": inv.request_id,
+                "status": status,
+                "metrics": {
+                    "durationMs": round(duration_ms, 3),
+                    "billedDurationMs": int(math.ceil(duration_ms)),
+                    "memorySizeMB": self.memory_mb,
+                    "maxMemoryUsedMB": int(math.ceil(hwm_kib / 1024.0)),
+                },
+            },
+        )
+        return InvokeResult(
+            request_id=inv.request_id,
+            status=status,
+            response=inv.response,
+            deadline_ms=inv.deadline_ms,
+            runtime_ms=runtime_ms,
+            post_runtime_ms=post_runtime_ms,
+            extension_next_ms=ext_next_ms,
+            extensions_before_deadline=before_deadline,
+            freeze_t=None,
+            reset=reset_reason is not None,
+            error_type=inv.error_type,
+            duration_ms=duration_ms,
+        )
+
+    def _shutdown_sandbox(self, sb: Sandbox, reason: str) -> ShutdownResult:
+        """Shutdown phase of ``sb``; leaves it dead (the next invoke re-inits)."""
+        start = time.monotonic()
+        deadline_mono = start + self.shutdown_window_ms / 1000.0
+        deadline_ms = epoch_ms() + self.shutdown_window_ms
+        result = ShutdownResult(reason=reason, deadline_ms=deadline_ms)
+        try:
+            self._thaw()
+            with self._cond:
+                sb.phase = "shutdown"
+                rt = sb.runtime
+            # The runtime: SIGTERM, then SIGKILL after the grace period.
+            if rt is not None and rt.alive:
+                self._signal(rt, signal.SIGTERM)
+                with self._cond:
+                    exited = self._wait_until(lambda: not rt.alive, time.monotonic() + RUNTIME_SIGTERM_GRACE_S)
+                if not exited:
+                    logger.debug("runtime ignored SIGTERM for %.0f ms: SIGKILL", RUNTIME_SIGTERM_GRACE_S * 1000)
+                    self._signal(rt, signal.SIGKILL)
+                    with self._cond:
+                        self._wait_until(lambda: not rt.alive, time.monotonic() + KILL_WAIT_S)
+            # Extensions: SHUTDOWN to those registered for it, then wait until the deadline.
+            with self._cond:
+                shutdown_names = {e.name for e in sb.extensions.values() if "SHUTDOWN" in e.events}
+                registered = {e.name for e in sb.extensions.values()}
+                unmatched = registered - {p.name for p in sb.procs}
+                event = json.dumps(
+                    {"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": deadline_ms}
+                ).encode()
+                t_deliver = time.monotonic()
+                for ext in sb.extensions.values():
+                    if "SHUTDOWN" in ext.events:
+                        ext.queue.append(event)
+                self._cond.notify_all()
+                ext_procs = list(sb.procs)
+            for proc in ext_procs:
+                if proc.alive and proc.name not in shutdown_names and not unmatched:
+                    # Not registered for SHUTDOWN: nothing to wait for.
+                    logger.debug("extension %s is not registered for SHUTDOWN: SIGKILL", proc.name)
+                    if self._signal(proc, signal.SIGKILL):
+                        result.killed.append(proc.name)
+            with self._cond:
+                self._wait_until(lambda: all(not p.alive for p in ext_procs), deadline_mono)
+                stragglers = [p for p in ext_procs if p.alive]
+            for proc in stragglers:
+                logger.info("extension %s still running at the SHUTDOWN deadline: SIGKILL", proc.name)
+                if self._signal(proc, signal.SIGKILL) and proc.name not in result.killed:
+                    result.killed.append(proc.name)
+            with self._cond:
+                self._wait_until(lambda: all(not p.alive for p in ext_procs), time.monotonic() + KILL_WAIT_S)
+                for proc in ext_procs:
+                    result.exit_codes[proc.name] = proc.exit_code
+                    result.exit_ms[proc.name] = (
+                        (proc.exit_t - t_deliver) * 1000.0 if proc.exit_t is not None else None
+                    )
+                result.runtime_exit_code = rt.exit_code if rt is not None else None
+        finally:
+            self._kill_sandbox(sb)
+        logger.debug("shutdown (%s) done: %s", reason, result)
+        return result
+
