@@ -33,7 +33,8 @@ SETTINGS = (
     ("flush_mode", "SENTRY_EXT_FLUSH", "end", FLUSH_MODES, "when the queue is drained"),
     ("flush_timeout_ms", "SENTRY_EXT_FLUSH_TIMEOUT_MS", 2000, (0, 900000), "longest drain after an invocation"),
     ("deadline_margin_ms", "SENTRY_EXT_DEADLINE_MARGIN_MS", 200, (10, 10000), "taken off every deadline"),
-    ("senders", "SENTRY_EXT_SENDERS", 4, (1, 32), "sender threads"),
+    ("senders", "SENTRY_EXT_SENDERS", 4, (1, 32), "sender threads kept when idle (the fewest)"),
+    ("max_inflight", "SENTRY_EXT_MAX_INFLIGHT", 64, (1, 256), "most concurrent upstream requests"),
     ("connect_timeout_ms", "SENTRY_EXT_CONNECT_TIMEOUT_MS", 2000, (10, 60000), "upstream connect timeout"),
     ("read_timeout_ms", "SENTRY_EXT_READ_TIMEOUT_MS", 5000, (10, 120000), "upstream read timeout"),
     ("max_attempts", "SENTRY_EXT_MAX_ATTEMPTS", 10, (1, 100), "attempts per request"),
@@ -92,7 +93,8 @@ class Config:
     flush_mode: str
     flush_timeout_ms: int
     deadline_margin_ms: int
-    senders: int
+    senders: int  # the fewest sender threads (kept when idle)
+    max_inflight: int  # the most: concurrent upstream requests while a backlog calls for them
     connect_timeout_ms: int
     read_timeout_ms: int
     max_attempts: int
@@ -175,9 +177,9 @@ class Config:
 
     def describe(self) -> str:
         """One log-safe line with the effective settings."""
-        return "upstream=%s port=%d flush=%s senders=%d queue=%d/%dB body_cap=%dB" % (
-            self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, self.senders,
-            self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
+        return "upstream=%s port=%d flush=%s senders=%d-%d queue=%d/%dB body_cap=%dB" % (
+            self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, min(self.senders, self.max_inflight),
+            self.max_inflight, self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
 
 
 _FIELDS = tuple(Config.__annotations__)  # in declaration order

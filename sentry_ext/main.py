@@ -311,9 +311,21 @@ class Extension:
             log.info("summary: nothing relayed (inert)")
             return 0
         outcome = pipeline.shutdown(deadline, reason)
-        log.info("summary: %s spooled=%d drain_ms=%.0f %s", pipeline.summary(), outcome["spooled"],
-                 (time.monotonic() - t0) * 1000, "complete" if outcome["drained"] else "incomplete")
+        log.info("summary: %s drain_ms=%.0f drain=%s", pipeline.summary(), (time.monotonic() - t0) * 1000,
+                 _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"], outcome["dropped"]))
         return 0
+
+
+def _drain_verdict(drained: bool, spooled: int, lost: int, dropped: int) -> str:
+    """``complete`` only when the SHUTDOWN drain delivered everything; else what became of the rest."""
+    if drained and not (spooled or lost or dropped):
+        return "complete"
+    parts = ["%d dropped while draining" % dropped] if dropped else []
+    if spooled:
+        parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
+    if lost:
+        parts.append("%d lost" % lost)
+    return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
 
 
 def _deadline(event: Dict[str, Any], margin_ms: int) -> float:

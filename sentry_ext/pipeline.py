@@ -36,6 +36,7 @@ SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
 # records (Lambda sends them within ~100 ms with 25 ms batching), at most a third of the window.
 OUTCOME_WAIT_S = 0.5
 RESET_REASONS = ("timeout", "failure")
+REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of what did not fit
 
 
 class Pipeline:
@@ -55,8 +56,9 @@ class Pipeline:
         self.discards = Discards()
         self.reports = ReportScheduler(self.discards, self.queue, cfg.dsn, self.stats)
         self.ingest_limits = IngestLimiter(self.limits, self.discards, self.stats)
-        self.forwarder = Forwarder(self.queue, self.transport, self.stats, cfg.senders, cfg.max_attempts,
-                                   on_response=self._on_response, on_drop=self._on_drop)
+        self.forwarder = Forwarder(self.queue, self.transport, self.stats, min(cfg.senders, cfg.max_inflight),
+                                   cfg.max_attempts, on_response=self._on_response, on_drop=self._on_drop,
+                                   max_inflight=cfg.max_inflight)
         self.server = IngestServer(ingest_sock, cfg, self.queue, self.stats, self._health_extra)
         self.server.before_queue = self._before_queue
         self.server.accepted_headers = self.ingest_limits.accepted_headers
@@ -123,6 +125,7 @@ class Pipeline:
             self.discards.record_request(req, "spool_expired")
         queued = 0
         for req in loaded.requests:
+            req.attempts = 0  # a new sandbox, a new attempt budget
             if self.queue.put(req):
                 queued += 1
             else:
@@ -176,21 +179,43 @@ class Pipeline:
     def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
         """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
         reserve, spool the rest, stop. After a reset (``reason`` timeout or failure) first wait
-        briefly for the failed request's records."""
+        briefly for the failed request's records.
+
+        The spool is the last resort: /tmp survives only a reset of this same execution
+        environment (after a timeout or a crash); after a spindown a new environment starts with
+        an empty /tmp and whatever was spooled is gone.
+        """
         if reason in RESET_REASONS:
             now = time.monotonic()
             self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
         self.invocations.settle_all()
+        dropped_before = sum(self.stats.snapshot()["dropped"].values())
         if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)
         drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())
         self.forwarder.stop()
+        in_flight = self.queue.depth()["in_flight"]
         leftovers = self.queue.take_all()
-        written, unsaved = self.spool.write(leftovers, deadline) if leftovers else (0, [])
-        if written:
-            self.stats.incr("spooled", written)
-            log.info("spooled %d unsent request(s) to %s for the next sandbox", written, self.cfg.spool_dir)
+        if in_flight:
+            # Sent but unanswered: upstream may have them, and the spool will send them again.
+            self.stats.incr("duplicates_at_risk", in_flight)
+        written, unsaved = self.spool.write(leftovers, deadline, REPORT_RESERVE_BYTES) if leftovers else (0, [])
         if unsaved:
             self.stats.drop("network_error", len(unsaved))
+            for req in unsaved:
+                self.discards.record_request(req, "network_error")
             log.warning("lost %d unsent request(s) at shutdown (spool full or deadline)", len(unsaved))
-        return {"drained": int(drained), "spooled": written, "lost": len(unsaved)}
+        if self.discards.has_pending:  # what was lost just now: its client report goes to the spool too
+            reports = self.reports.take_requests()
+            more, _ = self.spool.write(reports, deadline + SPOOL_RESERVE_S / 2)
+            written += more
+        if written:
+            self.stats.incr("spooled", written)
+            log.info("spooled %d unsent request(s) to %s (%d of them sent and unanswered): the last resort, "
+                     "sent only if this execution environment is reset (after a timeout or crash) and "
+                     "starts again; a spindown starts a new environment with an empty /tmp and they are lost",
+                     written, self.cfg.spool_dir, min(in_flight, written))
+        # Dropped while draining (rejected, rate limited, out of attempts), not counting the lost.
+        dropped = sum(self.stats.snapshot()["dropped"].values()) - dropped_before - len(unsaved)
+        return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "dropped": dropped,
+                "in_flight": in_flight}

@@ -90,7 +90,8 @@ def test_readme_configuration_table_documents_every_setting_with_its_default_and
             continue
         for name in (env_names,) if isinstance(env_names, str) else env_names:
             names.add(name)
-            row = next((r for r in rows if "`%s`" % name in r), "")
+            # the row whose first cell names it (other rows may mention it in their text)
+            row = next((r for r in rows if "`%s`" % name in r.split("|")[1]), "")
             if row and isinstance(default, int):
                 assert "`%d`" % default in row and "%d\u2013%d" % check in row, row
             elif row and check is not None:
