@@ -43,6 +43,7 @@ class EmulatorBase:
         shutdown_window_ms: int = 2000,
         init_timeout_s: float = 10.0,
         exec_wrapper: Optional[str] = None,
+        preexec: Optional[Callable[[], None]] = None,
     ) -> None:
         if task_root is None:
             raise ValueError("task_root is required")
@@ -62,6 +63,8 @@ class EmulatorBase:
         self.shutdown_window_ms = int(shutdown_window_ms)
         self.init_timeout_s = float(init_timeout_s)
         self.exec_wrapper = exec_wrapper
+        # Run in each launched process between fork and exec (e.g. to join a CPU-quota cgroup).
+        self.preexec = preexec
         self.function_arn = "arn:aws:lambda:%s:%s:function:%s" % (REGION, ACCOUNT_ID, function_name)
         self.log_stream_name = "%s/[%s]%s" % (
             datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d"),

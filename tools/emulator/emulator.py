@@ -26,7 +26,9 @@ class Emulator(Lifecycle, RuntimeApi, ExtensionsApi):
     (/var/task), ``handler``, ``env`` (the function's environment, runtime and extensions),
     ``runtime_env`` (the runtime's only), ``function_name``, ``timeout_s``, ``memory_mb``,
     ``freeze`` (SIGSTOP between invocations), ``telemetry`` (False: subscriptions get 202
-    NotSupported), ``shutdown_window_ms``, ``init_timeout_s``, ``exec_wrapper``.
+    NotSupported), ``shutdown_window_ms``, ``init_timeout_s``, ``exec_wrapper``, ``preexec`` (called
+    in every launched process before it execs, e.g. ``tools.cgroup_cpu.CpuQuota.join``: the sandbox's
+    processes then start inside that cgroup, as a whole sandbox shares Lambda's CPU share).
     """
 
     # ------------------------------------------------------------------ public API

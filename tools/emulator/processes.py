@@ -112,6 +112,7 @@ class ProcessControl(EmulatorBase):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=self.preexec,
             )
         except OSError as exc:
             raise EmulatorError("could not launch %s %r: %s" % (kind, argv, exc)) from exc
