@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -14,6 +15,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 
 from .config import Config
 from .request import Request
+from .tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
     dsn = cfg.dsn
     assert dsn is not None
     options = pool_options(cfg)
+    if dsn.scheme == "https":
+        options = _tls_options(options)
     if cfg.proxy_url and not proxy_bypassed(dsn.host, dsn.port, cfg.no_proxy):
         log.info("sending upstream through proxy %s", cfg.proxy_url.split("@")[-1])
         manager = urllib3.ProxyManager(cfg.proxy_url, num_pools=1, **options)
@@ -88,6 +92,21 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
         options.pop("cert_reqs")
         options.pop("ca_certs")
     return urllib3.connection_from_url(dsn.origin, **options), False
+
+
+def _tls_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` with one shared, session-resuming TLS context (tls.py) in place of the CA file
+    urllib3 would load into a new context for every connection. If the CA file cannot be loaded,
+    urllib3's own handling stays (each connection then fails with the reason, as before)."""
+    try:
+        context = client_context(options["ca_certs"])
+    except (OSError, ssl.SSLError) as exc:
+        log.warning("cannot load the CA bundle %s (%s): upstream connections will fail", options["ca_certs"], exc)
+        return options
+    out = dict(options)
+    del out["ca_certs"]
+    out["ssl_context"] = context
+    return out
 
 
 class Transport:
