@@ -9,13 +9,20 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import certifi
-import urllib3
-from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
-from .config import Config
-from .request import Request
-from .tls import client_context
+from .lean_imports import HTTP2_PACKAGE, bind_parent, defer_package_init
+
+defer_package_init(HTTP2_PACKAGE)  # before urllib3: keeps importlib.metadata out (lean_imports.py)
+
+import urllib3  # noqa: E402
+from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
+
+from .config import Config  # noqa: E402
+from .request import Request  # noqa: E402
+from .tls import client_context  # noqa: E402
+
+bind_parent(HTTP2_PACKAGE)
 
 log = logging.getLogger(__name__)
 
