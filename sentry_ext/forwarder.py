@@ -99,6 +99,7 @@ class Forwarder:
 
     def start(self) -> None:
         self.queue.on_backlog = self._on_backlog
+        self.queue.set_spread(True)  # few connections while nothing waits on us (buffer.py)
         self.grow()
 
     def stop(self) -> None:
@@ -112,12 +113,15 @@ class Forwarder:
         first or the upstream is in a grace period that outlasts it."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._deadline = deadline
+        self.queue.set_spread(False)
         try:
             self.grow()  # a drain runs at the full concurrency the backlog calls for
             return self.queue.join(deadline)
         finally:
             self._deadline = None
             self.queue.hold(0.0)
+            if not self._stop.is_set():
+                self.queue.set_spread(True)
 
     # -- the thread pool ----------------------------------------------------------------------
 
