@@ -159,6 +159,42 @@ def _stop_profile(spy: "subprocess.Popen[bytes]") -> None:
         spy.wait(5)
 
 
+#: Where a profiled sample's CPU went, by the first matching frame (outermost first in the list).
+PROFILE_PARTS = (
+    ("TLS connect (new upstream connection)", ("HTTPSConnection.connect", "HTTPConnection._new_conn")),
+    ("upstream request and reply", ("Transport.send",)),
+    ("SDK posts (ingest)", ("sentry_ext/ingest.py",)),
+    ("Telemetry API batches", ("sentry_ext/telemetry.py", "sentry_ext/invocations.py",
+                               "sentry_ext/telemetry_records.py")),
+    ("lifecycle (INVOKE, /event/next, drain)", ("sentry_ext/main.py",)),
+    ("sender threads (queue, wake-ups)", ("sentry_ext/forwarder.py", "sentry_ext/buffer.py")),
+)
+#: Leaf frames where a sampled thread was blocked, not running (py-spy's idle detection misses some).
+PROFILE_WAITS = ("Condition.wait", "select (selectors.py", "SocketIO.readinto", "SSLSocket.read ", "Event.wait",
+                 "Thread.join", "_read_response (sentry_ext/lambda_api.py", "socket.accept")
+
+
+def profile_breakdown(path: Path) -> Optional[Dict[str, float]]:
+    """Share of on-CPU samples per PROFILE_PARTS from a py-spy ``raw`` profile (None without one)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    parts: Dict[str, float] = {}
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(w) or w in frames[-1] for w in PROFILE_WAITS):
+            continue
+        total += int(count)
+        part = next((name for name, marks in PROFILE_PARTS if any(m in f for f in frames for m in marks)), "other")
+        parts[part] = parts.get(part, 0) + int(count)
+    return {name: 100.0 * n / total for name, n in sorted(parts.items(), key=lambda kv: -kv[1])} if total else None
+
+
 def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """p50/p95 of each figure over every invocation of ``runs`` (one contender), Init over the cold ones."""
     rows = [r for run in runs for r in run["rows"] if r["status"] == "success"]
@@ -207,7 +243,7 @@ def build_report(data: Dict[str, Any]) -> str:
                 _fmt(s["handshakes_per_invocation"], 2), _fmt(s["resumed_per_invocation"], 2),
                 s["delivered"], s["expected"]))
         out.append("\n".join(lines))
-    else:
+    elif data.get("quota_skipped"):
         out.append("128 MB suite: SKIPPING (%s)." % data["quota_skipped"])
     if data.get("cpu"):
         lines = ["CPU per invocation on whole cores (extension process, (CPU after %d − after %d invocations) / %d, "
@@ -218,6 +254,9 @@ def build_report(data: Dict[str, Any]) -> str:
                                                    _fmt(figure["handshakes_per_invocation"], 2),
                                                    _fmt(figure["resumed_per_invocation"], 2)))
         out.append("\n".join(lines))
+    if data.get("profile"):
+        out.append("Where ours spends it (py-spy, invocations 2-20, on-CPU samples): " + ", ".join(
+            "%s %.0f %%" % kv for kv in data["profile"].items()))
     if data.get("targets"):
         out.append("\n".join("- %s: %s (target %s %s× %s) %s" % (
             name, _fmt(t["ratio"], 2), t["op"], t["bound"], labels.get(t["against"], t["against"]),
@@ -320,6 +359,8 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                                 if k.endswith("per_invocation")}}
                        for key, by in cpu_raw.items()}
     data["targets"] = _targets(data) if not opts.quick else {}
+    if opts.profile:
+        data["profile"] = profile_breakdown(opts.profile)
     data.update(machine=info, command=" ".join([os.path.relpath(sys.executable, ROOT)
                                                 if sys.executable.startswith(str(ROOT)) else sys.executable]
                                                + [script] + args),
