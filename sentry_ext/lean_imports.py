@@ -1,4 +1,5 @@
-"""Keep ``importlib.metadata`` (1.9 MiB of RSS, ~10 ms of start-up) out of the extension.
+"""Keep ``importlib.metadata`` (1.9 MiB of RSS, ~10 ms of start-up) and ``importlib.resources``
+(certifi's, below) out of the extension.
 
 Only urllib3's HTTP/2 support wants it: ``urllib3/connection.py`` does
 ``from .http2 import probe as http2_probe``, which runs ``urllib3/http2/__init__.py``, whose first
@@ -18,12 +19,33 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
 import types
 from typing import Any
 
 HTTP2_PACKAGE = "urllib3.http2"
+CA_BUNDLE = "cacert.pem"
+
+
+def certifi_bundle() -> str:
+    """Path of certifi's CA bundle without importing certifi: ``import certifi`` loads
+    ``importlib.resources`` and with it zipfile, tempfile and shutil (~1 MiB of RSS) to find a file
+    that sits next to its ``__init__``. Only a certifi that is not a plain directory (zipped) is
+    imported and asked."""
+    try:
+        spec = importlib.util.find_spec("certifi")
+        origin = spec.origin if spec is not None else None
+    except (ImportError, ValueError):
+        origin = None
+    if origin:
+        path = os.path.join(os.path.dirname(origin), CA_BUNDLE)
+        if os.path.isfile(path):
+            return path
+    import certifi
+
+    return str(certifi.where())
 
 
 def defer_package_init(name: str) -> bool:

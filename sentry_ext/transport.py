@@ -8,9 +8,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import certifi
-
-from .lean_imports import HTTP2_PACKAGE, bind_parent, defer_package_init
+from .lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle, defer_package_init
 
 defer_package_init(HTTP2_PACKAGE)  # before urllib3: keeps importlib.metadata out (lean_imports.py)
 
@@ -53,7 +51,7 @@ def pool_options(cfg: Config) -> Dict[str, Any]:
         "maxsize": cfg.max_inflight,  # one connection per request in flight, opened only when needed
         "block": False,
         "cert_reqs": "CERT_REQUIRED",
-        "ca_certs": cfg.ca_file or certifi.where(),
+        "ca_certs": cfg.ca_file or certifi_bundle(),
         "retries": False,
         "timeout": urllib3.Timeout(connect=cfg.connect_timeout_ms / 1000.0,
                                    read=cfg.read_timeout_ms / 1000.0),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sentry_ext.lean_imports import defer_package_init
+from sentry_ext.lean_imports import certifi_bundle, defer_package_init
 from tools.fake_upstream import FakeUpstream
 from tools.tlsutil import openssl, self_signed, server_context
 
@@ -38,6 +38,7 @@ pipeline.submit(Request("/api/%s/envelope/" % cfg.dsn.project_id, {"Content-Type
 delivered = pipeline.flush(10)
 import urllib3
 print(json.dumps({"delivered": delivered, "metadata": "importlib.metadata" in sys.modules,
+                  "resources": "importlib.resources" in sys.modules,
                   "http2_probe": "urllib3.http2.probe" in sys.modules,
                   "bound": getattr(urllib3, "http2", None) is sys.modules.get("urllib3.http2")}))
 """
@@ -51,7 +52,8 @@ def test_the_extension_never_imports_importlib_metadata(tmp_path: Path) -> None:
                                str(cert), str(tmp_path / "spool")], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert got == {"delivered": True, "metadata": False, "http2_probe": True, "bound": True}, proc.stderr[-2000:]
+        assert got == {"delivered": True, "metadata": False, "resources": False, "http2_probe": True, "bound": True}, \
+            proc.stderr[-2000:]
         assert len(upstream.requests) == 1
 
 
@@ -77,3 +79,9 @@ def test_a_name_of_the_deferred_init_runs_it_then(tmp_path: Path, monkeypatch: p
         from lazypkg.inner import MISSING  # noqa: F401
     assert not defer_package_init("lazypkg.nothing_here")  # no such package: nothing registered
     assert isinstance(inner, types.ModuleType)
+
+
+def test_certifi_bundle_is_the_file_certifi_names() -> None:
+    import certifi
+
+    assert certifi_bundle() == certifi.where()

@@ -28,8 +28,10 @@ def test_a_replaced_connection_resumes_the_last_session(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     with FakeUpstream(tls=server_context(cert, key), idle_close_s=0.05) as upstream:
         transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(cert)}))
-        assert isinstance(transport.pool.conn_kw["ssl_context"], ResumingContext)
+        context = transport.pool.conn_kw["ssl_context"]
+        assert isinstance(context, ResumingContext)
         assert "ca_certs" not in transport.pool.conn_kw  # loaded once, not per connection
+        assert context.ca_file == str(cert) and context.cert_store_stats()["x509_ca"] == 0  # not at init
         for attempt in range(3):
             closed = upstream.idle_closes
             result = transport.send(_request())
@@ -37,6 +39,7 @@ def test_a_replaced_connection_resumes_the_last_session(tmp_path: Path) -> None:
                 result = transport.send(_request())
             assert result.outcome == Outcome.OK, result
             assert wait_until(lambda: upstream.idle_closes > closed, 5.0)  # the upstream closes it meanwhile
+        assert context.ca_file is None and context.cert_store_stats()["x509_ca"] == 1  # at the first connection
         assert upstream.handshakes == 3
         assert upstream.resumed == 2  # every connection after the first resumed the session
 
