@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 # Item type -> rate-limit data category: sentry-python's ``Item.data_category`` (2.x, with
@@ -182,13 +181,25 @@ def parse_header(line: bytes) -> Dict[str, Any]:
     return _json_object(line, "envelope header")
 
 
-@dataclass
 class Item:
     """One envelope item: its header (unknown keys kept) and payload bytes."""
 
-    headers: Dict[str, Any]
-    payload: bytes
-    header_line: Optional[bytes] = field(default=None, repr=False, compare=False)  # as parsed
+    __slots__ = ("headers", "payload", "header_line")
+
+    def __init__(self, headers: Dict[str, Any], payload: bytes, header_line: Optional[bytes] = None) -> None:
+        self.headers = headers
+        self.payload = payload
+        self.header_line = header_line  # as parsed (not compared, not shown)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Item):
+            return NotImplemented
+        return self.headers == other.headers and self.payload == other.payload
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Item(headers=%r, payload=%r)" % (self.headers, self.payload)
 
     @property
     def type(self) -> str:
@@ -199,14 +210,27 @@ class Item:
         return category(self.type)
 
 
-@dataclass
 class Envelope:
     """A parsed envelope; ``raw`` keeps the exact bytes it was parsed from."""
 
-    headers: Dict[str, Any]
-    items: List[Item] = field(default_factory=list)
-    raw: Optional[bytes] = None
-    header_line: Optional[bytes] = field(default=None, repr=False, compare=False)  # as parsed
+    __slots__ = ("headers", "items", "raw", "header_line")
+
+    def __init__(self, headers: Dict[str, Any], items: Optional[List[Item]] = None, raw: Optional[bytes] = None,
+                 header_line: Optional[bytes] = None) -> None:
+        self.headers = headers
+        self.items: List[Item] = items if items is not None else []
+        self.raw = raw
+        self.header_line = header_line  # as parsed (not compared, not shown)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Envelope):
+            return NotImplemented
+        return (self.headers, self.items, self.raw) == (other.headers, other.items, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Envelope(headers=%r, items=%r, raw=%r)" % (self.headers, self.items, self.raw)
 
     @classmethod
     def parse(cls, data: bytes) -> "Envelope":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import logging
 import ssl
-from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle, defer_package_init
@@ -17,6 +16,7 @@ from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  #
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
 
 from .config import Config  # noqa: E402
+from .records import Record  # noqa: E402
 from .request import Request  # noqa: E402
 from .tls import client_context  # noqa: E402
 
@@ -34,15 +34,18 @@ class Outcome(enum.Enum):
     RATE_LIMITED = "ratelimited"   # 429: upstream counted the drop itself
 
 
-@dataclass
-class Result:
-    outcome: Outcome
-    status: int = 0
-    headers: Optional[Mapping[str, str]] = None
-    error: str = ""
-    # The request went out but no reply came in time: upstream may have accepted it, so a resend
-    # may duplicate it.
-    maybe_delivered: bool = False
+class Result(Record):
+    __slots__ = ("outcome", "status", "headers", "error", "maybe_delivered")
+
+    def __init__(self, outcome: Outcome, status: int = 0, headers: Optional[Mapping[str, str]] = None,
+                 error: str = "", maybe_delivered: bool = False) -> None:
+        self.outcome = outcome
+        self.status = status
+        self.headers = headers
+        self.error = error
+        # The request went out but no reply came in time: upstream may have accepted it, so a
+        # resend may duplicate it.
+        self.maybe_delivered = maybe_delivered
 
 
 def pool_options(cfg: Config) -> Dict[str, Any]:
