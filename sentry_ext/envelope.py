@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 from typing import Any, Dict, List, Optional
@@ -166,6 +165,8 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
 def encode_body(data: bytes, encoding: str, like: bytes) -> bytes:
     """``data`` encoded the way ``like`` (the original body) was: gzip, zlib or raw deflate, identity."""
     if encoding in ("gzip", "x-gzip"):
+        import gzip  # only when an envelope must be changed: not worth its ~100 KiB at start
+
         return gzip.compress(data, compresslevel=6, mtime=0)
     if encoding == "deflate":
         wbits = _wbits(like, encoding)

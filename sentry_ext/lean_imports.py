@@ -27,6 +27,18 @@ from typing import Any
 
 HTTP2_PACKAGE = "urllib3.http2"
 CA_BUNDLE = "cacert.pem"
+# Imported at the top of modules the extension needs and used only on paths it rarely or never
+# takes, so loaded on first use instead: http.server's html (error pages' html.escape; it pulls in
+# html.entities, ~330 KiB of heap) and shutil (SimpleHTTPRequestHandler's copies, ~200 KiB);
+# logging's traceback (with linecache, tokenize, textwrap, ~250 KiB: only to format an exception).
+LAZY_STDLIB = ("html", "shutil", "traceback")
+
+
+def install() -> None:
+    """Everything this module defers; call before urllib3 or http.server is imported (twice is fine)."""
+    defer_package_init(HTTP2_PACKAGE)
+    for name in LAZY_STDLIB:
+        defer_package_init(name)
 
 
 def certifi_bundle() -> str:
@@ -49,19 +61,24 @@ def certifi_bundle() -> str:
 
 
 def defer_package_init(name: str) -> bool:
-    """Register package ``name`` (``parent.child``) with its ``__init__`` deferred until a name it
-    defines is asked for; True if it was registered. Imports nothing of ``parent``."""
+    """Register module or package ``name`` with its code (a package's ``__init__``) deferred until
+    a name it defines is asked for; a package's submodules load as usual meanwhile. True if it was
+    registered. Imports nothing of a parent package. (``importlib.util.LazyLoader`` cannot do this
+    on Python 3.11: the ``import`` statement itself reads ``__spec__``, which loads the module.)"""
     if name in sys.modules:
         return False
     parent, _, child = name.rpartition(".")
     try:
-        parent_spec = importlib.util.find_spec(parent) if parent not in sys.modules else sys.modules[parent].__spec__
-        locations = parent_spec.submodule_search_locations if parent_spec is not None else None
-        spec = importlib.machinery.PathFinder.find_spec(name, list(locations)) if locations else None
+        if parent:
+            parent_spec = importlib.util.find_spec(parent) if parent not in sys.modules else sys.modules[parent].__spec__
+            locations = parent_spec.submodule_search_locations if parent_spec is not None else None
+            spec = importlib.machinery.PathFinder.find_spec(name, list(locations)) if locations else None
+        else:
+            spec = importlib.util.find_spec(name)
     except (ImportError, ValueError, AttributeError):
         return False
-    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
-        return False  # no such package (a later urllib3 may have none): nothing to defer
+    if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        return False  # no such module (a later urllib3 may have none), or not one from a file
     module = importlib.util.module_from_spec(spec)
     lock = threading.RLock()
     state = {"ran": False}
@@ -69,11 +86,12 @@ def defer_package_init(name: str) -> bool:
     def __getattr__(attr: str) -> Any:  # PEP 562: only for names the module does not have yet
         if attr.startswith("__") and attr != "__all__":
             raise AttributeError(attr)
-        try:  # a submodule (``from .http2 import probe``): load it from the package's real path
-            return importlib.import_module("%s.%s" % (name, attr))
-        except ModuleNotFoundError as exc:
-            if exc.name != "%s.%s" % (name, attr):
-                raise
+        if spec.submodule_search_locations is not None:
+            try:  # a submodule (``from .http2 import probe``): load it from the package's real path
+                return importlib.import_module("%s.%s" % (name, attr))
+            except ModuleNotFoundError as exc:
+                if exc.name != "%s.%s" % (name, attr):
+                    raise
         with lock:  # a name the __init__ defines: run it now, once
             if not state["ran"]:
                 state["ran"] = True
@@ -85,7 +103,7 @@ def defer_package_init(name: str) -> bool:
 
     module.__getattr__ = __getattr__  # type: ignore[attr-defined]
     sys.modules[name] = module
-    if parent in sys.modules:
+    if parent and parent in sys.modules:
         setattr(sys.modules[parent], child, module)
     return True
 

@@ -178,6 +178,9 @@ class Extension:
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
         self._first_poll_sent.wait(1.0)
+        from . import lean_imports
+
+        lean_imports.install()  # before logging, urllib3 and http.server load (lean_imports.py)
         logs.setup(self.cfg.log_level)
         self._announce()
         try:

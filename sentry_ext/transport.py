@@ -7,9 +7,10 @@ import logging
 import ssl
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle, defer_package_init
+from . import lean_imports
+from .lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle
 
-defer_package_init(HTTP2_PACKAGE)  # before urllib3: keeps importlib.metadata out (lean_imports.py)
+lean_imports.install()  # before urllib3: keeps importlib.metadata out (lean_imports.py)
 
 import urllib3  # noqa: E402
 from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402

@@ -18,11 +18,15 @@ from tools.tlsutil import openssl, self_signed, server_context
 ROOT = Path(__file__).resolve().parent.parent
 
 # Started as bin/sentry-lambda-extension starts the extension (python -I, sentry_ext.main first),
-# then what main's init thread loads (headers, pipeline), one envelope delivered over TLS.
+# then what main's init thread does (lean_imports.install, logging, headers, pipeline), one
+# envelope delivered over TLS.
 SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from sentry_ext import main
+from sentry_ext import lean_imports, logs
+lean_imports.install()
+logs.setup("INFO")
 from sentry_ext.config import load
 from sentry_ext.headers import speed_up_http_client
 from sentry_ext.pipeline import Pipeline
@@ -39,6 +43,10 @@ delivered = pipeline.flush(10)
 import urllib3
 print(json.dumps({"delivered": delivered, "metadata": "importlib.metadata" in sys.modules,
                   "resources": "importlib.resources" in sys.modules,
+                  "unused": sorted(m for m in ("html.entities", "uuid", "platform", "dataclasses", "inspect")
+                                   if m in sys.modules),
+                  "shutil_ran": "copyfileobj" in vars(sys.modules.get("shutil", sys)),
+                  "traceback_ran": "print_exception" in vars(sys.modules.get("traceback", sys)),
                   "http2_probe": "urllib3.http2.probe" in sys.modules,
                   "bound": getattr(urllib3, "http2", None) is sys.modules.get("urllib3.http2")}))
 """
@@ -52,8 +60,8 @@ def test_the_extension_never_imports_importlib_metadata(tmp_path: Path) -> None:
                                str(cert), str(tmp_path / "spool")], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert got == {"delivered": True, "metadata": False, "resources": False, "http2_probe": True, "bound": True}, \
-            proc.stderr[-2000:]
+        assert got == {"delivered": True, "metadata": False, "resources": False, "unused": [], "shutil_ran": False, "traceback_ran": False,
+                       "http2_probe": True, "bound": True}, proc.stderr[-2000:]
         assert len(upstream.requests) == 1
 
 
@@ -79,6 +87,19 @@ def test_a_name_of_the_deferred_init_runs_it_then(tmp_path: Path, monkeypatch: p
         from lazypkg.inner import MISSING  # noqa: F401
     assert not defer_package_init("lazypkg.nothing_here")  # no such package: nothing registered
     assert isinstance(inner, types.ModuleType)
+
+
+def test_a_deferred_plain_module_runs_at_its_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazymod.py").write_text("import json\nVALUE = json.dumps([1])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lazymod", raising=False)
+    assert defer_package_init("lazymod")
+    import lazymod  # the import statement alone does not run it
+
+    assert "VALUE" not in vars(lazymod)
+    assert lazymod.VALUE == "[1]"
+    with pytest.raises(AttributeError):
+        lazymod.MISSING  # noqa: B018
 
 
 def test_certifi_bundle_is_the_file_certifi_names() -> None:

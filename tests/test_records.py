@@ -49,3 +49,15 @@ def test_request_defaults() -> None:
     req = Request("/api/1/envelope/", {}, b"x", "k")
     assert req.attempts == 0 and req.event_id is None and req.received_at > 0
     assert req == Request("/api/1/envelope/", {}, b"x", "k", received_at=req.received_at)
+
+
+def test_failure_event_ids_are_version_4_uuids() -> None:
+    import uuid
+
+    from sentry_ext.failure_events import _event_id
+
+    ids = {_event_id() for _ in range(100)}
+    assert len(ids) == 100
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
