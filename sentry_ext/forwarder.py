@@ -91,6 +91,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._last_error_log = 0.0
         self._spawn_failed = False
+        self._spread = True  # the queue's spread mode outside drains (buffer.py); see set_spread
 
     @property
     def senders(self) -> int:
@@ -99,7 +100,7 @@ class Forwarder:
 
     def start(self) -> None:
         self.queue.on_backlog = self._on_backlog
-        self.queue.set_spread(True)  # few connections while nothing waits on us (buffer.py)
+        self.queue.set_spread(self._spread)  # few connections while nothing waits on us (buffer.py)
         self.grow()
 
     def stop(self) -> None:
@@ -107,6 +108,14 @@ class Forwarder:
         self.queue.on_backlog = None
         with self.queue.cond:
             self.queue.cond.notify_all()
+
+    def set_spread(self, on: bool) -> None:
+        """Spread requests over few connections (``background``: nothing waits on them) or send
+        each at once (an ``end`` invocation: its drain, billed, waits on whatever is still queued
+        at runtimeDone, so held-back requests would cost it a round trip). A drain always sends at once."""
+        self._spread = on
+        if self._deadline is None and not self._stop.is_set():
+            self.queue.set_spread(on)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty and nothing is in flight; False if ``timeout`` (s) ran out
@@ -121,7 +130,7 @@ class Forwarder:
             self._deadline = None
             self.queue.hold(0.0)
             if not self._stop.is_set():
-                self.queue.set_spread(True)
+                self.queue.set_spread(self._spread)
 
     # -- the thread pool ----------------------------------------------------------------------
 

@@ -290,7 +290,10 @@ class Extension:
         told = self.pipeline
         if told is not None:
             told.invoked(event)  # every mode: which request runs now
-        if self.flush_control.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
+        background = self.flush_control.decide() is FlushDecision.BACKGROUND
+        if told is not None:
+            told.forwarder.set_spread(background)  # few connections unless a drain will wait on them
+        if background or not self.cfg.active:
             return
         now = time.monotonic()
         deadline = _deadline(event, self.cfg.deadline_margin_ms)

@@ -93,3 +93,22 @@ def test_spread_mode_keeps_few_in_flight_until_a_backlog_or_a_drain() -> None:
     assert q.get(timeout=0.05) is None  # 2 in flight, 4 queued <= 4
     q.set_spread(False)  # a drain: everything may go at once
     assert [q.get(timeout=1) for _ in range(4)] == reqs[4:8]
+
+
+def test_forwarder_spreads_only_while_nothing_waits_on_it() -> None:
+    from sentry_ext.forwarder import Forwarder
+    from sentry_ext.stats import Stats
+
+    q = BoundedQueue(max_items=100, max_bytes=1_000_000)
+    fw = Forwarder(q, None, Stats(), senders=1, max_attempts=1)  # type: ignore[arg-type]  # never sends here
+    try:
+        fw.start()
+        assert q.spread  # before any invoke: few connections
+        fw.set_spread(False)  # an `end` invocation: its drain will wait on whatever is held back
+        assert not q.spread
+        fw.set_spread(True)  # a `background` one
+        assert fw.flush(0.5) and q.spread  # a drain sends everything at once, then spreading resumes
+    finally:
+        fw.stop()
+    fw.set_spread(False)  # stopped: left alone
+    assert q.spread
