@@ -486,7 +486,11 @@ def build_report(data: Dict[str, Any]) -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="--remote takes tools/bench_remote.py's options (--peer, --offline, --baseline REV, --quick, "
+               "--loopback-runs N, --only remote|loopback, --out); --cost takes tools/bench_cost.py's "
+               "(--peer, --offline, --rounds N, --quick, --only 128mb|cpu, --profile FILE, --out).")
     parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py) instead")
     parser.add_argument("--cost", action="store_true", help="run the 128 MB / CPU-per-invocation suite (tools/bench_cost.py) instead")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
