@@ -91,7 +91,9 @@ class Forwarder:
         self._stop = threading.Event()
         self._last_error_log = 0.0
         self._spawn_failed = False
-        self._spread = True  # the queue's spread mode outside drains (buffer.py); see set_spread
+        # The queue's spread mode outside drains (buffer.py), set per invocation (set_spread): off
+        # until a `background` invocation, so Init and a loopback burst send as before.
+        self._spread = False
 
     @property
     def senders(self) -> int:

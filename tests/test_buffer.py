@@ -103,7 +103,9 @@ def test_forwarder_spreads_only_while_nothing_waits_on_it() -> None:
     fw = Forwarder(q, None, Stats(), senders=1, max_attempts=1)  # type: ignore[arg-type]  # never sends here
     try:
         fw.start()
-        assert q.spread  # before any invoke: few connections
+        assert not q.spread  # before any invoke (Init): each request at once
+        fw.set_spread(True)
+        assert q.spread
         fw.set_spread(False)  # an `end` invocation: its drain will wait on whatever is held back
         assert not q.spread
         fw.set_spread(True)  # a `background` one

@@ -99,11 +99,12 @@ def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, D
 
 
 def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocations: int,
-                quota: Optional[CpuQuota], profile: Optional[Path] = None) -> Dict[str, Any]:
+                quota: Optional[CpuQuota], profile: Optional[Path] = None,
+                idle_close_s: Optional[float] = IDLE_CLOSE_S) -> Dict[str, Any]:
     """One sandbox: ``invocations`` invocations, each followed by a freeze; then SHUTDOWN."""
     spool = tmp / ("spool-%s-%d" % (contender.key, time.monotonic_ns()))
     rows: List[Dict[str, Any]] = []
-    with FakeUpstream(delay_s=DELAY_S, idle_close_s=IDLE_CLOSE_S, tls=server_context(cert, key)) as upstream:
+    with FakeUpstream(delay_s=DELAY_S, idle_close_s=idle_close_s, tls=server_context(cert, key)) as upstream:
         envs = _env(contender, upstream.dsn(), cert, spool)
         with Emulator(contender.opt, task_root=SAMPLE_FUNCTION, handler=contender.handler, env=envs["env"],
                       runtime_env=envs["runtime_env"], function_name="bench-cost", memory_mb=1024,
@@ -229,9 +230,9 @@ def build_report(data: Dict[str, Any]) -> str:
     out = []
     quota = data.get("quota")
     if quota:
-        lines = ["128 MB: CPU quota %d µs per %d µs; upstream HTTPS, %d ms away, idle connections closed after %.1f s; "
+        lines = ["128 MB: CPU quota %d µs per %d µs; upstream HTTPS, %d ms away, idle connections closed after %s s; "
                  "%.1f s freezes; %d invocation(s) per contender and round, %d round(s)"
-                 % (quota["quota_us"], quota["period_us"], DELAY_S * 1000, IDLE_CLOSE_S, FREEZE_S,
+                 % (quota["quota_us"], quota["period_us"], DELAY_S * 1000, data.get("idle_close_s") or "never", FREEZE_S,
                     data["invocations"], data["rounds"]), "",
                  "| setup | function p50 / p95 ms | post-runtime p50 / p95 ms | billed p50 / p95 ms | Init p50 ms "
                  "| TLS handshakes (resumed) per invocation | delivered |", "|---|---|---|---|---|---|---|"]
@@ -293,12 +294,15 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 invocations, baseline and adaptive only")
     parser.add_argument("--only", choices=["128mb", "cpu"], default=None, help="run only one of the two suites")
+    parser.add_argument("--idle-close", type=float, default=IDLE_CLOSE_S,
+                        help="the upstream closes connections idle this long, s (default %.1f; 0: never)" % IDLE_CLOSE_S)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/cost-<time>.json)")
     opts = parser.parse_args(args)
     started = time.monotonic()
     info = machine()
     invocations = 3 if opts.quick else 20
+    idle = opts.idle_close or None
     with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-cost-") as tmp_name:
         tmp = Path(tmp_name)
         cert, key = self_signed(tmp / "tls")
@@ -321,7 +325,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
             if peer_skipped:
                 say("SKIPPING the Node extension peer: %s" % peer_skipped)
         labels = {c.key: c.label for c in contenders}
-        data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds,
+        data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds, "idle_close_s": idle,
                                 "peer_skipped": peer_skipped, "peer_note": peer_note}
         why_not = CpuQuota.unavailable()
         if opts.only != "cpu" and why_not is not None:
@@ -337,7 +341,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                 for contender in order:
                     say("128 MB, round %d: %s ..." % (round_no + 1, contender.label))
                     with CpuQuota(lambda_quota_us(MEMORY_MB, PERIOD_US), PERIOD_US) as quota:
-                        run = run_sandbox(contender, tmp, cert, key, invocations, quota)
+                        run = run_sandbox(contender, tmp, cert, key, invocations, quota, idle_close_s=idle)
                         run["throttled"] = quota.stat()
                     raw[contender.key].append(run)
                     data["quota"] = {"quota_us": quota.quota_us, "period_us": quota.period_us}
@@ -349,7 +353,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                                                                                        count))
                         profile = opts.profile if (opts.profile and contender.key == "adaptive" and round_no == 0
                                                    and count == CPU_RUNS[1]) else None
-                        run = run_sandbox(contender, tmp, cert, key, count, None, profile)
+                        run = run_sandbox(contender, tmp, cert, key, count, None, profile, idle)
                         cpu_raw.setdefault(contender.key, {}).setdefault(count, []).append(run)
     if any(raw.values()):
         data["cost"] = {key: summarize(runs) for key, runs in raw.items() if runs}
