@@ -137,6 +137,8 @@ def test_await_outcome_waits_for_the_report_then_settle_all_decides() -> None:
     t0 = time.monotonic()
     assert r.inv.await_outcome(time.monotonic() + 3)
     assert 0.15 < time.monotonic() - t0 < 2
+    # as at SHUTDOWN: settle_all waits for a decision still being reported on the feeding thread
+    assert r.inv.settle_all() == []
     assert [f.kind for f in r.failures] == ["oom"]  # the report turned the timeout into a memory kill
     # and without a report by the deadline, the runtimeDone alone decides at SHUTDOWN
     late = Recorder()
