@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # client (idle keep-alive, or a request trickled in), once it has waited this long.
 EVICT_AFTER_S = 0.5
 EVICT_WAIT_S = 1.0  # how long the accept loop waits for the evicted connection's slot
+RESPONSE_REASONS = {code: reason for code, (reason, _) in BaseHTTPRequestHandler.responses.items()}
 BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
               b"Connection: close\r\nRetry-After: 1\r\n\r\n")
 

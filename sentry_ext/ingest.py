@@ -7,11 +7,10 @@ import logging
 import re
 import socket
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
-from .bounded_server import EVICT_AFTER_S, BoundedHandler, BoundedServer  # noqa: F401 - EVICT_AFTER_S for tests
+from .bounded_server import EVICT_AFTER_S, RESPONSE_REASONS, BoundedHandler, BoundedServer  # noqa: F401 - EVICT_AFTER_S for tests
 from .buffer import BoundedQueue
 from .request import Request
 from .config import Config
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 
 API_PATH = re.compile(r"^/api/(?P<project>\d+)/(?P<endpoint>[A-Za-z0-9_\-./]+)$")
 FORWARDED_HEADERS = ("content-type", "content-encoding", "x-sentry-auth", "user-agent")
-RESPONSE_REASONS = {code: reason for code, (reason, _) in BaseHTTPRequestHandler.responses.items()}
 QUEUE_FULL_BACKOFF_S = 1
 # Sentry's SDKs honour X-Sentry-Rate-Limits on a 429 exactly; a bare 429 would mean 60 s of
 # silence for every category. One second for everything is the briefest back-off we can ask for.

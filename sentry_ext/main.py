@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from . import __version__, logs
+from . import __version__, logs, telemetry_endpoint
 from .config import Config, load
 from .flush import BACKGROUND, FlushControl, FlushDecision
 from .lambda_api import LambdaApi, LambdaApiError
@@ -76,6 +76,8 @@ class Extension:
         self._signal: Optional[int] = None
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
+        self.telemetry_path: Optional[str] = None  # the secret path Lambda posts telemetry to
+        self._telemetry_note = ""  # how the telemetry listener was bound, logged at debug level
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -123,15 +125,16 @@ class Extension:
                          name="sentry-ext-init", daemon=True).start()
 
     def _subscribe_telemetry(self) -> Optional[socket.socket]:
+        """Bind the listener (see telemetry_endpoint) and subscribe it on a fresh secret path."""
         cfg = self.cfg
-        bind_host = "0.0.0.0" if cfg.telemetry_host == "sandbox.localdomain" else cfg.telemetry_host
         try:
-            sock = bind_listener(bind_host, cfg.telemetry_port)
+            sock, self._telemetry_note = telemetry_endpoint.bind(cfg.telemetry_host, cfg.telemetry_port, bind_listener)
         except OSError as exc:
-            self._fallback("cannot listen on %s:%d for telemetry (%s)" % (bind_host, cfg.telemetry_port, exc))
+            self._fallback("cannot listen on port %d for telemetry (%s)" % (cfg.telemetry_port, exc))
             return None
+        self.telemetry_path = telemetry_endpoint.new_path()
         try:
-            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port)
+            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, self.telemetry_path)
         except LambdaApiError as exc:
             sock.close()
             self._fallback("Telemetry API subscription failed (%s)" % exc)
@@ -152,13 +155,15 @@ class Extension:
         self._first_poll_sent.wait(1.0)
         logs.setup(self.cfg.log_level)
         self._announce()
+        if self._telemetry_note:
+            log.debug("%s", self._telemetry_note)
         try:
             from .headers import speed_up_http_client
             from .pipeline import Pipeline
 
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
-            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control)
+            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control, self.telemetry_path)
             pipeline.start()
             self.pipeline = pipeline
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,

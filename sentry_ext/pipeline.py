@@ -34,7 +34,7 @@ class Pipeline:
     """Everything between the SDK's POST and the upstream's reply."""
 
     def __init__(self, cfg: Config, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket],
-                 flush_control: Optional[FlushControl] = None) -> None:
+                 flush_control: Optional[FlushControl] = None, telemetry_path: Optional[str] = None) -> None:
         assert cfg.dsn is not None
         self.cfg = cfg
         # The lifecycle loop's flush mode (shared, not copied): /health reports it.
@@ -54,7 +54,9 @@ class Pipeline:
         self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
         self.tracker = RuntimeDoneTracker()
-        self.listener = TelemetryListener(telemetry_sock, self.tracker) if telemetry_sock else None
+        # Only POSTs on telemetry_path (the subscription's secret path) reach the tracker.
+        self.listener = (TelemetryListener(telemetry_sock, self.tracker.record, self.stats, telemetry_path)
+                         if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
 
     def start(self) -> None:

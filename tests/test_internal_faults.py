@@ -140,7 +140,7 @@ def test_telemetry_listener_survives_a_tracker_exception(upstream: FakeUpstream,
     pipeline.start()
     try:
         assert pipeline.listener is not None
-        monkeypatch.setattr(pipeline.tracker, "record", raise_once(pipeline.tracker.record))
+        monkeypatch.setattr(pipeline.listener, "on_batch", raise_once(pipeline.listener.on_batch))
         port = pipeline.listener.server_address[1]
         batch = json.dumps([{"time": "t", "type": "platform.runtimeDone",
                              "record": {"requestId": "req-1", "status": "success"}}]).encode()
@@ -148,7 +148,7 @@ def test_telemetry_listener_survives_a_tracker_exception(upstream: FakeUpstream,
         for _ in range(2):  # Lambda retries a batch the listener failed
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
-                conn.request("POST", "/telemetry", batch, {"Content-Type": "application/json"})
+                conn.request("POST", pipeline.listener.path, batch, {"Content-Type": "application/json"})
                 statuses.append(conn.getresponse().status)
             finally:
                 conn.close()
