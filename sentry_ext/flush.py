@@ -61,6 +61,11 @@ class FlushControl:
         mean_gap = (invokes[-1] - invokes[0]) / (len(invokes) - 1)
         return FlushDecision.BACKGROUND if mean_gap <= self.gap_s else FlushDecision.END
 
+    def forget(self) -> None:
+        """Drop the invocation times seen (taken on a monotonic clock that a snapshot restore
+        made incomparable with the next ones)."""
+        self._invokes.clear()
+
     def fall_back(self) -> None:
         """Flush in the background from now on (telemetry is unavailable, so ``end`` cannot work)."""
         self.mode = BACKGROUND

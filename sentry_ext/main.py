@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from . import __version__, logs, telemetry_endpoint
+from . import __version__, exec_model, logs, telemetry_endpoint
 from .config import Config, load
 from .flush import BACKGROUND, FlushControl, FlushDecision
 from .lambda_api import LambdaApi, LambdaApiError
@@ -43,6 +43,7 @@ POLL_BACKOFF_CAP_S = 1.0
 FATAL_POLLS = 5  # consecutive fatal /event/next answers (4xx, 500) before the loop gives up
 READY_WAIT_S = 5.0
 TELEMETRY_GRACE_S = 3.0  # platform.start must arrive within this of INVOKE, or telemetry is broken
+RESTORE_READY_WAIT_S = 1.0  # a pipeline still starting at a restore builds its connections after it
 
 
 class StopSignal(BaseException):
@@ -76,6 +77,7 @@ class Extension:
         self._signal: Optional[int] = None
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
+        self.restore_watch = exec_model.RestoreWatch(cfg.init_type)
         self.telemetry_path: Optional[str] = None  # the secret path Lambda posts telemetry to
         self._telemetry_note = ""  # how the telemetry listener was bound, logged at debug level
 
@@ -205,6 +207,7 @@ class Extension:
                 return self._stop("signal %d" % self._signal, time.monotonic() + SIGNAL_DRAIN_S)
             try:
                 self._polling = True
+                self.restore_watch.before_wait()
                 try:
                     event = self.api.next_event(on_sent=self._first_poll_sent.set)
                 finally:
@@ -224,6 +227,9 @@ class Extension:
             fatal = 0
             kind = event.get("eventType")
             try:
+                restored = self.restore_watch.after_wait()
+                if restored is not None:
+                    self._after_restore(restored)
                 if kind == "INVOKE":
                     self.on_invoke(event)
                 elif kind == "SHUTDOWN":
@@ -233,6 +239,11 @@ class Extension:
                     log.warning("ignoring unknown event type %r", kind)
             except Exception:
                 log.exception("error handling %s (survived)", kind)
+
+    def _after_restore(self, why: str) -> None:
+        """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh."""
+        if self.cfg.active and self.ready.wait(RESTORE_READY_WAIT_S) and self.pipeline is not None:
+            self.pipeline.after_restore(why)
 
     def _give_up(self, exc: Exception) -> int:
         """The Extensions API keeps refusing /event/next: stop in order, report it, exit 1."""

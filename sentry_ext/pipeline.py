@@ -133,6 +133,18 @@ class Pipeline:
             log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
         return True
 
+    def after_restore(self, why: str) -> None:
+        """The sandbox was restored from a SnapStart snapshot: pooled upstream connections lead
+        nowhere, and backoff deadlines and invocation times taken on the monotonic clock before
+        the snapshot mean nothing now. Reconnect on the next send and start the bookkeeping afresh.
+        (Wall-clock state, such as upstream rate limits, expires on its own.)"""
+        self.transport.drop_connections()
+        self.forwarder.health.success()
+        self.queue.resume()
+        self.flush_control.forget()
+        self.stats.incr("restores")
+        log.info("restored from a snapshot (%s): upstream connections dropped, backoff cleared", why)
+
     def summary(self) -> str:
         """One log line with every counter."""
         return self.stats.summary()
