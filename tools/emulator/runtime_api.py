@@ -51,7 +51,7 @@ class RuntimeApi(EmulatorBase):
                 self._emit(
                     sb,
                     "platform.initRuntimeDone",
-                    {"initializationType": "on-demand", "phase": "init", "status": "success"},
+                    {"initializationType": self.init_type, "phase": "init", "status": "success"},
                 )
             if not rt.queue:
                 rt.done = True
