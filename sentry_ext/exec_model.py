@@ -11,12 +11,14 @@ config.py) and what it changes; and ``RestoreWatch``, which notices a SnapStart 
   extensions may register for SHUTDOWN only (INVOKE is refused with 403), there is no
   ``platform.runtimeDone``, and the Telemetry API wants subscription schema 2025-01-29.
 
-Loaded before the first ``/event/next``: no imports beyond ``time`` (start-up budget: main.py).
+Loaded before the first ``/event/next``: no imports beyond ``time`` and lambda_api (start-up budget: main.py).
 """
 
 from __future__ import annotations
 
 import time
+
+from .lambda_api import TELEMETRY_SCHEMA
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,7 +28,6 @@ ON_DEMAND = "on-demand"
 SNAP_START = "snap-start"
 MANAGED_INSTANCES = "lambda-managed-instances"
 
-TELEMETRY_SCHEMA = "2022-12-13"
 MANAGED_TELEMETRY_SCHEMA = "2025-01-29"  # the only schema Lambda Managed Instances accept
 # Wall time that passed beyond monotonic time across one /event/next before it counts as a
 # restore (an NTP step is milliseconds; a snapshot is stored for minutes to days).

@@ -12,6 +12,8 @@ import collections
 import enum
 import time
 
+from .exec_model import is_managed
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Deque
@@ -46,7 +48,10 @@ class FlushControl:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "FlushControl":
-        return cls(cfg.flush_mode, cfg.adaptive_window, cfg.adaptive_gap_s)
+        # Lambda Managed Instances never freeze and send no INVOKE: ``end`` and ``adaptive`` have
+        # nothing to wait for, so the senders deliver continuously and SHUTDOWN drains.
+        mode = BACKGROUND if is_managed(cfg.init_type) else cfg.flush_mode
+        return cls(mode, cfg.adaptive_window, cfg.adaptive_gap_s)
 
     def decide(self) -> FlushDecision:
         """The decision for the invocation that starts now (``adaptive`` records its time)."""

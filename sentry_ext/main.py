@@ -87,7 +87,8 @@ class Extension:
         """Run until SHUTDOWN or a signal; returns the process exit code."""
         started = time.monotonic()
         try:
-            self.api.register(self.name, parse=False)  # no json before the first /event/next
+            # no json before the first /event/next; SHUTDOWN only on Managed Instances (INVOKE is refused there)
+            self.api.register(self.name, exec_model.register_events(self.cfg.init_type), parse=False)
         except LambdaApiError as exc:
             log.error("could not register with the Extensions API: %s", exc)
             return 1
@@ -121,7 +122,7 @@ class Extension:
             self.ready.set()
             return
         telemetry_sock = None
-        if self.flush_control.mode != BACKGROUND:
+        if self.flush_control.mode != BACKGROUND or exec_model.is_managed(cfg.init_type):
             telemetry_sock = self._subscribe_telemetry()
         threading.Thread(target=self._start_pipeline, args=(ingest_sock, telemetry_sock),
                          name="sentry-ext-init", daemon=True).start()
@@ -136,7 +137,8 @@ class Extension:
             return None
         self.telemetry_path = telemetry_endpoint.new_path()
         try:
-            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, self.telemetry_path)
+            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, self.telemetry_path,
+                                                        exec_model.telemetry_schema(cfg.init_type))
         except LambdaApiError as exc:
             sock.close()
             self._fallback("Telemetry API subscription failed (%s)" % exc)
@@ -170,6 +172,9 @@ class Extension:
             self.pipeline = pipeline
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
                                                                 "flush=" + self.flush_control.mode))
+            if exec_model.is_managed(self.cfg.init_type):
+                log.info("Lambda Managed Instances: registered for SHUTDOWN only, never frozen: sending "
+                         "continuously, draining at SHUTDOWN")
         except Exception:
             log.exception("inert: the pipeline failed to start")
             # Close the held ports so SDK posts fail fast instead of waiting in the backlog.
