@@ -22,7 +22,8 @@ from tools.emulator.state import (ACCOUNT_ID, FUNCTION_VERSION, LONG_POLL_MAX_S,
 logger = logging.getLogger(__name__)
 
 CALLS_MAX = 100000
-INIT_TYPES = ("on-demand", "provisioned-concurrency", "snap-start", "lambda-managed-instances")
+MANAGED_INSTANCES = "lambda-managed-instances"
+INIT_TYPES = ("on-demand", "provisioned-concurrency", "snap-start", MANAGED_INSTANCES)
 
 
 class EmulatorBase:
@@ -70,7 +71,10 @@ class EmulatorBase:
             raise ValueError("init_type must be one of %s" % ", ".join(INIT_TYPES))
         self.init_type = init_type  # AWS_LAMBDA_INITIALIZATION_TYPE and initializationType of the records
         self.snapstart = init_type == "snap-start"
-        self.max_concurrency = int(max_concurrency)  # concurrent invocations (managed instances)
+        self.managed = init_type == MANAGED_INSTANCES  # see concurrency.py
+        self.max_concurrency = int(max_concurrency) or (4 if self.managed else 1)
+        if self.managed:
+            self.freeze_enabled = False  # Managed Instances are never frozen
         # snap-start: called after Init, before the snapshot (when Lambda takes it is its business)
         self.before_snapshot = before_snapshot
         self.function_arn = "arn:aws:lambda:%s:%s:function:%s" % (REGION, ACCOUNT_ID, function_name)

@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any, Dict, List, Tuple, Union
 
+from tools.emulator.concurrency import Concurrency
 from tools.emulator.extensions_api import ExtensionsApi
 from tools.emulator.lifecycle import Lifecycle
 from tools.emulator.runtime_api import RuntimeApi
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 CLOSE_OP_LOCK_WAIT_S = 10.0
 
 
-class Emulator(Lifecycle, SnapStart, RuntimeApi, ExtensionsApi):
+class Emulator(Lifecycle, SnapStart, Concurrency, RuntimeApi, ExtensionsApi):
     """A local AWS Lambda sandbox: Runtime, Extensions and Telemetry APIs plus lifecycle.
 
     Arguments: ``opt_dir`` (stands in for /opt: every executable in its ``extensions/`` is
@@ -27,7 +28,9 @@ class Emulator(Lifecycle, SnapStart, RuntimeApi, ExtensionsApi):
     ``runtime_env`` (the runtime's only), ``function_name``, ``timeout_s``, ``memory_mb``,
     ``freeze`` (SIGSTOP between invocations), ``telemetry`` (False: subscriptions get 202
     NotSupported), ``shutdown_window_ms``, ``init_timeout_s``, ``exec_wrapper``, ``init_type``
-    (AWS_LAMBDA_INITIALIZATION_TYPE; ``snap-start``: see snapstart.py).
+    (AWS_LAMBDA_INITIALIZATION_TYPE; ``snap-start``: see snapstart.py; ``lambda-managed-instances``:
+    see concurrency.py), ``max_concurrency`` (Managed Instances' runtime workers, default 4),
+    ``before_snapshot`` (snap-start: called between Init and the snapshot).
     """
 
     # ------------------------------------------------------------------ public API
@@ -118,6 +121,21 @@ class Emulator(Lifecycle, SnapStart, RuntimeApi, ExtensionsApi):
             with self._lock:
                 self.invocations.append(result)
             return result
+
+    def invoke_concurrently(self, payloads: List[Union[Dict[str, Any], bytes, None]]) -> List[InvokeResult]:
+        """Managed Instances: run ``payloads`` as overlapping invocations (one worker each, up to
+        ``max_concurrency`` at a time); their results in the same order."""
+        with self._op_lock:
+            self._check_open()
+            self._ensure_server()
+            with self._lock:
+                need_init = self._sandbox is None or self._sandbox.dead
+            if need_init:
+                self._init()
+            results = self._invoke_concurrently(payloads)
+            with self._lock:
+                self.invocations.extend(results)
+            return results
 
     def restore(self, after_s: float = 0.0) -> float:
         """SnapStart: stay frozen ``after_s`` more (the snapshot lies in storage), then restore it

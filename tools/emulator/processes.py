@@ -92,6 +92,8 @@ class ProcessControl(EmulatorBase):
         )
         if self.exec_wrapper:
             env["AWS_LAMBDA_EXEC_WRAPPER"] = self.exec_wrapper
+        if self.managed:
+            env["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.max_concurrency)  # awslambdaric forks that many workers
         env.update(self.runtime_env)
         return env
 
