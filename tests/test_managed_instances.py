@@ -89,3 +89,27 @@ def test_end_mode_means_background_on_managed_instances() -> None:
     assert exec_model.register_events(cfg.init_type) == ("SHUTDOWN",)
     assert exec_model.telemetry_schema(cfg.init_type) == "2025-01-29"
     assert exec_model.register_events("on-demand") == ("INVOKE", "SHUTDOWN")
+
+
+def test_the_exec_wrapper_reaches_every_worker(tmp_path: Path) -> None:
+    """AWS_LAMBDA_EXEC_WRAPPER wraps the runtime's main process; the workers it forks inherit the
+    local DSN, so the unmodified sample function's events all go through the extension."""
+    import sys
+
+    from tools.sandbox import SAMPLE_FUNCTION, free_port, make_opt
+
+    wrapper = str(Path(__file__).resolve().parent.parent / "bin" / "sentry-lambda-wrapper")
+    with FakeUpstream() as direct, FakeUpstream() as relayed:
+        env = {"SENTRY_DSN": direct.dsn(), "SENTRY_EXT_UPSTREAM": relayed.base_url,
+               "SENTRY_EXT_PORT": str(free_port()), "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
+               "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1", "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
+               "SENTRY_EXT_PYTHON": sys.executable}
+        with Emulator(make_opt(tmp_path), task_root=SAMPLE_FUNCTION, env=env, exec_wrapper=wrapper,
+                      init_type=MANAGED, max_concurrency=3, function_name="lmi-wrapper") as emu:
+            emu.start()
+            results = emu.invoke_concurrently([{}] * 3)
+            assert [r.status for r in results] == ["success"] * 3, emu.output("runtime")
+            ids = [eid for r in results for eid in event_ids(r)]
+            assert relayed.wait_for(lambda _: set(ids) <= set(relayed.event_ids()), 10), relayed.event_ids()
+            emu.shutdown()
+        assert len(ids) == 3 and direct.requests == []
