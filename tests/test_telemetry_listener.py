@@ -9,13 +9,13 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import wait_until
+from helpers import Errors, exchange, wait_until
 from sentry_ext import main, telemetry, telemetry_endpoint
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
@@ -25,15 +25,6 @@ from tools.fake_upstream import FakeUpstream
 
 ANSWER_WITHIN_S = 5.0
 SPOOF_PATHS = ["/", "/telemetry", "/telemetry/", "/lambda", "/events", "/logs", "/telemetry/" + "0" * 32]
-
-
-class Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: List[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 class Live:
@@ -72,26 +63,7 @@ def runtime_done(request_id: str = "req-1") -> bytes:
 
 def request(port: int, data: bytes, half_close: bool = False, timeout: float = ANSWER_WITHIN_S) -> Tuple[bytes, bool]:
     """Send raw ``data``; (what came back, whether the server closed the connection)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                return out, False
-            except ConnectionResetError:
-                return out, True
-            if not chunk:
-                return out, True
-            out += chunk
-        return out, False
+    return exchange(port, data, half_close, timeout)
 
 
 def post(port: int, path: str, body: bytes, extra: bytes = b"") -> bytes:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from tools.emulator.base import INIT_TYPES
 from tools.emulator.emulator import Emulator
 from tools.emulator.state import EmulatorError
 
@@ -59,6 +60,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--shutdown-window-ms", type=int, default=2000)
     parser.add_argument("--function-name", default="emulated-function")
     parser.add_argument("--exec-wrapper", default=None)
+    parser.add_argument("--init-type", default="on-demand", choices=INIT_TYPES,
+                        help="AWS_LAMBDA_INITIALIZATION_TYPE: snap-start restores a snapshot before the first "
+                             "invocation; lambda-managed-instances runs --max-concurrency invocations at once")
+    parser.add_argument("--max-concurrency", type=int, default=4, help="lambda-managed-instances: runtime workers")
     parser.add_argument("--payload", default="{}", help="JSON event for every invocation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (process output included) on stderr")
     args = parser.parse_args(argv)
@@ -93,6 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         telemetry=not args.no_telemetry,
         shutdown_window_ms=args.shutdown_window_ms,
         exec_wrapper=args.exec_wrapper,
+        init_type=args.init_type,
+        max_concurrency=args.max_concurrency,
     ) as emu:
         try:
             emu.start()
@@ -100,9 +107,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             for index in range(args.invocations):
                 if index:
                     emu.wait_frozen_for(args.freeze_s)
-                res = emu.invoke(payload)
-                ok = ok and res.status == "success"
-                summary["invocations"].append(res)
+                batch = (emu.invoke_concurrently([payload] * args.max_concurrency) if emu.managed
+                         else [emu.invoke(payload)])
+                ok = ok and all(res.status == "success" for res in batch)
+                summary["invocations"].extend(batch)
             shutdown = emu.shutdown()
             summary["shutdown"] = shutdown
             ok = ok and not shutdown.killed and all(c == 0 for c in shutdown.exit_codes.values())

@@ -114,7 +114,7 @@ class Emulator(Lifecycle, SnapStart, Concurrency, RuntimeApi, ExtensionsApi):
                 cold = True
             if self._restore_pending():
                 self._restore()
-            result = self._invoke(payload)
+            result = self._invoke_concurrently([payload])[0] if self.managed else self._invoke(payload)
             result.cold_start = cold
             if cold:
                 result.init_ms = self.last_init_ms
