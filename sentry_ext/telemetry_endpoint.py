@@ -7,8 +7,9 @@ subscription cannot guess where to post; every other path is refused. The listen
 does not resolve in time or cannot be bound.
 
 Loaded before the first ``/event/next``: os, socket and threading only (start-up budget: main.py).
-The resolution runs on a helper thread so a slow resolver cannot hold Init beyond
-``RESOLVE_TIMEOUT_S``; ``getaddrinfo`` gets the name as bytes (no idna codec import).
+The name is looked up in ``/etc/hosts`` first (where Lambda lists it); only if it is not there
+does ``getaddrinfo`` run, on a helper thread so a slow resolver cannot hold Init beyond
+``RESOLVE_TIMEOUT_S``, with the name as bytes (no idna codec import).
 """
 
 from __future__ import annotations
@@ -25,11 +26,32 @@ SANDBOX_HOST = "sandbox.localdomain"
 FALLBACK_HOST = "0.0.0.0"
 RESOLVE_TIMEOUT_S = 0.2  # Lambda resolves it from /etc/hosts in well under a millisecond
 PATH_PREFIX = "/telemetry/"
+HOSTS_FILE = "/etc/hosts"
+MAX_HOSTS_BYTES = 1024 * 1024
 
 
 def new_path() -> str:
     """A fresh unguessable path: ``/telemetry/`` and 128 random bits in hex."""
     return PATH_PREFIX + os.urandom(16).hex()
+
+
+def from_hosts(name: str, path: str = HOSTS_FILE) -> Optional[str]:
+    """The first IPv4 address ``path`` (``/etc/hosts``) gives ``name``; None if none or unreadable.
+
+    Lambda lists sandbox.localdomain there: reading the file takes microseconds where the first
+    ``getaddrinfo`` of a process takes milliseconds (it loads the resolver libraries).
+    """
+    try:
+        with open(path, "rb") as hosts:
+            data = hosts.read(MAX_HOSTS_BYTES)
+    except OSError:
+        return None
+    wanted = name.encode("ascii").lower()
+    for line in data.split(b"\n"):
+        fields = line.split(b"#", 1)[0].split()
+        if len(fields) >= 2 and wanted in (f.lower() for f in fields[1:]) and fields[0].count(b".") == 3:
+            return fields[0].decode("ascii", "replace")
+    return None
 
 
 def resolve(name: str, timeout: float = RESOLVE_TIMEOUT_S,
@@ -58,14 +80,18 @@ def bind_address(subscribe_host: str, timeout: float = RESOLVE_TIMEOUT_S,
                  resolver: Optional[Callable[..., Any]] = None) -> Tuple[str, str]:
     """``(host to bind, why)`` for a listener subscribed as ``subscribe_host``.
 
-    For ``sandbox.localdomain``: its address, or ``0.0.0.0`` if it does not resolve in time. Any
-    other host (a loopback address in local runs) is bound as it is.
+    For ``sandbox.localdomain``: its address (``/etc/hosts``, else ``resolver``, by default
+    ``getaddrinfo``; an injected resolver replaces both), or ``0.0.0.0`` if it does not resolve in
+    time. Any other host (a loopback address in local runs) is bound as it is.
     """
     if subscribe_host != SANDBOX_HOST:
         return subscribe_host, "the configured telemetry host"
+    address = from_hosts(subscribe_host) if resolver is None else None
+    if address is not None:
+        return address, "what %s resolves to in %s" % (subscribe_host, HOSTS_FILE)
     address = resolve(subscribe_host, timeout, resolver)
     if address is None:
-        return FALLBACK_HOST, "%s did not resolve within %.0f ms" % (subscribe_host, timeout * 1000)
+        return FALLBACK_HOST, "%s did not resolve (waited up to %.0f ms)" % (subscribe_host, timeout * 1000)
     return address, "what %s resolves to" % subscribe_host
 
 

@@ -184,6 +184,16 @@ def test_bind_falls_back_to_all_interfaces_without_holding_init(behaviour: str) 
         sock.close()
 
 
+def test_the_hosts_file_answers_first(tmp_path: Any) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n# 10.0.0.9 sandbox.localdomain\n::1 sandbox.localdomain\n"
+                     "169.254.100.1\tsandbox.localdomain sandbox  # Lambda's\n")
+    assert telemetry_endpoint.from_hosts("sandbox.localdomain", str(hosts)) == "169.254.100.1"
+    assert telemetry_endpoint.from_hosts("SANDBOX.localdomain", str(hosts)) == "169.254.100.1"
+    assert telemetry_endpoint.from_hosts("elsewhere", str(hosts)) is None
+    assert telemetry_endpoint.from_hosts("sandbox.localdomain", str(tmp_path / "missing")) is None
+
+
 def test_a_configured_host_is_bound_as_it_is() -> None:
     host, why = telemetry_endpoint.bind_address("127.0.0.1", resolver=lambda *a: pytest.fail("no lookup"))
     assert host == "127.0.0.1"
