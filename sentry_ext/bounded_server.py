@@ -38,6 +38,7 @@ class BoundedServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
+    evict_after_s = EVICT_AFTER_S  # how long a connection must have waited on its client to yield
 
     def __init__(self, sock: socket.socket, handler: Type[BaseHTTPRequestHandler], max_connections: int,
                  max_reading_bytes: int, stats: Stats, prefix: str = "") -> None:
@@ -107,12 +108,12 @@ class BoundedServer(ThreadingHTTPServer):
                 self._waiting.pop(conn, None)
 
     def _evict(self) -> bool:
-        """Close the connection that has waited longest on its client, if it waited EVICT_AFTER_S."""
+        """Close the connection that has waited longest on its client, if it waited ``evict_after_s``."""
         with self._waiting_lock:
             if not self._waiting:
                 return False
             conn, since = min(self._waiting.items(), key=lambda item: item[1])
-            if time.monotonic() - since < EVICT_AFTER_S:
+            if time.monotonic() - since < self.evict_after_s:
                 return False
             del self._waiting[conn]
         try:

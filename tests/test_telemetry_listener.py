@@ -248,7 +248,7 @@ def test_a_connection_flood_cannot_keep_lambda_out(live: Live) -> None:
     flood = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(telemetry.MAX_CONNECTIONS * 3)]
     try:
         # Scenario time: the flood has been idle long enough to be evicted at the cap.
-        time.sleep(0.6)
+        time.sleep(telemetry.EVICT_AFTER_S * 2)
         served = 0
         for index in range(3):
             served += status_of(post(live.port, live.listener.path, runtime_done("r%d" % index))) == 200
@@ -357,3 +357,45 @@ def test_lambda_delivers_to_the_secret_path_end_to_end(tmp_path: Any, upstream: 
     assert len(subscribers) == 1 and re.fullmatch(r"/telemetry/[0-9a-f]{32}", subscribers[0].path)
     assert subscribers[0].delivered > 0 and subscribers[0].dropped == 0
     assert "telemetry listener bound to 127.0.0.1" in log and "falling back" not in log
+
+
+def test_the_real_process_stays_bounded_and_keeps_hearing_lambda_under_a_flood(tmp_path: Any,
+                                                                                  upstream: FakeUpstream) -> None:
+    """The extension process (no freezes, end mode): 200 idle connections, 40 wrong-path posts
+    announcing 2 MiB and stalling, 40 spoofed runtimeDone batches on guessed paths. Threads and
+    RSS stay bounded, and every invocation still ends by its own runtimeDone, not the fallback."""
+    from e2e import EXTENSION_NAME, ext_log, make_emulator
+    from test_abuse import proc_status
+
+    with make_emulator(tmp_path, upstream, freeze=False) as emu:
+        emu.start()
+        assert emu.invoke({}).status == "success"
+        pid = emu.pids[EXTENSION_NAME]
+        port = int(emu.env["SENTRY_EXT_TELEMETRY_PORT"])
+        base = proc_status(pid)
+        flood: List[socket.socket] = []
+        try:
+            for index in range(200):
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            for index in range(40):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(b"POST /telemetry HTTP/1.1\r\nContent-Length: %d\r\n\r\n{" % telemetry.MAX_BATCH_BYTES)
+                flood.append(sock)
+            for index in range(40):
+                reply, _ = request(port, b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+                    SPOOF_PATHS[index % len(SPOOF_PATHS)].encode(), len(runtime_done()), runtime_done()))
+            under = proc_status(pid)
+            for _ in range(3):
+                result = emu.invoke({})
+                assert result.status == "success" and result.post_runtime_ms is not None
+                assert result.post_runtime_ms < 1500, result  # drained after runtimeDone, not at the deadline
+            assert under["Threads"] <= base["Threads"] + telemetry.MAX_CONNECTIONS + 2, (base, under)
+            assert proc_status(pid)["VmRSS"] - base["VmRSS"] < 16 * 1024, (base, proc_status(pid))
+        finally:
+            for sock in flood:
+                sock.close()
+        emu.shutdown()
+        log = ext_log(emu)
+    assert "falling back" not in log and "Traceback" not in log, log
+    summary = log[log.index("summary:"):].split("\n", 1)[0].split()
+    assert "flushes=4" in summary and "runtime_done_missed" not in " ".join(summary), summary
