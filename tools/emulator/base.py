@@ -17,7 +17,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from tools.emulator.server import ApiServer
 from tools.emulator.state import (ACCOUNT_ID, FUNCTION_VERSION, LONG_POLL_MAX_S, MAX_WAIT_ROUNDS, REGION,
-                                  EmulatorError, InvokeResult, Sandbox, ShutdownResult)
+                                  EmulatorError, Invocation, InvokeResult, Sandbox, ShutdownResult)
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class EmulatorBase:
         self.shutdowns: List[ShutdownResult] = []
         self.last_init_ms: Optional[float] = None
         self._restored_gen = 0  # snap-start: the sandbox generation whose snapshot was restored
+        self._inflight: Dict[str, Invocation] = {}  # managed instances: invocations by request id
 
     @property
     def api_address(self) -> str:

@@ -28,12 +28,9 @@ INFLIGHT_KEEP = 1000  # finished invocations remembered (a late response is then
 class Concurrency(EmulatorBase):
     """Overlapping invocations of a Managed Instances sandbox."""
 
-    _inflight: Dict[str, Invocation]
-
     def _invocation_by_id(self, sb: Optional[Sandbox], request_id: str) -> Optional[Invocation]:
-        inflight = getattr(self, "_inflight", None)
-        if self.managed and inflight is not None and request_id in inflight:
-            return inflight[request_id]
+        if self.managed and request_id in self._inflight:
+            return self._inflight[request_id]
         return super()._invocation_by_id(sb, request_id)  # type: ignore[misc]
 
     def _invoke_concurrently(self, payloads: Sequence[Union[Dict[str, Any], bytes, None]]) -> List[InvokeResult]:
@@ -44,8 +41,6 @@ class Concurrency(EmulatorBase):
             sb = self._sandbox
             if sb is None or sb.dead:
                 raise EmulatorError("no sandbox")
-            if not hasattr(self, "_inflight"):
-                self._inflight = {}
             invs = [self._start_one(sb, payload) for payload in payloads]
             self._cond.notify_all()
             last_deadline = max(inv.deadline_mono for inv in invs)
