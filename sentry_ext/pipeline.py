@@ -14,6 +14,7 @@ from .buffer import BoundedQueue
 from .client_reports import ReportScheduler
 from .config import Config
 from .discards import Discards
+from .exec_model import SNAP_START
 from .flush import FlushControl
 from .forwarder import Forwarder
 from .ingest import IngestServer
@@ -58,6 +59,7 @@ class Pipeline:
         self.listener = (TelemetryListener(telemetry_sock, self.tracker.record, self.stats, telemetry_path)
                          if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
+        self.snapshot_pending = cfg.init_type == SNAP_START  # until after_restore
 
     def start(self) -> None:
         self.server.start()
@@ -76,6 +78,10 @@ class Pipeline:
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
+        if self.snapshot_pending:
+            # A snap-start sandbox before its restore: the snapshot may be taken any moment now,
+            # and a connection kept in it would lead nowhere in every restored copy.
+            self.transport.drop_connections()
 
     def _on_drop(self, req: Request, reason: str) -> None:
         self.discards.record_request(req, reason)
@@ -138,6 +144,7 @@ class Pipeline:
         nowhere, and backoff deadlines and invocation times taken on the monotonic clock before
         the snapshot mean nothing now. Reconnect on the next send and start the bookkeeping afresh.
         (Wall-clock state, such as upstream rate limits, expires on its own.)"""
+        self.snapshot_pending = False
         self.transport.drop_connections()
         self.forwarder.health.success()
         self.queue.resume()

@@ -45,7 +45,7 @@ def test_a_restored_snapshot_delivers_its_first_invocations_events(tmp_path: Pat
             assert emu.frozen
             opened = up.connections_opened
             if network == "forgotten":
-                assert up.forget_connections() >= 1
+                up.forget_connections()
             emu.restore(after_s=1.0)  # the snapshot lies in storage for a while
             result = emu.invoke({})
             assert result.status == "success", ext_log(emu)
@@ -106,3 +106,19 @@ def test_after_restore_forgets_connections_and_monotonic_deadlines(pipelines: An
     assert pipe.flush(5)  # not held back by the pause, sent over a new connection
     assert upstream.connections_opened == opened + 1 and "c" * 32 in upstream.event_ids()
     assert isinstance(pipe.forwarder.health._rng, random.SystemRandom)  # no PRNG state shared by restored copies
+
+
+def test_a_snap_start_pipeline_keeps_no_upstream_connection_until_the_restore(pipelines: Any) -> None:
+    from helpers import auth, envelope, port_of, post
+
+    def pooled(pipe: Any) -> int:
+        return sum(conn is not None for conn in list(pipe.transport.pool.pool.queue))
+
+    pipe = pipelines(AWS_LAMBDA_INITIALIZATION_TYPE="snap-start")
+    for index in range(3):  # sent during Init: the snapshot may come at any moment after each
+        assert post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % index), auth())[0] == 200
+        assert pipe.flush(5)
+        assert wait_until(lambda: pooled(pipe) == 0, 5)
+    pipe.after_restore("test")
+    assert post(port_of(pipe), "/api/42/envelope/", envelope("f" * 32), auth())[0] == 200
+    assert pipe.flush(5) and wait_until(lambda: pooled(pipe) == 1, 5)  # after the restore, pooled as usual
