@@ -43,7 +43,7 @@ POLL_BACKOFF_CAP_S = 1.0
 FATAL_POLLS = 5  # consecutive fatal /event/next answers (4xx, 500) before the loop gives up
 READY_WAIT_S = 5.0
 TELEMETRY_GRACE_S = 3.0  # platform.start must arrive within this of INVOKE, or telemetry is broken
-RESTORE_READY_WAIT_S = 1.0  # a pipeline still starting at a restore builds its connections after it
+RESTORE_READY_WAIT_S = 1.0  # a pipeline not started by then handles the restore when it has
 
 
 class StopSignal(BaseException):
@@ -78,6 +78,7 @@ class Extension:
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
         self.restore_watch = exec_model.RestoreWatch(cfg.init_type)
+        self._restored: Optional[str] = None  # why the sandbox was last restored from a snapshot
         self.telemetry_path: Optional[str] = None  # the secret path Lambda posts telemetry to
         self._telemetry_note = ""  # how the telemetry listener was bound, logged at debug level
 
@@ -170,6 +171,8 @@ class Extension:
             pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control, self.telemetry_path)
             pipeline.start()
             self.pipeline = pipeline
+            if self._restored is not None:  # a restore came while the pipeline was still starting
+                pipeline.after_restore(self._restored)
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
                                                                 "flush=" + self.flush_control.mode))
             if exec_model.is_managed(self.cfg.init_type):
@@ -246,7 +249,9 @@ class Extension:
                 log.exception("error handling %s (survived)", kind)
 
     def _after_restore(self, why: str) -> None:
-        """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh."""
+        """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh (or,
+        still starting, does so once it has started)."""
+        self._restored = why
         if self.cfg.active and self.ready.wait(RESTORE_READY_WAIT_S) and self.pipeline is not None:
             self.pipeline.after_restore(why)
 

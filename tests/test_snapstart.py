@@ -122,3 +122,23 @@ def test_a_snap_start_pipeline_keeps_no_upstream_connection_until_the_restore(pi
     pipe.after_restore("test")
     assert post(port_of(pipe), "/api/42/envelope/", envelope("f" * 32), auth())[0] == 200
     assert pipe.flush(5) and wait_until(lambda: pooled(pipe) == 1, 5)  # after the restore, pooled as usual
+
+
+def test_a_restore_while_the_pipeline_is_still_starting_is_handled_once_it_has(upstream: FakeUpstream,
+                                                                                monkeypatch: Any) -> None:
+    from helpers import KEY, PROJECT, stop
+    from sentry_ext import main
+    from sentry_ext.config import load
+
+    monkeypatch.setattr(main, "RESTORE_READY_WAIT_S", 0.01)
+    ext = main.Extension(load({"SENTRY_DSN": upstream.dsn(KEY, PROJECT), "SENTRY_EXT_SPOOL_DIR": "/nonexistent",
+                               "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}), "test-ext")
+    ext._after_restore("first event after the SnapStart snapshot")  # the pipeline has not started yet
+    ext._first_poll_sent.set()
+    ext._start_pipeline(main.bind_listener("127.0.0.1", 0), None)
+    try:
+        assert ext.pipeline is not None and not ext.pipeline.snapshot_pending
+        assert ext.pipeline.stats.get("restores") == 1
+    finally:
+        if ext.pipeline is not None:
+            stop(ext.pipeline)
