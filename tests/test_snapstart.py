@@ -142,3 +142,14 @@ def test_a_restore_while_the_pipeline_is_still_starting_is_handled_once_it_has(u
     finally:
         if ext.pipeline is not None:
             stop(ext.pipeline)
+
+
+def test_the_emulator_restores_only_a_snap_start_snapshot(tmp_path: Path) -> None:
+    from tools.emulator import Emulator, EmulatorError
+
+    with Emulator(tmp_path, task_root=tmp_path) as emu:
+        emu._ensure_server()
+        with pytest.raises(EmulatorError):
+            emu.restore()
+        assert emu._route_restore("GET", "/2018-06-01/runtime/restore/next", {}, b"").status == 403
+        assert emu._route_restore("POST", "/2018-06-01/runtime/restore/next", {}, b"").status == 405
