@@ -13,7 +13,7 @@ from .dsn import Dsn, DsnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing: this module loads before the first /event/next (start-up budget: main.py)
-    from typing import Any, Dict, Mapping, Optional, Tuple
+    from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 FLUSH_MODES = ("end", "background", "adaptive")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -50,6 +50,8 @@ SETTINGS = (
     ("no_proxy", ("NO_PROXY", "no_proxy"), "", None, "upstream hosts that skip the proxy"),
     ("adaptive_window", "SENTRY_EXT_ADAPTIVE_WINDOW", 20, (2, 1000), "adaptive: invocations looked at"),
     ("adaptive_gap_ms", "SENTRY_EXT_ADAPTIVE_GAP_MS", 10000, (1, 3600000), "adaptive: mean gap for background"),
+    # bin/sentry-lambda-wrapper has the same default: keep the two in step
+    ("state_file", "SENTRY_EXT_STATE_FILE", "/tmp/sentry-lambda-extension.state", None, "handshake record for the exec wrapper"),
 )
 # Fields the loader derives from several variables (documented in the README all the same).
 DERIVED = (
@@ -100,6 +102,8 @@ class Config:
     no_proxy: str
     adaptive_window: int
     adaptive_gap_ms: int
+    state_file: str
+    warnings: Tuple[str, ...]  # lenient settings that fell back to their default (logged once)
 
     def __init__(self, **values: Any) -> None:
         missing = [name for name in _REQUIRED if name not in values]
@@ -107,6 +111,9 @@ class Config:
         if missing or unknown:
             raise TypeError("Config() missing %s, unknown %s" % (missing, unknown))
         values.setdefault("proxy_url", None)
+        warnings = values.setdefault("warnings", ())
+        if not (isinstance(warnings, tuple) and all(isinstance(line, str) for line in warnings)):
+            raise ConfigError("warnings must be a tuple of text, got %r" % (warnings,))
         if not (values["dsn"] is None or isinstance(values["dsn"], Dsn)):
             raise ConfigError("dsn must be a Dsn or None, got %r" % type(values["dsn"]).__name__)
         for name in ("problem", "proxy_url"):
@@ -203,11 +210,15 @@ def _setting(env: Mapping[str, str], field: str) -> Any:
     raise ConfigError("%s must be one of %s, got %r" % (label, "/".join(check), raw.lower()))
 
 
-def _lenient(env: Mapping[str, str], field: str) -> Any:
+def _lenient(env: Mapping[str, str], field: str, warnings: Optional[List[str]] = None) -> Any:
+    """``_setting``, or the row's default for an unusable value (said in ``warnings`` if given)."""
     try:
         return _setting(env, field)
-    except ConfigError:
-        return _ROWS[field][2]
+    except ConfigError as exc:
+        default = _ROWS[field][2]
+        if warnings is not None:
+            warnings.append("%s; using %s" % (exc, default))
+        return default
 
 
 def load(env: Optional[Mapping[str, str]] = None) -> Config:
@@ -219,8 +230,10 @@ def load(env: Optional[Mapping[str, str]] = None) -> Config:
     try:
         return _load(env)
     except (ConfigError, DsnError) as exc:
+        warnings: List[str] = []
         return Config(dsn=None, problem=str(exc), runtime_api=_lenient(env, "runtime_api"),
-                      port=_lenient(env, "port"), log_level=_lenient(env, "log_level"),
+                      port=_lenient(env, "port"), state_file=_lenient(env, "state_file"),
+                      log_level=_lenient(env, "log_level", warnings), warnings=tuple(warnings),
                       init_type=_lenient(env, "init_type"))
 
 
@@ -233,11 +246,12 @@ def _load(env: Mapping[str, str]) -> Config:
     if upstream:
         dsn = dsn.with_upstream(upstream)
     proxy_url = _raw(env, ("HTTPS_PROXY", "https_proxy") if dsn.scheme == "https" else ("HTTP_PROXY", "http_proxy"))
+    warnings: List[str] = []
     values: Dict[str, Any] = {"dsn": dsn, "problem": None, "proxy_url": proxy_url or None}
     for field, names, _, _, _ in SETTINGS:
         if names:
-            values[field] = (_lenient if field in _LENIENT else _setting)(env, field)
-    cfg = Config(**values)
+            values[field] = _lenient(env, field, warnings) if field in _LENIENT else _setting(env, field)
+    cfg = Config(warnings=tuple(warnings), **values)
     if cfg.telemetry_port in (cfg.port, 9001):
         raise ConfigError("SENTRY_EXT_TELEMETRY_PORT must differ from SENTRY_EXT_PORT and 9001 (reserved)")
     return cfg

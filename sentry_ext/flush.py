@@ -12,6 +12,7 @@ import collections
 import enum
 import time
 
+from . import logs
 from .exec_model import is_managed
 
 TYPE_CHECKING = False
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from .config import Config
 
+log = logs.get("sentry_ext.flush")  # imports logging at its first use
 END = "end"
 BACKGROUND = "background"
 ADAPTIVE = "adaptive"
@@ -45,6 +47,7 @@ class FlushControl:
         self.gap_s = gap_s
         self._clock = clock
         self._invokes: Deque[float] = collections.deque(maxlen=max(2, window))
+        self._adaptive_last = FlushDecision.END  # adaptive's previous decision: a change is logged
 
     @classmethod
     def from_config(cls, cfg: Config) -> "FlushControl":
@@ -64,7 +67,12 @@ class FlushControl:
         if len(invokes) < invokes.maxlen:  # type: ignore[operator]
             return FlushDecision.END  # too few invocations seen to call them frequent
         mean_gap = (invokes[-1] - invokes[0]) / (len(invokes) - 1)
-        return FlushDecision.BACKGROUND if mean_gap <= self.gap_s else FlushDecision.END
+        decision = FlushDecision.BACKGROUND if mean_gap <= self.gap_s else FlushDecision.END
+        if decision is not self._adaptive_last:
+            log.info("adaptive: switching from %s to %s flushing (mean gap %.1f s over the last %d invocations)",
+                     self._adaptive_last.value, decision.value, mean_gap, len(invokes))
+            self._adaptive_last = decision
+        return decision
 
     def forget(self) -> None:
         """Drop the invocation times seen (taken on a monotonic clock that a snapshot restore

@@ -1,11 +1,12 @@
-"""Lifecycle on the main thread: register, start the pipeline, loop on /event/next.
+"""Lifecycle on the main thread: record for the exec wrapper, register, start the pipeline, loop
+on /event/next.
 
 Start-up budget (the one place these figures live; other modules refer here). Only light modules
-are imported before the first ``/event/next``: main, config, dsn, flush, lambda_api, logs, and the
-stdlib modules they need (socket, signal and threading, which bring enum and collections). Each of
-these would add to every cold start; import cost with ``python -IS -X importtime`` on the
-development VM after those three (median of 5, cumulative; at 128 MB Lambda gives a fraction of a
-core, so several times more there):
+are imported before the first ``/event/next``: main, config, dsn, flush, handshake, lambda_api,
+logs, and the stdlib modules they need (socket, signal and threading, which bring enum and
+collections). Each of these would add to every cold start; import cost with ``python -IS -X
+importtime`` on the development VM after those three (median of 5, cumulative; at 128 MB Lambda
+gives a fraction of a core, so several times more there):
 
     dataclasses 8.1 ms   logging 6.1 ms   typing 3.8 ms   urllib.parse 3.3 ms
     json 2.6 ms (with re 1.3 ms)          encodings.idna 2.2 ms   http.client 16.7 ms
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 
-from . import __version__, exec_model, logs, telemetry_endpoint
+from . import __version__, exec_model, handshake, logs, telemetry_endpoint
 from .config import Config, load
 from .flush import BACKGROUND, FlushControl, FlushDecision
 from .lambda_api import LambdaApi, LambdaApiError
@@ -77,6 +78,8 @@ class Extension:
         self._signal: Optional[int] = None
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
+        self._inert_reason = ""
+        self._record_error: Optional[str] = None
         self.restore_watch = exec_model.RestoreWatch(cfg.init_type)
         self._restored: Optional[str] = None  # why the sandbox was last restored from a snapshot
         self.telemetry_path: Optional[str] = None  # the secret path Lambda posts telemetry to
@@ -87,16 +90,41 @@ class Extension:
     def run(self) -> int:
         """Run until SHUTDOWN or a signal; returns the process exit code."""
         started = time.monotonic()
+        ingest_sock = self._claim()  # before /register: the runtime, and its exec wrapper, start after it
         try:
             # no json before the first /event/next; SHUTDOWN only on Managed Instances (INVOKE is refused there)
             self.api.register(self.name, exec_model.register_events(self.cfg.init_type), parse=False)
         except LambdaApiError as exc:
+            if ingest_sock is not None:
+                ingest_sock.close()
+                handshake.record(self.cfg.state_file, handshake.INERT)
             log.error("could not register with the Extensions API: %s", exc)
             return 1
         self._registered_ms = (time.monotonic() - started) * 1000
         self._install_signals()
-        self._prepare()
+        self._prepare(ingest_sock)
         return self._loop()
+
+    def _claim(self) -> Optional[socket.socket]:
+        """Decide whether this extension will relay (valid settings, dependencies there, port bound)
+        and record it for the exec wrapper; returns the bound ingest socket, or None when inert."""
+        cfg = self.cfg
+        sock = None
+        missing = handshake.missing_dependency() if cfg.active else None
+        if not cfg.active:
+            self._inert_reason = str(cfg.problem or "SENTRY_DSN is not set")
+        elif missing is not None:
+            self._inert_reason = "%s is not on the path of %s (run from the layer, or install it there)" % (
+                missing, sys.executable)
+        else:
+            try:
+                sock = bind_listener(cfg.host, cfg.port)
+            except OSError as exc:
+                self._inert_reason = "cannot listen on %s:%d (%s); set SENTRY_EXT_PORT to a free port" % (
+                    cfg.host, cfg.port, exc)
+        self._record_error = handshake.record(cfg.state_file, handshake.ACTIVE if sock else handshake.INERT,
+                                              cfg.port)
+        return sock
 
     def _announce(self) -> None:
         """Log the registration (deferred off the start-up path; once)."""
@@ -107,19 +135,18 @@ class Extension:
         log.info("registered %s %s for %s (%.1f ms after start)", self.name, __version__,
                  info.get("functionName", "?"), ms)
 
-    def _prepare(self) -> None:
+    def _prepare(self, ingest_sock: Optional[socket.socket]) -> None:
         cfg = self.cfg
-        if not cfg.active:
+        for warning in cfg.warnings:
             self._announce()
-            log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", cfg.problem)
-            self.ready.set()
-            return
-        try:
-            ingest_sock = bind_listener(cfg.host, cfg.port)
-        except OSError as exc:
+            log.warning("%s", warning)
+        if self._record_error is not None:
             self._announce()
-            log.error("inert: cannot listen on %s:%d (%s); set SENTRY_EXT_PORT to a free port",
-                      cfg.host, cfg.port, exc)
+            log.warning("cannot write %s (%s): the exec wrapper leaves the SDK sending straight to Sentry",
+                        cfg.state_file, self._record_error)
+        if ingest_sock is None:
+            self._announce()
+            log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", self._inert_reason)
             self.ready.set()
             return
         telemetry_sock = None
@@ -179,11 +206,15 @@ class Extension:
                 log.info("Lambda Managed Instances: registered for SHUTDOWN only, never frozen: sending "
                          "continuously, draining at SHUTDOWN")
         except Exception:
-            log.exception("inert: the pipeline failed to start")
-            # Close the held ports so SDK posts fail fast instead of waiting in the backlog.
+            # The runtime may already run with its DSN pointed here (the record said active): close
+            # the held ports so its sends are refused at once instead of waiting in the backlog,
+            # and say so. What it sends in this sandbox is lost; the next sandbox starts afresh.
+            log.exception("inert: the pipeline failed to start; SDK sends to port %d are refused (lost) "
+                          "until this sandbox ends", self.cfg.port)
             for sock in (ingest_sock, telemetry_sock):
                 if sock is not None:
                     sock.close()
+            handshake.record(self.cfg.state_file, handshake.INERT)
         finally:
             self.ready.set()
 

@@ -17,6 +17,7 @@ from .discards import Discards
 from .exec_model import SNAP_START
 from .flush import FlushControl
 from .forwarder import Forwarder
+from .health import assess
 from .ingest import IngestServer
 from .ingest_limits import IngestLimiter
 from .ratelimit import RateLimits
@@ -69,7 +70,11 @@ class Pipeline:
         self._load_spool()
 
     def _health_extra(self) -> Dict[str, Any]:
-        return {"flush_mode": self.flush_control.mode, "upstream": self.cfg.dsn.masked() if self.cfg.dsn else None}
+        depth = self.queue.depth()
+        data = assess(self.forwarder.health.failures, depth["queued"] + depth["in_flight"],
+                      self.cfg.queue_max_items, depth["bytes"], self.cfg.queue_max_bytes)
+        data.update(flush_mode=self.flush_control.mode, upstream=self.cfg.dsn.masked() if self.cfg.dsn else None)
+        return data
 
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().

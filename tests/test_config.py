@@ -58,16 +58,19 @@ def test_config_validates_values_not_only_names() -> None:
     dsn = load({"SENTRY_DSN": DSN}).dsn
     assert Config(dsn=dsn, problem=None).port == 5333  # defaults from the table
     for bad in ({"port": 0}, {"port": "5333"}, {"senders": True}, {"flush_mode": "sometimes"},
-                {"spool_dir": 7}, {"dsn": DSN}, {"problem": 1}):
+                {"spool_dir": 7}, {"dsn": DSN}, {"problem": 1}, {"warnings": "one line"}):
         with pytest.raises(ConfigError):
             Config(**dict({"dsn": dsn, "problem": None}, **bad))
     with pytest.raises(TypeError):
         Config(dsn=dsn, problem=None, function_name="gone")
 
 
-def test_bad_log_level_falls_back_without_making_it_inert() -> None:
-    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "chatty"})
+def test_bad_log_level_falls_back_with_a_warning_without_making_it_inert() -> None:
+    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "verbose"})
     assert cfg.active and cfg.log_level == "INFO"
+    assert len(cfg.warnings) == 1 and "SENTRY_EXT_LOG_LEVEL" in cfg.warnings[0] and "'verbose'" in cfg.warnings[0]
+    assert load({"SENTRY_EXT_LOG_LEVEL": "verbose"}).warnings == cfg.warnings  # inert: still said
+    assert load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOG_LEVEL": "warning"}).warnings == ()
 
 
 def test_readme_configuration_table_documents_every_setting_with_its_default_and_range() -> None:

@@ -64,3 +64,13 @@ def test_port_taken_leaves_an_inert_extension(tmp_path: Path, upstream: FakeUpst
             log = ext_log(emu)
     assert shutdown.exit_codes[EXTENSION_NAME] == 0
     assert "inert: cannot listen on 127.0.0.1:%s" % port in log
+
+
+def test_unknown_log_level_logs_one_warning_and_relays(tmp_path: Path, upstream: FakeUpstream) -> None:
+    with make_emulator(tmp_path, upstream, SENTRY_EXT_LOG_LEVEL="chatty") as emu:
+        emu.start()
+        assert emu.invoke({}).status == "success"
+        emu.shutdown()
+        log = ext_log(emu)
+    assert log.count("WARNING SENTRY_EXT_LOG_LEVEL must be one of DEBUG/INFO/WARNING/ERROR, got 'chatty'") == 1, log
+    assert "relaying" in log

@@ -307,7 +307,7 @@ def test_init_failures_raise_with_output(task_root: Path, tmp_path: Path) -> Non
 
 
 def test_cli_runs_invocations_and_prints_summary(task_root: Path, files: Dict[str, Path], capsys: pytest.CaptureFixture) -> None:
-    argv = ["--opt", str(FIXTURE_OPT), "--task-root", str(task_root), "--invocations", "2", "--freeze-s", "0.05"]
+    argv = ["--json", "--opt", str(FIXTURE_OPT), "--task-root", str(task_root), "--invocations", "2", "--freeze-s", "0.05"]
     for key, value in ext_env(files).items():
         argv += ["--env", "%s=%s" % (key, value)]
     assert main(argv) == 0

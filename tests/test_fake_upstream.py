@@ -22,7 +22,7 @@ import pytest
 import urllib3
 
 from helpers import KEY
-from tools.fake_upstream import FakeUpstream, Recorded, Reply, main, parse_envelope
+from tools.fake_upstream import FakeUpstream, Recorded, Reply, log_item_problems, main, parse_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = f"Sentry sentry_key={KEY}, sentry_version=7, sentry_client=test/1.0"
@@ -615,3 +615,61 @@ def test_cli_serves_and_logs() -> None:
 def test_main_rejects_bad_args() -> None:
     with pytest.raises(SystemExit):
         main(["--port", "notanumber"])
+
+
+# ------------------------------------------------------------------------------ log items
+
+GOOD_LOG = {"timestamp": 1795847575.5, "trace_id": "771a43a4192642f0b136d5159a501700", "level": "warn",
+            "body": "careful", "severity_number": 13, "span_id": "b0e6f15b45c36b12",
+            "attributes": {"n": {"value": 3, "type": "integer"}, "r": {"value": 0.5, "type": "double"},
+                           "ok": {"value": True, "type": "boolean"}, "s": {"value": "x", "type": "string"}}}
+LOG_HEADER = {"type": "log", "item_count": 1, "content_type": "application/vnd.sentry.items.log+json"}
+
+
+def test_log_item_problems_accepts_a_valid_item() -> None:
+    assert log_item_problems(LOG_HEADER, json.dumps({"items": [GOOD_LOG]}).encode()) == []
+
+
+@pytest.mark.parametrize("header_change,log_change,problem", [
+    ({"content_type": "application/json"}, {}, "content_type"),
+    ({"item_count": 2}, {}, "item_count"),
+    ({}, {"trace_id": "771A43A4192642F0B136D5159A501700"}, "trace_id"),
+    ({}, {"span_id": "short"}, "span_id"),
+    ({}, {"level": "warning"}, "level"),
+    ({}, {"severity_number": 17}, "severity_number"),
+    ({}, {"timestamp": "2026-11-28T06:32:55Z"}, "timestamp"),
+    ({}, {"body": None}, "body"),
+    ({}, {"attributes": {"n": 3}}, "attribute 'n'"),
+    ({}, {"attributes": {"n": {"value": "3", "type": "integer"}}}, "attribute 'n'"),
+    ({}, {"attributes": {"b": {"value": True, "type": "integer"}}}, "attribute 'b'"),
+])
+def test_log_item_problems_names_each_violation(header_change: dict, log_change: dict, problem: str) -> None:
+    problems = log_item_problems(dict(LOG_HEADER, **header_change),
+                                 json.dumps({"items": [dict(GOOD_LOG, **log_change)]}).encode())
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_log_item_problems_payload_and_count_limits() -> None:
+    assert "not JSON" in log_item_problems(LOG_HEADER, b"{")[0]
+    assert "no 'items'" in log_item_problems(LOG_HEADER, b"[]")[0]
+    many = json.dumps({"items": [GOOD_LOG] * 101}).encode()
+    assert any("101 logs" in p for p in log_item_problems(dict(LOG_HEADER, item_count=101), many))
+
+
+SDK_LOG_SCRIPT = """
+import sys
+import sentry_sdk
+import sentry_sdk.logger
+sentry_sdk.init(dsn=sys.argv[1], default_integrations=False, enable_logs=True)
+sentry_sdk.logger.error("sdk log {n}", n=1)
+sentry_sdk.flush(timeout=5)
+"""
+
+
+def test_logs_of_the_real_sdk_are_valid(up: FakeUpstream) -> None:
+    proc = subprocess.run([sys.executable, "-c", SDK_LOG_SCRIPT, up.dsn(project_id="1234")],
+                          capture_output=True, timeout=30, env=_sdk_env(), cwd=str(ROOT), check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert up.wait_for(lambda reqs: any("log" in r.item_types for r in reqs), timeout=5)
+    (log,) = up.logs()
+    assert log["level"] == "error" and log["body"] == "sdk log 1"

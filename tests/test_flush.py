@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import List
 
 import pytest
@@ -46,6 +47,28 @@ def test_adaptive_waits_for_a_full_window_then_follows_the_mean_gap() -> None:
     sparse = decisions(control, clock, [30, 40, 50, 60])  # sparse again
     assert sparse[-1] == END
     assert control.mode == "adaptive"
+
+
+def test_adaptive_logs_each_switch_once() -> None:
+    logger = logging.getLogger("sentry_ext.flush")  # the package logger may not propagate: listen here
+    records: List[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        clock = FakeClock()
+        control = FlushControl("adaptive", 5, 1.0, clock)
+        decisions(control, clock, [0, 5, 10, 15, 20])  # sparse: stays with end, nothing said
+        decisions(control, clock, [20 + t * 0.5 for t in range(1, 8)])  # frequent: one switch
+        decisions(control, clock, [30, 40, 50, 60, 70])  # sparse again: one switch back
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    switches = [r.getMessage() for r in records if "adaptive: switching" in r.getMessage()]
+    assert len(switches) == 2, switches  # one line per switch, not per invocation
+    assert "from end to background" in switches[0] and "from background to end" in switches[1]
 
 
 def test_the_gap_bound_is_inclusive() -> None:

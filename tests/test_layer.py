@@ -55,6 +55,7 @@ def test_layout_modes_and_licences(built: BuildResult) -> None:
     got = modes(built.path)
     assert got[EXT] == 0o755 and got[WRAPPER] == 0o755
     assert got[LIB + "/sentry_ext/main.py"] == 0o644
+    assert got[LIB + "/bin/python-hook/sitecustomize.py"] == 0o644  # the wrapper's org id hook
     assert {n.split("/")[0] for n in names} == {"extensions", LIB}
     assert [n for n in names if n.startswith("extensions/")] == [EXT]
     for py in (ROOT / "sentry_ext").glob("*.py"):
@@ -147,7 +148,8 @@ def test_launcher_without_python_or_bash_exits_with_a_clear_message(opt: Path) -
     proc = subprocess.run([str(opt / EXT)], env={"PATH": "/nonexistent"}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 1
-    assert "no python3 found" in proc.stderr and "SENTRY_EXT_PYTHON" in proc.stderr
+    assert "no python3 on this runtime" in proc.stderr and "SENTRY_EXT_PYTHON" in proc.stderr
+    assert "no bash for the inert stand-in" in proc.stderr
 
 
 def test_without_python_the_bash_stand_in_keeps_the_function_healthy(opt: Path, tmp_path: Path) -> None:
@@ -196,6 +198,7 @@ def test_end_to_end_from_the_unpacked_layer_on_python39(opt: Path, tmp_path: Pat
             "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
             "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
             "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
+            "SENTRY_EXT_STATE_FILE": str(tmp_path / "state"),
             "SENTRY_EXT_PYTHON": py39.executable,
         }
         ids: List[str] = []
@@ -206,7 +209,9 @@ def test_end_to_end_from_the_unpacked_layer_on_python39(opt: Path, tmp_path: Pat
             assert os.path.realpath("/proc/%d/exe" % pid) == os.path.realpath(py39.executable)
             with open("/proc/%d/cmdline" % pid, "rb") as fh:
                 argv = fh.read().split(b"\0")
-            assert argv[1] == b"-IBS" and os.path.realpath(argv[-3].decode()) == os.path.realpath(opt / LIB)
+            # argv: python -IBS -c <code> <lib> <name> <stand-in> (and the trailing NUL's empty field)
+            assert argv[1] == b"-IBS" and os.path.realpath(argv[-4].decode()) == os.path.realpath(opt / LIB)
+            assert argv[-2].decode().endswith("/bin/sentry-lambda-inert")
             for _ in range(2):
                 result = emu.invoke({"messages": 1})
                 assert result.status == "success", emu.output("runtime")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -19,6 +20,7 @@ from sentry_ext.dsn import Dsn, DsnError
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port
+from tools.sandbox import function_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
@@ -31,12 +33,23 @@ SHELLS = [s for s in (["dash"], ["bash", "--posix"]) if shutil.which(s[0])]
 DUMP_ENV = [sys.executable, "-I", "-S", "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
 
 
+ACTIVE = "active"  # run_wrapper's default record: an active extension (this test process) on the port
+
+
 def run_wrapper(env: Dict[str, str], shell: Optional[List[str]] = None,
-                cmd: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+                cmd: Optional[List[str]] = None, record: Optional[str] = ACTIVE) -> subprocess.CompletedProcess:
+    """Run the wrapper with the extension's record in a private state file (``None``: no file)."""
     argv = (shell or []) + [str(WRAPPER)] + (cmd if cmd is not None else DUMP_ENV)
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    base.update(env)
-    return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=30)
+    with tempfile.TemporaryDirectory(prefix="wrapper-test-") as tmp:
+        state = os.path.join(tmp, "state")
+        if record == ACTIVE:
+            record = "active %d %s\n" % (os.getpid(), env.get("SENTRY_EXT_PORT", "5333"))
+        if record is not None:
+            with open(state, "w") as fh:
+                fh.write(record)
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SENTRY_EXT_STATE_FILE": state}
+        base.update(env)
+        return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=30)
 
 
 def wrapped_env(env: Dict[str, str], shell: Optional[List[str]] = None) -> Dict[str, str]:
@@ -101,13 +114,48 @@ def test_leaves_the_environment_alone_for_a_missing_or_malformed_dsn(shell: List
         assert proc.stderr == ""
 
 
-def test_uses_sentry_ext_port_and_rejects_a_bad_one() -> None:
+def test_uses_the_port_the_extension_recorded() -> None:
     real = VALID[0]
     assert wrapped_env({"SENTRY_DSN": real, "SENTRY_EXT_PORT": "6123"})["SENTRY_DSN"] == expected_local(real, 6123)
-    for bad in ("0", "65536", "123456", "53x", "-1"):
-        proc = run_wrapper({"SENTRY_DSN": real, "SENTRY_EXT_PORT": bad})
-        assert json.loads(proc.stdout)["SENTRY_DSN"] == real, bad
-        assert "SENTRY_EXT_PORT" in proc.stderr
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+NOT_RELAYING = [
+    (None, "no running extension on port 5333 recorded in"),
+    ("inert {pid} 0\n", "the extension is inert"),
+    ("active {dead} 5333\n", "no running extension"),  # left in /tmp by an earlier sandbox
+    ("active {pid} 6000\n", "no running extension on port 5333"),  # another port than configured
+    ("active 0 5333\n", "no running extension"),  # kill -0 0 would succeed: must not count
+    ("active -{pid} 5333\n", "no running extension"),
+    ("active x 5333\n", "no running extension"),
+    ("active {pid}\n", "no running extension"),
+    ("", "no running extension"),
+    ("\x00\xff garbage", "no running extension"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+@pytest.mark.parametrize("record, why", NOT_RELAYING)
+def test_leaves_the_dsn_alone_unless_a_live_extension_recorded_active(shell: List[str], record: Optional[str],
+                                                                      why: str) -> None:
+    """Without an ``active`` record of a live process on the configured port, the SDK keeps the
+    real DSN (it sends directly), with one line on stderr saying so."""
+    if record is not None:
+        record = record.format(pid=os.getpid(), dead=dead_pid())
+    proc = run_wrapper({"SENTRY_DSN": VALID[0], "NO_PROXY": "corp.example"}, shell, record=record)
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)
+    assert env["SENTRY_DSN"] == VALID[0] and env["NO_PROXY"] == "corp.example" and "no_proxy" not in env
+    assert "SENTRY_EXT_ORG_ID" not in env and "PYTHONPATH" not in env
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and why in lines[0] and "the SDK sends directly to Sentry" in lines[0], proc.stderr
+    # Without a DSN there is nothing to say.
+    assert run_wrapper({}, shell, record=record).stderr == ""
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -173,15 +221,9 @@ def make_opt(base: Path) -> Path:
 def run_function(tmp_path: Path, real_dsn: str, upstream: FakeUpstream, wrapper: Optional[str],
                  runtime_env: Dict[str, str]) -> List[str]:
     """Two invocations of the unmodified sample function; returns the event ids it captured."""
-    env = {
-        "SENTRY_DSN": real_dsn,  # the real DSN, for the extension and the function alike
-        "SENTRY_EXT_UPSTREAM": upstream.base_url,
-        "SENTRY_EXT_PORT": str(free_port()),
-        "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
-        "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
-        "SENTRY_EXT_SPOOL_DIR": str(tmp_path / "spool"),
-        "SENTRY_EXT_PYTHON": sys.executable,
-    }
+    env = function_env(real_dsn, tmp_path / "spool", SENTRY_EXT_UPSTREAM=upstream.base_url,
+                       SENTRY_EXT_STATE_FILE=str(tmp_path / "state"))  # the real DSN, for extension and function
+    del env["NO_PROXY"]  # the wrapper must add 127.0.0.1 itself (see the HTTP_PROXY test)
     ids: List[str] = []
     with Emulator(make_opt(tmp_path), task_root=SAMPLE_FUNCTION, env=env, runtime_env=runtime_env,
                   exec_wrapper=wrapper, function_name="wrapper-test") as emu:
@@ -214,3 +256,50 @@ def test_without_the_wrapper_the_same_function_bypasses_the_extension(tmp_path: 
         ids = run_function(tmp_path, direct.dsn(), relayed, None, {})
         assert direct.wait_for(lambda reqs: set(ids) <= set(direct.event_ids()), timeout=10)
         assert relayed.requests == []
+
+
+# -- organisation id ---------------------------------------------------------------------------------
+
+HOOK_DIR = str(ROOT / "bin" / "python-hook")
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_hands_on_the_org_id_of_an_o_org_host(shell: List[str]) -> None:
+    env = wrapped_env({"SENTRY_DSN": "https://%s@o4508.ingest.us.sentry.io/42" % KEY, "PYTHONPATH": "/var/task"},
+                      shell)
+    assert env["SENTRY_EXT_ORG_ID"] == "4508"
+    assert env["PYTHONPATH"] == HOOK_DIR + ":/var/task"
+    # An explicit value wins (self-hosted, Relay); no o<org> host and none given: nothing is added.
+    env = wrapped_env({"SENTRY_DSN": "https://%s@sentry.example.com/42" % KEY, "SENTRY_EXT_ORG_ID": "77"}, shell)
+    assert env["SENTRY_EXT_ORG_ID"] == "77" and env["PYTHONPATH"] == HOOK_DIR
+    for host in ("sentry.example.com", "oops.example.com", "o12x.example.com", "o.example.com"):
+        env = wrapped_env({"SENTRY_DSN": "https://%s@%s/42" % (KEY, host)}, shell)
+        assert "SENTRY_EXT_ORG_ID" not in env and "PYTHONPATH" not in env, host
+
+
+def run_hooked(tmp_path: Path, code: str, org: str = "4508", shadowed: Optional[str] = None) -> str:
+    """Run ``code`` in a Python started like the wrapper starts one (the hook first on PYTHONPATH)."""
+    path = [HOOK_DIR]
+    if shadowed is not None:
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "sitecustomize.py").write_text(shadowed)
+        path.append(str(other))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ":".join(path), "SENTRY_EXT_ORG_ID": org}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return proc.stdout.strip()
+
+
+def test_python_hook_sets_the_default_org_id_and_keeps_an_explicit_one(tmp_path: Path) -> None:
+    code = ("import sys; assert 'sentry_sdk' not in sys.modules; import sentry_sdk; "
+            "from sentry_sdk.utils import Dsn; sentry_sdk.init('http://k@127.0.0.1:9/1'); "
+            "print(sentry_sdk.get_client().parsed_dsn.org_id, Dsn('http://k@127.0.0.1:9/1').org_id, "
+            "sentry_sdk.Client('http://k@127.0.0.1:9/1', org_id='9').parsed_dsn.org_id)")
+    assert run_hooked(tmp_path, code) == "4508 None 9"
+    assert run_hooked(tmp_path, code.replace("print(", "print('x', "), org="") == "x None None 9"
+
+
+def test_python_hook_runs_the_sitecustomize_it_shadows_and_leaves_the_path(tmp_path: Path) -> None:
+    code = "import sys, sitecustomize; print(sitecustomize.MARK, %r in sys.path)" % HOOK_DIR
+    assert run_hooked(tmp_path, code, shadowed="MARK = 'theirs'\n") == "theirs False"

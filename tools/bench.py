@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tools.bench_logs import bench_log_lines  # noqa: E402
 from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
                                  fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
                                  wait_port)
@@ -54,7 +55,7 @@ FIGURE_KEYS = (
     "ingest_tunnel_throughput_per_s", "ingest_httpclient_p50_ms", "ingest_httpclient_p99_ms",
     "ingest_httpclient_throughput_per_s", "cpu_per_envelope_ms",
     "post_runtime_end_ms", "post_runtime_background_ms", "post_runtime_end_slow_upstream_ms",
-    "delivery_before_freeze_pct", "delivery_by_end_pct",
+    "delivery_before_freeze_pct", "delivery_by_end_pct", "cpu_per_log_line_us",
 )
 
 #: (figure key, comparison, bound) of each target in the issue.
@@ -70,6 +71,7 @@ TARGETS: Dict[str, Tuple[str, float]] = {
     "post_runtime_end_slow_upstream_ms": ("<=", 150.0),
     "cpu_per_envelope_ms": ("<=", 0.5),
     "delivery_before_freeze_pct": (">=", 100.0),
+    "cpu_per_log_line_us": ("<=", 20.0),
 }
 
 
@@ -453,6 +455,8 @@ def build_report(data: Dict[str, Any]) -> str:
     row("delivered before the freeze (`end`, %d frozen invocations × 2 scenarios)" % data["settings"]["invocations"],
         _fmt(fig.get("delivery_before_freeze_pct")) + " %", "–", "100 %", "delivery_before_freeze_pct")
     row("delivered by the end (every scenario)", _fmt(fig.get("delivery_by_end_pct")) + " %", "–", "", "")
+    row("CPU per function log line, Telemetry record → envelope bytes (tools/bench_logs.py), µs",
+        _fmt(fig.get("cpu_per_log_line_us")), "–", "≤ 20", "cpu_per_log_line_us")
 
     out = ["\n".join(lines)]
     side = data["details"].get("side_by_side") or []
@@ -600,6 +604,7 @@ def our_figures(details: Dict[str, Any]) -> Dict[str, Any]:
         "post_runtime_end_slow_upstream_ms": emulated["end_slow"]["post_runtime_median_ms"],
         "delivery_before_freeze_pct": _delivered_pct(end_runs, "delivered_before_freeze"),
         "delivery_by_end_pct": _delivered_pct(all_runs, "delivered_by_end"),
+        "cpu_per_log_line_us": details["logs"]["cpu_per_log_line_us"],
     }
 
 
@@ -653,6 +658,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         details.update(run_ingest(lineup, settings, tmp))
         details["emulated"] = run_emulated(lineup, settings, tmp)
         details["side_by_side"] = run_side_by_side(lineup, settings, tmp)
+        say("function logs: parse + batch + serialize, 1,000 lines ...")
+        details["logs"] = bench_log_lines(1000, 5 if settings.quick else 30)
 
     figures = our_figures(details)
     machine_info["loadavg_end"] = loadavg()

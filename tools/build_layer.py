@@ -7,6 +7,9 @@ Layout inside the zip (Lambda unpacks layers into ``/opt``)::
     sentry-lambda-extension/urllib3/, certifi/         vendored, pinned below, pure Python
     sentry-lambda-extension/bin/sentry-lambda-wrapper  for AWS_LAMBDA_EXEC_WRAPPER (sh, 0755)
     sentry-lambda-extension/bin/sentry-lambda-inert    bash stand-in used when there is no Python (0755)
+    sentry-lambda-extension/bin/python-hook/sitecustomize.py  the wrapper puts it on a Python
+                                                       function's PYTHONPATH: sentry-python's org_id
+    sentry-lambda-extension/LICENSE                    this project's licence (MIT)
     sentry-lambda-extension/LICENSES/                  licences of the vendored packages
     sentry-lambda-extension/BUILD-INFO.json            versions, wheel hashes, bytecode tags
     .../__pycache__/<module>.cpython-3XX.pyc           bytecode for each Lambda Python found
@@ -58,6 +61,7 @@ OPT = "/opt"
 LAUNCHER = ROOT / "bin" / NAME
 WRAPPER = ROOT / "bin" / "sentry-lambda-wrapper"
 INERT = ROOT / "bin" / "sentry-lambda-inert"  # bash stand-in the launcher runs when there is no Python
+PYTHON_HOOK = ROOT / "bin" / "python-hook" / "sitecustomize.py"  # runs in the function (see the wrapper)
 PACKAGE = ROOT / "sentry_ext"
 DEFAULT_OUT = ROOT / "dist"
 DEFAULT_WHEELS = ROOT / "build" / "wheels"
@@ -156,13 +160,24 @@ def _version_key(path: str) -> Tuple[int, ...]:
     return tuple(int(x) for x in match.groups()) if match else (0,)
 
 
+def _uv_pythons(minor: str) -> List[str]:
+    """Interpreters ``uv python install`` put in its directory (``UV_PYTHON_INSTALL_DIR`` or the default)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    root = os.environ.get("UV_PYTHON_INSTALL_DIR") or os.path.join(data_home, "uv", "python")
+    found = glob.glob(os.path.join(root, "cpython-%s.*" % minor, "bin", "python" + minor))
+    return sorted((p for p in found if re.search(r"/cpython-\d+\.\d+\.\d+-[^/]*/bin/", p)),
+                  key=lambda p: _version_key(re.sub(r"/cpython-(\d+\.\d+\.\d+)[^/]*/", r"/\1/", p)),
+                  reverse=True)
+
+
 def find_python(minor: str, extra: Sequence[str] = ()) -> Optional[Interpreter]:
-    """A CPython ``minor`` ("3.9"): from ``extra``, pyenv's versions, then PATH and /usr/bin."""
+    """A CPython ``minor`` ("3.9"): from ``extra``, pyenv's and uv's versions, then PATH and /usr/bin."""
     candidates: List[str] = list(extra)
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     installed = glob.glob(os.path.join(pyenv_root, "versions", minor + ".*", "bin", "python" + minor))
     candidates += sorted((p for p in installed if re.search(r"/\d+\.\d+\.\d+/bin/", p)), key=_version_key,
                          reverse=True)
+    candidates += _uv_pythons(minor)
     on_path = shutil.which("python" + minor)
     if on_path:
         candidates.append(on_path)
@@ -194,11 +209,13 @@ def _check_pure(name: str, data: bytes) -> None:
 
 
 def own_entries() -> List[Entry]:
-    """The launcher, the wrapper, the inert stand-in and every ``.py`` file of ``sentry_ext``."""
+    """The launcher, the wrapper, its Python hook, the inert stand-in, the licence and every ``.py`` file of ``sentry_ext``."""
     entries = [
         Entry("extensions/" + NAME, LAUNCHER.read_bytes(), 0o755),
         Entry(LIB + "/bin/" + WRAPPER.name, WRAPPER.read_bytes(), 0o755),
         Entry(LIB + "/bin/" + INERT.name, INERT.read_bytes(), 0o755),
+        Entry(LIB + "/bin/python-hook/" + PYTHON_HOOK.name, PYTHON_HOOK.read_bytes()),
+        Entry(LIB + "/LICENSE", (ROOT / "LICENSE").read_bytes()),
     ]
     for path in sorted(PACKAGE.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -338,22 +355,80 @@ def write_zip(entries: Iterable[Entry], dest: Path) -> None:
 
 # -- build -----------------------------------------------------------------------------------------
 
-def select_interpreters(bytecode: str, extra: Sequence[str] = ()) -> Tuple[List[Interpreter], List[str]]:
-    """``auto``: every Lambda version found; ``none``; or a comma list of versions that must exist."""
+def missing_help(missing: Sequence[str]) -> str:
+    """What to do about Lambda Pythons the build found no interpreter for (one line per way)."""
+    versions = " ".join(missing)
+    first = missing[0] if missing else "3.X"
+    return "\n".join([
+        "  to include %s, make an interpreter findable and build again, any of:" % ("it" if len(missing) == 1 else "them"),
+        "    pyenv install %s                (pyenv's versions are found)" % versions,
+        "    uv python install %s            (uv's are found too)" % versions,
+        "    python3 tools/build_layer.py --python /path/to/python%s ...    (any CPython %s)" % (first, first),
+        "  or build one zip per version in Lambda's build images and merge their bytecode (needs docker):",
+        "    for v in %s; do docker run --rm -v \"$PWD\":/src -w /src public.ecr.aws/sam/build-python$v \\"
+        % " ".join(LAMBDA_PYTHONS),
+        "      python3 tools/build_layer.py --bytecode $v --out dist/py$v; done",
+        "    python3 tools/build_layer.py --merge dist/py3.*/*.zip --all-pythons",
+    ])
+
+
+def select_interpreters(bytecode: str, extra: Sequence[str] = (),
+                        have: Sequence[str] = ()) -> Tuple[List[Interpreter], List[str]]:
+    """``auto``: every Lambda version found; ``all``: every Lambda version, each must be found;
+    ``none``; or a comma list of versions that must be found. Versions in ``have`` (bytecode
+    merged from other zips) are neither looked for nor missing."""
     if bytecode == "none":
         return [], []
-    wanted = LAMBDA_PYTHONS if bytecode == "auto" else tuple(v.strip() for v in bytecode.split(",") if v.strip())
+    if bytecode in ("auto", "all"):
+        wanted: Tuple[str, ...] = LAMBDA_PYTHONS
+    else:
+        wanted = tuple(v.strip() for v in bytecode.split(",") if v.strip())
     found: List[Interpreter] = []
     missing: List[str] = []
     for minor in wanted:
+        if minor in have:
+            continue
         interp = find_python(minor, [p for p in extra if probe_minor(p) == minor])
         if interp is None:
             missing.append(minor)
         else:
             found.append(interp)
     if missing and bytecode != "auto":
-        raise BuildError("no interpreter found for Python %s (use --python PATH)" % ", ".join(missing))
+        raise BuildError("no interpreter found for Python %s\n%s" % (", ".join(missing), missing_help(missing)))
     return found, missing
+
+
+def _tag_minor(cache_tag: str) -> str:
+    """``cpython-312`` -> ``3.12``."""
+    digits = cache_tag.rsplit("-", 1)[-1]
+    return "%s.%s" % (digits[0], digits[1:])
+
+
+def merge_bytecode(sources: Sequence[Entry], zips: Sequence[Path]) -> Tuple[List[Entry], Dict[str, str]]:
+    """The ``.pyc`` files of layer zips built elsewhere (one per Lambda build image, say) from the
+    same sources: every ``.py`` of theirs must be byte-identical to ours, so the bytecode matches.
+    Returns the entries and ``{cache_tag: interpreter version}``; the first zip to carry a tag wins."""
+    own = {e.name: e.data for e in sources if e.name.endswith(".py")}
+    entries: List[Entry] = []
+    tags: Dict[str, str] = {}
+    for path in zips:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                info = json.loads(zf.read(LIB + "/BUILD-INFO.json"))
+                theirs = {n for n in names if n.endswith(".py")}
+                differ = sorted((theirs ^ set(own)) | {n for n in theirs & set(own) if zf.read(n) != own[n]})
+                if differ:
+                    raise BuildError("%s was built from other sources (%d file(s) differ, e.g. %s): rebuild it "
+                                     "from this tree" % (path, len(differ), differ[0]))
+                for tag, full in sorted(info.get("bytecode", {}).items()):
+                    if tag in tags:
+                        continue
+                    tags[tag] = full
+                    entries += [Entry(n, zf.read(n)) for n in names if n.endswith(".%s.pyc" % tag)]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise BuildError("cannot merge bytecode from %s: %s" % (path, exc)) from exc
+    return entries, tags
 
 
 def probe_minor(path: str) -> Optional[str]:
@@ -362,20 +437,26 @@ def probe_minor(path: str) -> Optional[str]:
 
 
 def build(out_dir: Path = DEFAULT_OUT, wheel_dir: Path = DEFAULT_WHEELS, bytecode: str = "auto",
-          pythons: Sequence[str] = ()) -> BuildResult:
-    """Build the layer zip into ``out_dir`` and return what went into it."""
+          pythons: Sequence[str] = (), merge: Sequence[Path] = ()) -> BuildResult:
+    """Build the layer zip into ``out_dir`` and return what went into it.
+
+    ``merge``: layer zips built from the same sources whose bytecode is taken over (see
+    ``merge_bytecode``); versions they carry are not compiled again.
+    """
     sources = own_entries()
     for dep in VENDORED:
         sources += wheel_entries(dep, fetch_wheel(dep, wheel_dir))
     for entry in sources:
         _check_pure(entry.name, entry.data)
-    interpreters, missing = select_interpreters(bytecode, pythons)
-    pycs = bytecode_entries(sources, interpreters)
+    merged, merged_tags = merge_bytecode(sources, merge)
+    interpreters, missing = select_interpreters(bytecode, pythons, [_tag_minor(t) for t in merged_tags])
+    pycs = bytecode_entries(sources, interpreters) + merged
+    tags = dict(merged_tags, **{i.cache_tag: i.version for i in interpreters})
     info = {
         "name": NAME,
         "version": version(),
         "vendored": {d.name: {"version": d.version, "wheel_sha256": d.sha256} for d in VENDORED},
-        "bytecode": {i.cache_tag: i.version for i in interpreters},
+        "bytecode": dict(sorted(tags.items())),
         "wrapper": "%s/%s/bin/%s" % (OPT, LIB, WRAPPER.name),
     }
     sources.append(Entry(LIB + "/BUILD-INFO.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()))
@@ -414,8 +495,10 @@ def summary(result: BuildResult) -> str:
     tags = ", ".join("%s (%s)" % (tag, ver) for tag, ver in sorted(result.bytecode.items())) or "none"
     lines.append("  bytecode for: %s" % tags)
     if result.missing_bytecode:
-        lines.append("  no interpreter found for Python %s: those compile from source at each cold start"
+        lines.append("  MISSING bytecode for Python %s (no interpreter found): on those runtimes the extension "
+                     "compiles from source at every cold start, 70-95 ms more CPU"
                      % ", ".join(result.missing_bytecode))
+        lines.append(missing_help(result.missing_bytecode))
     lines.append("  vendored: %s" % ", ".join("%s %s" % (d.name, d.version) for d in VENDORED))
     lines.append("  no native code: one zip for x86_64 and arm64")
     return "\n".join(lines)
@@ -440,6 +523,7 @@ def run_once(opt: Path, python: str, spool: Path, timeout: float = 30.0) -> Dict
             "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
             "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
             "SENTRY_EXT_SPOOL_DIR": str(spool),
+            "SENTRY_EXT_STATE_FILE": str(spool) + ".state",
             "SENTRY_EXT_PYTHON": python,
             "SENTRY_EXT_LOG_LEVEL": "WARNING",
         }
@@ -536,16 +620,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS,
                         help="wheel cache (default build/wheels); pinned wheels found there are not downloaded")
     parser.add_argument("--bytecode", default="auto",
-                        help="'auto' (every Lambda Python found: %s), 'none', or a comma list that must all "
-                             "be found, e.g. 3.9,3.12" % ",".join(LAMBDA_PYTHONS))
+                        help="'auto' (default: every Lambda Python found among %s), 'all' (every one, or fail), "
+                             "'none', or a comma list that must all be found, e.g. 3.9,3.12" % ",".join(LAMBDA_PYTHONS))
+    parser.add_argument("--all-pythons", action="store_const", const="all", dest="bytecode",
+                        help="the complete layer: bytecode for every Lambda Python (same as --bytecode all); "
+                             "fails naming the missing versions and how to get them")
     parser.add_argument("--python", action="append", default=[], metavar="PATH",
                         help="an interpreter to compile bytecode with (repeatable); preferred over discovery")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="ZIP",
+                        help="take the bytecode of layer zips built from the same sources elsewhere, e.g. one "
+                             "per Lambda build image (public.ecr.aws/sam/build-python3.X)")
     parser.add_argument("--measure", type=int, default=0, metavar="RUNS",
                         help="after building, measure the cold start with and without bytecode (RUNS per case)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = build(opts.out, opts.wheels, opts.bytecode, opts.python)
+        result = build(opts.out, opts.wheels, opts.bytecode, opts.python, opts.merge)
     except BuildError as exc:
         print("build_layer: %s" % exc, file=sys.stderr)
         return 1

@@ -6,16 +6,23 @@
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # ``python3 tools/demo.py``: make the ``tools`` package importable
+    from pathlib import Path as _Path
+
+    sys.path[0] = str(_Path(__file__).resolve().parent.parent)
+
 import argparse
 import collections
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 from tools.emulator import Emulator
+from tools.emulator.cli import HEADER, check_python, default_python, table_row
 from tools.fake_upstream import FakeUpstream
 from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt
 from tools.stats import median, percentile
@@ -27,30 +34,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--freeze-s", type=float, default=1.0, help="how long the sandbox stays frozen between invocations")
     parser.add_argument("--flush", default="end", choices=["end", "background", "adaptive"])
     parser.add_argument("--upstream-delay-ms", type=float, default=0.0, help="fake upstream reply delay")
+    parser.add_argument("--python", default=None, metavar="PATH",
+                        help="interpreter of the function's runtime and the extension; it needs awslambdaric, "
+                             "sentry-sdk and urllib3 (default: this project's .venv/bin/python if it exists, "
+                             "else the interpreter running the demo)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the extension's own log")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    python = opts.python or default_python()
+    problem = check_python(python, ("awslambdaric", "sentry_sdk", "urllib3", "certifi"))
+    if problem:
+        print("error: " + problem, file=sys.stderr)
+        return 2
 
     with tempfile.TemporaryDirectory(prefix="sentry-ext-demo-") as tmp, FakeUpstream() as upstream:
         upstream.delay_s = opts.upstream_delay_ms / 1000.0
-        env = function_env(upstream.dsn(), Path(tmp) / "spool", SENTRY_EXT_FLUSH=opts.flush)
+        env = function_env(upstream.dsn(), Path(tmp) / "spool", python, SENTRY_EXT_FLUSH=opts.flush)
         runtime_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), env["SENTRY_EXT_PORT"])}
         print("fake Sentry upstream on %s; extension on 127.0.0.1:%s (flush=%s)"
               % (upstream.base_url, env["SENTRY_EXT_PORT"], opts.flush))
-        with Emulator(make_opt(Path(tmp)), task_root=SAMPLE_FUNCTION, env=env, runtime_env=runtime_env,
-                      function_name="sentry-ext-demo") as emu:
+        with Emulator(make_opt(Path(tmp)), [python, "-m", "awslambdaric", "app.handler"], task_root=SAMPLE_FUNCTION,
+                      env=env, runtime_env=runtime_env, function_name="sentry-ext-demo") as emu:
             emu.start()
             captured: List[str] = []
-            print("\n%-4s %-8s %12s %16s %12s %14s" % ("inv", "status", "runtime ms", "post-runtime ms",
-                                                        "upstream", "before freeze"))
+            print("\n" + HEADER)
             for index in range(opts.invocations):
                 result = emu.invoke({"messages": 1})
                 body = result.response or b"{}"
                 captured.extend(json.loads(body).get("event_ids", []))
-                before_freeze = sum(1 for r in upstream.requests if result.freeze_t is None or r.t <= result.freeze_t)
-                print("%-4d %-8s %12.1f %16.1f %12d %14d" % (index + 1, result.status, result.runtime_ms,
-                                                             result.post_runtime_ms, len(upstream.requests),
-                                                             before_freeze))
+                print(table_row(index + 1, result, upstream))
                 if index + 1 < opts.invocations:
                     emu.wait_frozen_for(opts.freeze_s)
             shutdown = emu.shutdown()

@@ -54,6 +54,7 @@ __all__ = [
     "FakeUpstream",
     "Recorded",
     "Reply",
+    "log_item_problems",
     "main",
     "parse_envelope",
 ]
@@ -165,6 +166,75 @@ def parse_envelope(data: bytes) -> Envelope:
     else:  # pragma: no cover - unreachable, see above
         raise ValueError("envelope parser did not terminate")
     return Envelope(header=header, items=items)
+
+
+LOG_CONTENT_TYPE = "application/vnd.sentry.items.log+json"
+LOG_LEVELS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
+ATTRIBUTE_TYPES = {"string": (str,), "integer": (int,), "double": (float, int), "boolean": (bool,), "array": (list,)}
+
+
+def _hex(value: Any, size: int) -> bool:
+    return isinstance(value, str) and len(value) == size and all(c in "0123456789abcdef" for c in value)
+
+
+def log_item_problems(header: Dict[str, Any], payload: bytes) -> List[str]:
+    """What is wrong with a ``log`` item by the Sentry Logs protocol (empty list: valid).
+
+    Header ``type: log``, the log content type and an ``item_count`` equal to the number of logs
+    (1-100); payload ``{"items": [...]}``, each log with a numeric ``timestamp``, a 32-hex
+    ``trace_id``, a known ``level``, a string ``body``, an optional ``span_id`` (16 hex) and
+    ``severity_number`` (1-24, in its level's range) and ``attributes`` of ``{value, type}``.
+    """
+    problems: List[str] = []
+    if header.get("type") != "log":
+        problems.append(f"item type {header.get('type')!r} is not 'log'")
+    if header.get("content_type") != LOG_CONTENT_TYPE:
+        problems.append(f"content_type {header.get('content_type')!r}")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return problems + [f"payload is not JSON: {exc}"]
+    logs = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(logs, list):
+        return problems + ["payload has no 'items' list"]
+    count = header.get("item_count")
+    if isinstance(count, bool) or count != len(logs):
+        problems.append(f"item_count {count!r} but {len(logs)} logs")
+    if not 1 <= len(logs) <= 100:
+        problems.append(f"{len(logs)} logs in one item (1-100 allowed)")
+    for index, log in enumerate(logs):
+        where = f"log {index}"
+        if not isinstance(log, dict):
+            problems.append(f"{where} is not an object")
+            continue
+        timestamp = log.get("timestamp")
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or timestamp <= 0:
+            problems.append(f"{where}: timestamp {timestamp!r}")
+        if not _hex(log.get("trace_id"), 32):
+            problems.append(f"{where}: trace_id {log.get('trace_id')!r}")
+        if "span_id" in log and not _hex(log["span_id"], 16):
+            problems.append(f"{where}: span_id {log['span_id']!r}")
+        level = log.get("level")
+        if level not in LOG_LEVELS:
+            problems.append(f"{where}: level {level!r}")
+        if not isinstance(log.get("body"), str):
+            problems.append(f"{where}: body is not a string")
+        if "severity_number" in log and level in LOG_LEVELS:
+            number = log["severity_number"]
+            low = LOG_LEVELS[level]
+            if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= low + 3:
+                problems.append(f"{where}: severity_number {number!r} for level {level!r}")
+        attributes = log.get("attributes", {})
+        if not isinstance(attributes, dict):
+            problems.append(f"{where}: attributes is not an object")
+            continue
+        for name, attribute in attributes.items():
+            kind = attribute.get("type") if isinstance(attribute, dict) else None
+            value = attribute.get("value") if isinstance(attribute, dict) else None
+            types = ATTRIBUTE_TYPES.get(kind) if isinstance(kind, str) else None
+            if types is None or not isinstance(value, types) or (kind in ("integer", "double") and isinstance(value, bool)):
+                problems.append(f"{where}: attribute {name!r} is not a typed value: {attribute!r}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,6 +849,17 @@ class FakeUpstream:
             for header, payload in record.envelope.items:
                 if item_type is None or header.get("type") == item_type:
                     out.append((record, header, payload))
+        return out
+
+    def logs(self) -> List[Dict[str, Any]]:
+        """Every log of every ``log`` item received; raises ``ValueError`` naming the problems of
+        any item that breaks the Sentry Logs protocol (see ``log_item_problems``)."""
+        out: List[Dict[str, Any]] = []
+        for _record, header, payload in self.items("log"):
+            problems = log_item_problems(header, payload)
+            if problems:
+                raise ValueError("invalid log item: " + "; ".join(problems[:10]))
+            out.extend(json.loads(payload.decode("utf-8"))["items"])
         return out
 
     def event_ids(self, item_type: str = "event") -> List[str]:

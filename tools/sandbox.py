@@ -37,6 +37,7 @@ def function_env(upstream_dsn: str, spool_dir: Path, python: Optional[str] = Non
         "SENTRY_EXT_TELEMETRY_PORT": str(free_port()),
         "SENTRY_EXT_TELEMETRY_HOST": "127.0.0.1",
         "SENTRY_EXT_SPOOL_DIR": str(spool_dir),
+        "SENTRY_EXT_STATE_FILE": str(spool_dir) + ".state",  # the exec wrapper's record, private per run
         "SENTRY_EXT_PYTHON": python or sys.executable,
         "NO_PROXY": "127.0.0.1,localhost",
     }

@@ -1,0 +1,196 @@
+"""Pending function logs, bounded in count and bytes, and the envelope ``log`` item that carries them.
+
+The item is what sentry-python 2.x sends (``_log_batcher.py``): header ``{"type": "log",
+"item_count": N, "content_type": "application/vnd.sentry.items.log+json"}``, payload
+``{"version": 2, "items": [...]}``, each log ``{timestamp, trace_id, level, body, severity_number,
+attributes}`` with typed attributes ``{"value": ..., "type": "string|integer|double|boolean"}``,
+severity also as ``sentry.severity_number``/``sentry.severity_text`` attributes like the SDK.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import threading
+import time
+import uuid
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+
+from . import __version__
+from .envelope import Item
+from .function_logs import SEVERITY, LogLine
+
+MAX_LOGS_PER_ITEM = 100  # the protocol's limit per envelope
+DEFAULT_MAX_ITEMS = 1000  # sentry-python's MAX_BEFORE_DROP
+DEFAULT_MAX_BYTES = 1024 * 1024
+# Bytes counted per pending line beyond ``LogLine.size``: its Python objects take ~350 bytes, its
+# JSON with the context attributes ~900; one figure serves the memory bound and ``log_byte``.
+LINE_OVERHEAD = 512
+DROP_REASON = "queue_overflow"  # what sentry-python's log batcher reports for the same loss
+CONTENT_TYPE = "application/vnd.sentry.items.log+json"
+ORIGIN = "auto.log.aws_lambda_extension"
+SDK_NAME = "sentry.lambda.extension"
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}\Z")
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _typed(value: Any) -> str:
+    """``{"value": ..., "type": ...}`` JSON of one str/int/float/bool attribute value."""
+    if isinstance(value, str):
+        return '{"value":%s,"type":"string"}' % _encode(value)
+    if isinstance(value, bool):
+        return '{"value":%s,"type":"boolean"}' % ("true" if value else "false")
+    if isinstance(value, int):
+        return '{"value":%d,"type":"integer"}' % value
+    if isinstance(value, float) and value - value == 0.0:
+        return '{"value":%r,"type":"double"}' % value
+    return '{"value":%s,"type":"string"}' % _encode(str(value))
+
+
+def _attributes_json(attributes: Dict[str, Any]) -> str:
+    return ",".join("%s:%s" % (_encode(key), _typed(value)) for key, value in attributes.items())
+
+
+class LogContext:
+    """What every log of this function carries: resource attributes, release and environment."""
+
+    __slots__ = ("attributes", "_fragment", "_keys")
+
+    def __init__(self, function_name: Optional[str] = None, function_version: Optional[str] = None,
+                 region: Optional[str] = None, release: Optional[str] = None, environment: Optional[str] = None,
+                 origin: str = ORIGIN) -> None:
+        attributes: Dict[str, Any] = {
+            "sentry.origin": origin,
+            "sentry.sdk.name": SDK_NAME,
+            "sentry.sdk.version": __version__,
+            "cloud.provider": "aws",
+            "cloud.platform": "aws_lambda",
+        }
+        optional = (("faas.name", function_name), ("faas.version", function_version), ("cloud.region", region),
+                    ("sentry.release", release), ("sentry.environment", environment))
+        attributes.update((key, value) for key, value in optional if isinstance(value, str) and value)
+        self.attributes = attributes
+        self._fragment = _attributes_json(attributes)
+        self._keys = frozenset(attributes) | {"faas.invocation_id", "sentry.severity_number", "sentry.severity_text"}
+
+    def log_json(self, line: LogLine, trace_id: str) -> str:
+        """One log of the payload's ``items`` as JSON text."""
+        level = line.level if line.level in SEVERITY else "info"
+        parts = [self._fragment, _SEVERITY_FRAGMENTS[level]]
+        if line.request_id:
+            parts.append('"faas.invocation_id":{"value":%s,"type":"string"}' % _encode(line.request_id))
+        if line.attributes:
+            extra = {k: v for k, v in line.attributes.items() if k not in self._keys}
+            if extra:
+                parts.append(_attributes_json(extra))
+        timestamp = float(line.timestamp)
+        if timestamp - timestamp != 0.0 or timestamp <= 0.0:  # nan/inf are not JSON; Sentry needs a time
+            timestamp = time.time()
+        return '{"timestamp":%r,"trace_id":"%s","level":"%s","body":%s,"severity_number":%d,"attributes":{%s}}' % (
+            timestamp, trace_id, level, _encode(line.body), SEVERITY[level], ",".join(parts))
+
+
+_SEVERITY_FRAGMENTS = {
+    level: '"sentry.severity_number":{"value":%d,"type":"integer"},"sentry.severity_text":{"value":"%s","type":"string"}'
+    % (number, level) for level, number in SEVERITY.items()
+}
+
+
+def valid_trace_id(value: Any) -> bool:
+    """True for 32 lowercase hex characters (what Sentry accepts as ``trace_id``)."""
+    return isinstance(value, str) and _TRACE_ID.match(value) is not None
+
+
+def new_trace_id() -> str:
+    """A fresh random trace id (from ``os.urandom``: safe after a SnapStart restore)."""
+    return uuid.uuid4().hex
+
+
+def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callable[[Optional[str]], str]) -> Item:
+    """The envelope ``log`` item for at most 100 ``lines`` (ValueError beyond); ``trace_id_of(request_id)``
+    gives each line's trace id, asked once per request id (an invalid answer or an exception gives
+    a fresh id, shared within the item)."""
+    cache: Dict[Optional[str], str] = {}
+    fallback: Optional[str] = None
+    logs: List[str] = []
+    for line in lines:
+        if len(logs) >= MAX_LOGS_PER_ITEM:
+            raise ValueError("at most %d logs per envelope item" % MAX_LOGS_PER_ITEM)
+        trace_id = cache.get(line.request_id)
+        if trace_id is None:
+            try:
+                asked: Any = trace_id_of(line.request_id)
+            except Exception:  # the caller's lookup must not cost the logs
+                asked = None
+            if valid_trace_id(asked):
+                trace_id = asked
+            else:
+                trace_id = fallback = fallback or new_trace_id()
+            cache[line.request_id] = trace_id
+        logs.append(context.log_json(line, trace_id))
+    payload = ('{"version":2,"items":[%s]}' % ",".join(logs)).encode("utf-8", "replace")  # "replace": lone surrogates
+    headers = {"type": "log", "item_count": len(logs), "content_type": CONTENT_TYPE, "length": len(payload)}
+    return Item(headers, payload)
+
+
+class LogBatch:
+    """Pending log lines, bounded by count and (approximate) bytes: on overflow the OLDEST go, and
+    their loss is counted for client reports. Thread-safe; ``add`` never blocks for long."""
+
+    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS, max_bytes: int = DEFAULT_MAX_BYTES,
+                 overhead: int = LINE_OVERHEAD) -> None:
+        self.max_items = max(1, max_items)
+        self.max_bytes = max(1, max_bytes)
+        self.overhead = max(0, overhead)
+        self._lines: Deque[LogLine] = collections.deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._dropped_items = 0
+        self._dropped_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @property
+    def bytes(self) -> int:
+        """Approximate bytes pending."""
+        return self._bytes
+
+    def add(self, line: LogLine) -> None:
+        """Queue ``line``, dropping the oldest lines (or ``line`` itself, if alone too big) to stay in bounds."""
+        overhead = self.overhead
+        size = line.size + overhead
+        with self._lock:
+            if size > self.max_bytes:
+                self._dropped_items += 1
+                self._dropped_bytes += size
+                return
+            lines = self._lines
+            lines.append(line)
+            self._bytes += size
+            while len(lines) > self.max_items or self._bytes > self.max_bytes:
+                old_size = lines.popleft().size + overhead
+                self._bytes -= old_size
+                self._dropped_items += 1
+                self._dropped_bytes += old_size
+
+    def take(self, max_items: int = MAX_LOGS_PER_ITEM) -> List[LogLine]:
+        """Remove and return up to ``max_items`` of the oldest pending lines."""
+        with self._lock:
+            lines = self._lines
+            count = min(max(0, max_items), len(lines))
+            out = [lines.popleft() for _ in range(count)]
+            self._bytes -= sum(line.size for line in out) + self.overhead * count
+            return out
+
+    def take_dropped(self) -> List[Tuple[str, str, int]]:
+        """``(reason, category, quantity)`` of the overflow losses since the last call (``log_item``
+        and ``log_byte``), for ``Discards.record``; empty if none."""
+        with self._lock:
+            items, size = self._dropped_items, self._dropped_bytes
+            self._dropped_items = self._dropped_bytes = 0
+        if not items:
+            return []
+        return [(DROP_REASON, "log_item", items), (DROP_REASON, "log_byte", size)]
