@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from .request import Request
 
@@ -26,7 +26,11 @@ class BoundedQueue:
         self.cond = threading.Condition(lock)   # getters: an item (or a resume) is there
         self._idle = threading.Condition(lock)  # join: nothing queued or in flight, or a pause changed
         self._paused_until = 0.0  # monotonic; getters wait while upstream is in its grace period
+        self._held_until = 0.0  # monotonic; getters wait: too close to a deadline to start a request
+        self._waiting = 0  # getters blocked in ``get``
         self._closed = False
+        # Called (outside the lock) after a put that found more items queued than idle getters.
+        self.on_backlog: Optional[Callable[[], None]] = None
 
     def put(self, req: Request) -> bool:
         """Queue ``req``; returns False if the item or byte cap would be exceeded."""
@@ -39,7 +43,10 @@ class BoundedQueue:
             self._items.append(req)
             self._bytes += req.size
             self.cond.notify()
-            return True
+            starved = len(self._items) > self._waiting
+        if starved and self.on_backlog is not None:
+            self.on_backlog()
+        return True
 
     def get(self, timeout: float) -> Optional[Request]:
         """Take the oldest item, waiting up to ``timeout`` (and past any pause); None if none."""
@@ -49,14 +56,19 @@ class BoundedQueue:
                 now = time.monotonic()
                 if self._closed or now >= deadline:
                     return None
-                if self._items and now >= self._paused_until:
+                until = max(self._paused_until, self._held_until)
+                if self._items and now >= until:
                     req = self._items.popleft()
                     self._in_flight.append(req)
                     return req
                 wait = deadline - now
                 if self._items:
-                    wait = min(wait, self._paused_until - now)
-                self.cond.wait(max(wait, 0.001))
+                    wait = min(wait, until - now)
+                self._waiting += 1
+                try:
+                    self.cond.wait(max(wait, 0.001))
+                finally:
+                    self._waiting -= 1
 
     def _release(self, req: Request) -> bool:
         # take_all() may have handed the item to the spool already
@@ -90,6 +102,15 @@ class BoundedQueue:
             self._paused_until = max(self._paused_until, until)
             self._idle.notify_all()
 
+    def hold(self, until: float) -> None:
+        """Hold back ``get`` until the monotonic time ``until`` (a deadline too close to start a
+        request before it); ``hold(0)`` ends it. Unlike a pause, a success does not end it."""
+        with self.cond:
+            self._held_until = until
+            if not until:
+                self.cond.notify_all()
+            self._idle.notify_all()
+
     def resume(self) -> None:
         """End a pause early (upstream answered again); cheap when there is none."""
         with self.cond:
@@ -104,7 +125,8 @@ class BoundedQueue:
         with self.cond:
             while self._items or self._in_flight:
                 now = time.monotonic()
-                if now >= deadline or (self._items and not self._in_flight and self._paused_until >= deadline):
+                until = max(self._paused_until, self._held_until)
+                if now >= deadline or (self._items and not self._in_flight and until >= deadline):
                     return False
                 self._idle.wait(deadline - now)
             return True

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from . import __version__
 from .buffer import BoundedQueue
@@ -21,10 +21,8 @@ REPORT_INTERVAL_S = 30.0  # at most one periodic report per this many seconds (f
 CLIENT = "sentry-lambda-extension/" + __version__
 
 
-def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
-    """A standalone envelope holding one client_report item, authenticated for ``key``."""
-    item_header = json.dumps({"type": "client_report", "length": len(payload)}, separators=(",", ":"))
-    body = b"{}\n" + item_header.encode("ascii") + b"\n" + payload + b"\n"
+def envelope_request(dsn: Dsn, key: str, body: bytes) -> Request:
+    """An envelope the extension made itself, authenticated for ``key`` like an SDK's."""
     headers = {
         "content-type": "application/x-sentry-envelope",
         "x-sentry-auth": "Sentry sentry_key=%s, sentry_version=7, sentry_client=%s" % (key, CLIENT),
@@ -32,6 +30,12 @@ def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
     }
     return Request(upstream_path="/api/%s/envelope/" % dsn.project_id, headers=headers, body=body,
                    public_key=key)
+
+
+def report_request(dsn: Dsn, key: str, payload: bytes) -> Request:
+    """A standalone envelope holding one client_report item, authenticated for ``key``."""
+    item_header = json.dumps({"type": "client_report", "length": len(payload)}, separators=(",", ":"))
+    return envelope_request(dsn, key, b"{}\n" + item_header.encode("ascii") + b"\n" + payload + b"\n")
 
 
 class ReportScheduler:
@@ -61,12 +65,21 @@ class ReportScheduler:
     def send(self) -> bool:
         """Queue every pending report now; False if the queue had no room (those counts stay pending)."""
         self._last = self._clock()
+        return self._drain(self.queue.put)
+
+    def take_requests(self) -> List[Request]:
+        """Every pending report as a request, out of the counts (for the spool, once the queue is closed)."""
+        taken: List[Request] = []
+        self._drain(lambda req: taken.append(req) is None)
+        return taken
+
+    def _drain(self, sink: Callable[[Request], bool]) -> bool:
         for key in self.discards.pending_keys():
             for _ in range(1000):  # each round takes counts out, so this ends long before
                 payload = self.discards.take_report(key)
                 if payload is None:
                     break
-                if not self.queue.put(report_request(self.dsn, key, payload)):
+                if not sink(report_request(self.dsn, key, payload)):
                     self.discards.restore(key, payload)
                     log.debug("no room in the queue for a client report; kept for later")
                     return False

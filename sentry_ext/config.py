@@ -34,7 +34,8 @@ SETTINGS = (
     ("flush_mode", "SENTRY_EXT_FLUSH", "end", FLUSH_MODES, "when the queue is drained"),
     ("flush_timeout_ms", "SENTRY_EXT_FLUSH_TIMEOUT_MS", 2000, (0, 900000), "longest drain after an invocation"),
     ("deadline_margin_ms", "SENTRY_EXT_DEADLINE_MARGIN_MS", 200, (10, 10000), "taken off every deadline"),
-    ("senders", "SENTRY_EXT_SENDERS", 4, (1, 32), "sender threads"),
+    ("senders", "SENTRY_EXT_SENDERS", 4, (1, 32), "sender threads kept when idle (the fewest)"),
+    ("max_inflight", "SENTRY_EXT_MAX_INFLIGHT", 64, (1, 256), "most concurrent upstream requests"),
     ("connect_timeout_ms", "SENTRY_EXT_CONNECT_TIMEOUT_MS", 2000, (10, 60000), "upstream connect timeout"),
     ("read_timeout_ms", "SENTRY_EXT_READ_TIMEOUT_MS", 5000, (10, 120000), "upstream read timeout"),
     ("max_attempts", "SENTRY_EXT_MAX_ATTEMPTS", 10, (1, 100), "attempts per request"),
@@ -52,13 +53,21 @@ SETTINGS = (
     ("adaptive_gap_ms", "SENTRY_EXT_ADAPTIVE_GAP_MS", 10000, (1, 3600000), "adaptive: mean gap for background"),
     # bin/sentry-lambda-wrapper has the same default: keep the two in step
     ("state_file", "SENTRY_EXT_STATE_FILE", "/tmp/sentry-lambda-extension.state", None, "handshake record for the exec wrapper"),
+    ("report_failures", "SENTRY_EXT_REPORT_FAILURES", "on", None, "failure kinds made into events (on/off/list)"),
+    ("release", "SENTRY_RELEASE", None, None, "failure events' release when the SDK sent none"),
+    ("environment", "SENTRY_ENVIRONMENT", None, None, "failure events' environment when the SDK sent none"),
+    ("function_name", "AWS_LAMBDA_FUNCTION_NAME", "", None, "set by Lambda: the function's name"),
+    ("function_version", "AWS_LAMBDA_FUNCTION_VERSION", "", None, "set by Lambda: the function's version"),
+    ("region", "AWS_REGION", "", None, "set by Lambda: the function's region"),
+    ("memory_mb", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, (0, 1048576), "set by Lambda: the memory size in MB"),
 )
+FAILURE_KINDS = ("timeout", "oom", "exit", "init")  # SENTRY_EXT_REPORT_FAILURES: "on", "off" or a list of these
 # Fields the loader derives from several variables (documented in the README all the same).
 DERIVED = (
     ("dsn", ("SENTRY_DSN", "SENTRY_EXT_UPSTREAM"), "the project's DSN, its origin optionally replaced"),
     ("proxy_url", ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"), "proxy for the DSN's scheme"),
 )
-_LENIENT = ("log_level",)  # a bad value falls back to the default instead of making the extension inert
+_LENIENT = ("log_level", "memory_mb")  # a bad value falls back to the default instead of making the extension inert
 _HIDDEN = ("dsn", "proxy_url")  # secrets stay out of repr
 
 
@@ -86,7 +95,8 @@ class Config:
     flush_mode: str
     flush_timeout_ms: int
     deadline_margin_ms: int
-    senders: int
+    senders: int  # the fewest sender threads (kept when idle)
+    max_inflight: int  # the most: concurrent upstream requests while a backlog calls for them
     connect_timeout_ms: int
     read_timeout_ms: int
     max_attempts: int
@@ -104,6 +114,13 @@ class Config:
     adaptive_gap_ms: int
     state_file: str
     warnings: Tuple[str, ...]  # lenient settings that fell back to their default (logged once)
+    report_failures: str
+    release: Optional[str]
+    environment: Optional[str]
+    function_name: str
+    function_version: str
+    region: str
+    memory_mb: int
 
     def __init__(self, **values: Any) -> None:
         missing = [name for name in _REQUIRED if name not in values]
@@ -155,11 +172,16 @@ class Config:
     def adaptive_gap_s(self) -> float:
         return self.adaptive_gap_ms / 1000.0
 
+    @property
+    def failure_kinds(self) -> Tuple[str, ...]:
+        """The failure kinds reported as events (``SENTRY_EXT_REPORT_FAILURES``); empty: none."""
+        return failure_kinds(self.report_failures)
+
     def describe(self) -> str:
         """One log-safe line with the effective settings."""
-        return "upstream=%s port=%d flush=%s senders=%d queue=%d/%dB body_cap=%dB" % (
-            self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, self.senders,
-            self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
+        return "upstream=%s port=%d flush=%s senders=%d-%d queue=%d/%dB body_cap=%dB" % (
+            self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, min(self.senders, self.max_inflight),
+            self.max_inflight, self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
 
 
 _FIELDS = tuple(Config.__annotations__)  # in declaration order
@@ -176,6 +198,21 @@ def _validate(name: str, value: Any, default: Any, check: Any) -> None:
             raise ConfigError("%s must be an integer between %d and %d, got %r" % (name, check[0], check[1], value))
     elif value not in check:
         raise ConfigError("%s must be one of %s, got %r" % (name, "/".join(check), value))
+
+
+def failure_kinds(value: str) -> Tuple[str, ...]:
+    """``on``/``off`` or a comma-separated list of FAILURE_KINDS as a tuple; ConfigError otherwise."""
+    text = value.strip().lower()
+    if text in ("on", "all"):
+        return FAILURE_KINDS
+    if text in ("off", "none"):
+        return ()
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAILURE_KINDS]
+    if unknown or not kinds:
+        raise ConfigError("SENTRY_EXT_REPORT_FAILURES must be on, off or a list of %s, got %r"
+                          % ("/".join(FAILURE_KINDS), value[:60]))
+    return tuple(k for k in FAILURE_KINDS if k in kinds)
 
 
 def _raw(env: Mapping[str, str], names: Any) -> str:
@@ -252,6 +289,7 @@ def _load(env: Mapping[str, str]) -> Config:
         if names:
             values[field] = _lenient(env, field, warnings) if field in _LENIENT else _setting(env, field)
     cfg = Config(warnings=tuple(warnings), **values)
+    failure_kinds(cfg.report_failures)  # a list with an unknown kind: inert, like any bad value
     if cfg.telemetry_port in (cfg.port, 9001):
         raise ConfigError("SENTRY_EXT_TELEMETRY_PORT must differ from SENTRY_EXT_PORT and 9001 (reserved)")
     return cfg

@@ -1,4 +1,8 @@
-"""Sender threads that drain the bounded queue upstream, with retries and a grace period."""
+"""Sender threads that drain the bounded queue upstream, with retries and a grace period.
+
+The number of threads follows the backlog and the round trip (``concurrency.py``); near a
+deadline a request is started only if it can be answered before it (``rtt.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .buffer import BoundedQueue
+from .concurrency import ConcurrencyController, CpuShare
 from .request import Request
+from .rtt import RttEstimator
 from .stats import Stats
 from .transport import Outcome, Result, Transport
 
@@ -17,6 +23,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 30.0
+IDLE_POLL_S = 1.0  # an idle sender looks this often whether it is surplus
 
 # Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
 ResponseHook = Callable[[Request, Result], None]
@@ -62,32 +69,43 @@ class UpstreamHealth:
 
 
 class Forwarder:
-    """A small pool of sender threads sharing one queue and one connection pool."""
+    """Sender threads sharing one queue and one connection pool: ``senders`` of them at least,
+    up to ``max_inflight`` while a backlog and the round trip call for more."""
 
     def __init__(self, queue: BoundedQueue, transport_: Transport, stats: Stats, senders: int,
                  max_attempts: int, on_response: Optional[ResponseHook] = None,
-                 on_drop: Optional[DropHook] = None) -> None:
+                 on_drop: Optional[DropHook] = None, max_inflight: Optional[int] = None) -> None:
         self.queue = queue
         self.transport = transport_
         self.stats = stats
-        self.senders = senders
         self.max_attempts = max_attempts
         self.on_response = on_response
         self.on_drop = on_drop
         self.health = UpstreamHealth()
+        self.rtt = RttEstimator()
+        self.controller = ConcurrencyController(senders, max(senders, max_inflight or senders))
+        self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
+        self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
+        self._alive = 0  # threads started and not retired
+        self._started = 0
         self._stop = threading.Event()
         self._last_error_log = 0.0
+        self._spawn_failed = False
+
+    @property
+    def senders(self) -> int:
+        with self._lock:
+            return self._alive
 
     def start(self) -> None:
-        for index in range(self.senders):
-            thread = threading.Thread(target=self._run, name="sentry-ext-sender-%d" % index, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.queue.on_backlog = self._on_backlog
+        self.grow()
 
     def stop(self) -> None:
         self._stop.set()
+        self.queue.on_backlog = None
         with self.queue.cond:
             self.queue.cond.notify_all()
 
@@ -97,17 +115,75 @@ class Forwarder:
         deadline = time.monotonic() + max(0.0, timeout)
         self._deadline = deadline
         try:
+            self.grow()  # a drain runs at the full concurrency the backlog calls for
             return self.queue.join(deadline)
         finally:
             self._deadline = None
+            self.queue.hold(0.0)
+
+    # -- the thread pool ----------------------------------------------------------------------
+
+    def _on_backlog(self) -> None:
+        # On the ingest thread that queued a request no idle sender was waiting for: one more at most.
+        self.grow(1)
+
+    def grow(self, limit: Optional[int] = None) -> int:
+        """Start the sender threads the controller calls for (at most ``limit``); returns how many."""
+        if self._stop.is_set():
+            return 0
+        with self._lock:
+            outstanding, floor = len(self.queue), self.rtt.floor()
+            # the CPU share is read only when more threads are wanted (it sums every thread's time)
+            cpu = self.cpu.read() if self.controller.need(outstanding, floor) > self._alive else 0.0
+            level = self.controller.update(outstanding, floor, cpu)
+            count = level - self._alive
+            if limit is not None:
+                count = min(count, limit)
+            if count <= 0:
+                return 0
+            self._alive += count
+            first = self._started
+            self._started += count
+            self._threads = [t for t in self._threads if t.is_alive()]
+        started = 0
+        for index in range(first, first + count):
+            thread = threading.Thread(target=self._run, name="sentry-ext-sender-%d" % index, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the sandbox's thread or memory limit: carry on with fewer
+                with self._lock:
+                    self._alive -= first + count - index
+                if not self._spawn_failed:
+                    self._spawn_failed = True
+                    log.warning("cannot start another sender thread (%s); staying at %d", exc, self.senders)
+                break
+            with self._lock:
+                self._threads.append(thread)
+            started += 1
+        self.stats.high("senders_peak", self.senders)
+        return started
+
+    def _retire(self) -> bool:
+        """True if this idle thread is surplus to the controller's level (it then ends)."""
+        with self._lock:
+            level = self.controller.update(len(self.queue), self.rtt.floor())
+            if self._alive > level:
+                self._alive -= 1
+                return True
+            return False
 
     def _run(self) -> None:
         while not self._stop.is_set():
             req = None
             try:
-                req = self.queue.get(timeout=1.0)
-                if req is not None:
-                    self._deliver(req)
+                req = self.queue.get(timeout=IDLE_POLL_S)
+                if req is None:
+                    if self._retire():
+                        return
+                    continue
+                self._deliver(req)
+                req = None
+                self.grow()  # a reply may have taught us the round trip a backlog is waiting on
             except Exception:  # a bug here must not kill the thread: log it and go on
                 log.exception("sender thread error (survived)")
                 if req is not None:
@@ -126,15 +202,42 @@ class Forwarder:
         except Exception:
             log.exception("sender thread error while recovering (survived)")
 
-    def _deliver(self, req: Request) -> None:
+    def _read_timeout(self) -> Tuple[Optional[float], Optional[float]]:
+        """(hold until, read timeout): near a deadline, start only what can be answered before it
+        (else hold the queue until that deadline), and never cut a read timeout below what the
+        upstream has been taking."""
         deadline = self._deadline
-        remaining = None if deadline is None else deadline - time.monotonic()
+        if deadline is None:
+            return None, None
+        remaining = deadline - time.monotonic()
+        expected = self.rtt.expected()
+        if remaining <= 0 or (expected is not None and remaining < expected):
+            return deadline, None
+        floor = self.rtt.timeout()
+        return None, remaining if floor is None else max(remaining, floor)
+
+    def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
+        started = time.monotonic()
+        result = self.transport.send(req, read_timeout=read_timeout)
+        if result.status:
+            self.rtt.add(time.monotonic() - started)
+        return result
+
+    def _deliver(self, req: Request) -> None:
+        hold_until, read_timeout = self._read_timeout()
+        if hold_until is not None:
+            # Started now, it would still be in flight at the deadline (then frozen, or spooled
+            # while upstream may accept it: a duplicate). It waits for the next drain instead.
+            self.queue.hold(hold_until)
+            self.queue.requeue(req)
+            self.stats.incr("held_at_deadline")
+            return
         req.attempts += 1
-        result = self.transport.send(req, read_timeout=remaining)
+        result = self._send(req, read_timeout)
         if result.outcome == Outcome.STALE and req.attempts == 1:
             # A pooled connection that died while we were frozen: reconnect at once, no backoff.
             self.stats.incr("retried")
-            result = self.transport.send(req, read_timeout=remaining)
+            result = self._send(req, read_timeout)
         if result.status and self.on_response is not None:
             try:
                 self.on_response(req, result)
@@ -155,13 +258,18 @@ class Forwarder:
             self._give_up(req, "send_error" if outcome == Outcome.SEND_ERROR else "ratelimited_upstream",
                           result)
             return
-        # RETRY or a STALE that persisted: back off, then try again or give up.
+        # RETRY or a STALE that persisted: back off, then try again or give up. The failure counts
+        # either way (/health reads it), so even one attempt per request shows an outage.
+        grace = self.health.failure()
         if req.attempts >= self.max_attempts:
             reason = "send_error" if result.status else "network_error"
             self._give_up(req, reason, result)
             return
-        grace = self.health.failure()
         self.stats.incr("retried")
+        if result.maybe_delivered:
+            self.stats.incr("duplicates_at_risk")
+            self._log_failure("no reply for %s within the read timeout (round trip so far: %s); resending "
+                              "it may duplicate it upstream", req.upstream_path, _ms(self.rtt.srtt))
         self.queue.pause_until(time.monotonic() + grace)
         self._log_failure("upstream failed (%s); retrying in %.2fs (attempt %d/%d)",
                           result.error, grace, req.attempts, self.max_attempts)
@@ -183,3 +291,7 @@ class Forwarder:
             log.warning(msg, *args)
         else:
             log.debug(msg, *args)
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "unknown" if seconds is None else "%.0f ms" % (seconds * 1000)

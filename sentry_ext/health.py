@@ -1,7 +1,8 @@
 """What ``GET /health`` says about the relay: ``ok``, or ``degraded`` with the reasons.
 
-Degraded while the upstream is failing (attempts that end in a retry: refused, timed out, a
-retried status; the forwarder's UpstreamHealth counts them until an attempt gets an answer) or
+Degraded while the upstream is failing (failed attempts: refused, timed out, a retryable
+status, whether or not the request is retried; the forwarder's UpstreamHealth counts them until
+an attempt gets an answer) or
 while the queue is over half full by items or bytes (ingest will soon answer 429).
 """
 

@@ -149,9 +149,7 @@ class Extension:
             log.error("inert: %s; the function runs normally, nothing is relayed to Sentry", self._inert_reason)
             self.ready.set()
             return
-        telemetry_sock = None
-        if self.flush_control.mode != BACKGROUND or exec_model.is_managed(cfg.init_type):
-            telemetry_sock = self._subscribe_telemetry()
+        telemetry_sock = self._subscribe_telemetry()  # every mode: failure events come from it
         threading.Thread(target=self._start_pipeline, args=(ingest_sock, telemetry_sock),
                          name="sentry-ext-init", daemon=True).start()
 
@@ -179,6 +177,9 @@ class Extension:
 
     def _fallback(self, why: str) -> None:
         self._announce()
+        if self.flush_control.mode == BACKGROUND:
+            log.warning("%s: no failure events (timeouts, crashes) without telemetry", why)
+            return
         log.warning("%s: falling back to background flushing", why)
         self.flush_control.fall_back()
 
@@ -273,7 +274,9 @@ class Extension:
                     self.on_invoke(event)
                 elif kind == "SHUTDOWN":
                     deadline = _deadline(event, self.cfg.deadline_margin_ms)
-                    return self._stop("SHUTDOWN (%s)" % event.get("shutdownReason", "?"), deadline)
+                    reason = event.get("shutdownReason")
+                    return self._stop("SHUTDOWN (%s)" % (reason or "?"), deadline,
+                                      reason if isinstance(reason, str) else None)
                 else:
                     log.warning("ignoring unknown event type %r", kind)
             except Exception:
@@ -307,18 +310,24 @@ class Extension:
 
     def on_invoke(self, event: Dict[str, Any]) -> None:
         """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
+        told = self.pipeline
+        if told is not None:
+            told.invoked(event)  # every mode: which request runs now
         if self.flush_control.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
             return
         now = time.monotonic()
         deadline = _deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
+        if told is None:
+            self.pipeline.invoked(event)
         request_id = str(event.get("requestId", ""))
         if not self.pipeline.after_invoke(request_id, deadline, TELEMETRY_GRACE_S):
             self._fallback("no telemetry for %s within %.0f s" % (request_id, TELEMETRY_GRACE_S))
 
-    def _stop(self, why: str, deadline: float) -> int:
-        """Orderly end: drain until ``deadline``, spool the rest, log the summary, exit 0."""
+    def _stop(self, why: str, deadline: float, reason: Optional[str] = None) -> int:
+        """Orderly end: report failures, drain until ``deadline``, spool the rest, log the summary,
+        exit 0. ``reason``: SHUTDOWN's (``timeout``/``failure`` after a reset)."""
         t0 = time.monotonic()
         log.info("%s: draining for up to %.0f ms", why, max(0.0, deadline - t0) * 1000)
         pipeline = None
@@ -327,10 +336,22 @@ class Extension:
         if pipeline is None:
             log.info("summary: nothing relayed (inert)")
             return 0
-        outcome = pipeline.shutdown(deadline)
-        log.info("summary: %s spooled=%d drain_ms=%.0f %s", pipeline.summary(), outcome["spooled"],
-                 (time.monotonic() - t0) * 1000, "complete" if outcome["drained"] else "incomplete")
+        outcome = pipeline.shutdown(deadline, reason)
+        log.info("summary: %s drain_ms=%.0f drain=%s", pipeline.summary(), (time.monotonic() - t0) * 1000,
+                 _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"], outcome["dropped"]))
         return 0
+
+
+def _drain_verdict(drained: bool, spooled: int, lost: int, dropped: int) -> str:
+    """``complete`` only when the SHUTDOWN drain delivered everything; else what became of the rest."""
+    if drained and not (spooled or lost or dropped):
+        return "complete"
+    parts = ["%d dropped while draining" % dropped] if dropped else []
+    if spooled:
+        parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
+    if lost:
+        parts.append("%d lost" % lost)
+    return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
 
 
 def _deadline(event: Dict[str, Any], margin_ms: int) -> float:

@@ -14,22 +14,30 @@ from .buffer import BoundedQueue
 from .client_reports import ReportScheduler
 from .config import Config
 from .discards import Discards
+from .failure_events import build_request
 from .exec_model import SNAP_START
 from .flush import FlushControl
 from .forwarder import Forwarder
 from .health import assess
 from .ingest import IngestServer
 from .ingest_limits import IngestLimiter
+from .invocations import Failure, Invocations
 from .ratelimit import RateLimits
 from .request import Request
 from .spool import Spool
 from .stats import Stats
-from .telemetry import RuntimeDoneTracker, TelemetryListener
+from .telemetry import TelemetryListener
+from .telemetry_records import parse_batch
 from .transport import Result, Transport
 
 log = logging.getLogger(__name__)
 
 SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
+# After a reset (SHUTDOWN timeout/failure), how long to wait for the failed request's last
+# records (Lambda sends them within ~100 ms with 25 ms batching), at most a third of the window.
+OUTCOME_WAIT_S = 0.5
+RESET_REASONS = ("timeout", "failure")
+REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of what did not fit
 
 
 class Pipeline:
@@ -49,15 +57,17 @@ class Pipeline:
         self.discards = Discards()
         self.reports = ReportScheduler(self.discards, self.queue, cfg.dsn, self.stats)
         self.ingest_limits = IngestLimiter(self.limits, self.discards, self.stats)
-        self.forwarder = Forwarder(self.queue, self.transport, self.stats, cfg.senders, cfg.max_attempts,
-                                   on_response=self._on_response, on_drop=self._on_drop)
+        self.forwarder = Forwarder(self.queue, self.transport, self.stats, min(cfg.senders, cfg.max_inflight),
+                                   cfg.max_attempts, on_response=self._on_response, on_drop=self._on_drop,
+                                   max_inflight=cfg.max_inflight)
         self.server = IngestServer(ingest_sock, cfg, self.queue, self.stats, self._health_extra)
         self.server.before_queue = self._before_queue
         self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
-        self.tracker = RuntimeDoneTracker()
-        # Only POSTs on telemetry_path (the subscription's secret path) reach the tracker.
-        self.listener = (TelemetryListener(telemetry_sock, self.tracker.record, self.stats, telemetry_path)
+        # Telemetry records in, failure decisions out (each made into an event for the queue). Only
+        # POSTs on telemetry_path (the subscription's secret path) get here.
+        self.invocations = Invocations(self._report_failure, cfg.failure_kinds)
+        self.listener = (TelemetryListener(telemetry_sock, self.on_telemetry, self.stats, telemetry_path)
                          if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
         self.snapshot_pending = cfg.init_type == SNAP_START  # until after_restore
@@ -79,7 +89,31 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
+        self.invocations.note_envelope(header)  # the SDK's trace for a failure event
         return self.ingest_limits(req, header)
+
+    def on_telemetry(self, batch: Any) -> None:
+        """One decoded Telemetry API batch (from the listener)."""
+        self.invocations.feed(parse_batch(batch))
+
+    def invoked(self, event: Dict[str, Any]) -> None:
+        """An INVOKE event (every flush mode): the request running from now on."""
+        self.invocations.invoked(event.get("requestId"), event.get("tracing"))
+
+    def _report_failure(self, failure: Failure) -> None:
+        self.stats.incr("failure_events")
+        self.submit(build_request(failure, self.cfg))
+
+    def submit(self, req: Request) -> bool:
+        """Queue a request the extension made, as ingest queues an SDK's: rate limits first, and a
+        drop is counted for client reports. False if it was dropped."""
+        if self.ingest_limits(req, None) is not None:
+            return False  # rate limited: counted by the limiter
+        if not self.queue.put(req):
+            self.stats.drop("queue_overflow")
+            self._on_drop(req, "queue_overflow")
+            return False
+        return True
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
@@ -99,6 +133,7 @@ class Pipeline:
             self.discards.record_request(req, "spool_expired")
         queued = 0
         for req in loaded.requests:
+            req.attempts = 0  # a new sandbox, a new attempt budget
             if self.queue.put(req):
                 queued += 1
             else:
@@ -125,13 +160,14 @@ class Pipeline:
         ``telemetry_grace_s`` (waiting for runtimeDone could then hold every invocation to its deadline)."""
         now = time.monotonic()
         # platform.start comes within ~25 ms of INVOKE.
-        if self.tracker.wait(request_id, min(deadline, now + telemetry_grace_s),
-                             ("start", "runtimeDone")) is None and time.monotonic() < deadline:
+        if not self.invocations.wait(request_id, min(deadline, now + telemetry_grace_s),
+                                     ("start", "runtimeDone")) and time.monotonic() < deadline:
             return False
-        if self.tracker.wait(request_id, deadline) is None:
+        if not self.invocations.wait(request_id, deadline):
             log.warning("no runtimeDone for %s before the deadline; calling next", request_id)
             self.stats.incr("runtime_done_missed")
             return True
+        self.invocations.settle(request_id)  # a crash's event rides this drain
         t_done = time.monotonic()
         flushed = self.flush(min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0))
         elapsed_ms = (time.monotonic() - t_done) * 1000
@@ -161,18 +197,46 @@ class Pipeline:
         """One log line with every counter."""
         return self.stats.summary()
 
-    def shutdown(self, deadline: float) -> Dict[str, int]:
-        """Drain until ``deadline`` (monotonic) less the spool reserve, spool the rest, stop."""
+    def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
+        """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure) first wait
+        briefly for the failed request's records.
+
+        The spool is the last resort: /tmp survives only a reset of this same execution
+        environment (after a timeout or a crash); after a spindown a new environment starts with
+        an empty /tmp and whatever was spooled is gone.
+        """
+        if reason in RESET_REASONS:
+            now = time.monotonic()
+            self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
+        self.invocations.settle_all()
+        dropped_before = sum(self.stats.snapshot()["dropped"].values())
         if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)
         drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())
         self.forwarder.stop()
+        in_flight = self.queue.depth()["in_flight"]
         leftovers = self.queue.take_all()
-        written, unsaved = self.spool.write(leftovers, deadline) if leftovers else (0, [])
-        if written:
-            self.stats.incr("spooled", written)
-            log.info("spooled %d unsent request(s) to %s for the next sandbox", written, self.cfg.spool_dir)
+        if in_flight:
+            # Sent but unanswered: upstream may have them, and the spool will send them again.
+            self.stats.incr("duplicates_at_risk", in_flight)
+        written, unsaved = self.spool.write(leftovers, deadline, REPORT_RESERVE_BYTES) if leftovers else (0, [])
         if unsaved:
             self.stats.drop("network_error", len(unsaved))
+            for req in unsaved:
+                self.discards.record_request(req, "network_error")
             log.warning("lost %d unsent request(s) at shutdown (spool full or deadline)", len(unsaved))
-        return {"drained": int(drained), "spooled": written, "lost": len(unsaved)}
+        if self.discards.has_pending:  # what was lost just now: its client report goes to the spool too
+            reports = self.reports.take_requests()
+            more, _ = self.spool.write(reports, deadline + SPOOL_RESERVE_S / 2)
+            written += more
+        if written:
+            self.stats.incr("spooled", written)
+            log.info("spooled %d unsent request(s) to %s (%d of them sent and unanswered): the last resort, "
+                     "sent only if this execution environment is reset (after a timeout or crash) and "
+                     "starts again; a spindown starts a new environment with an empty /tmp and they are lost",
+                     written, self.cfg.spool_dir, min(in_flight, written))
+        # Dropped while draining (rejected, rate limited, out of attempts), not counting the lost.
+        dropped = sum(self.stats.snapshot()["dropped"].values()) - dropped_before - len(unsaved)
+        return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "dropped": dropped,
+                "in_flight": in_flight}

@@ -1,7 +1,8 @@
 """A bounded on-disk spool under /tmp for what SHUTDOWN's deadline left unsent.
 
-Lambda keeps /tmp across a sandbox reset (timeout, crash), so a spool written at SHUTDOWN is
-sent after the next Init. One file per SHUTDOWN: a magic line, then per request a JSON meta line,
+Lambda keeps /tmp across a reset of the same execution environment (after a timeout or crash),
+so a spool written then is sent after that environment's next Init; after a spindown a new
+environment starts with an empty /tmp and the spool is gone: it is the last resort. One file per SHUTDOWN: a magic line, then per request a JSON meta line,
 the body, and a newline. Files are written under a temporary name and renamed, so a reader never
 sees half a file; anything that does not parse is deleted, anything for another key is left alone.
 """
@@ -100,8 +101,8 @@ class Spool:
                 pass
         return total
 
-    def write(self, requests: List[Request], deadline: float) -> Tuple[int, List[Request]]:
-        """Spool what fits in the byte cap before ``deadline`` (monotonic).
+    def write(self, requests: List[Request], deadline: float, reserve: int = 0) -> Tuple[int, List[Request]]:
+        """Spool what fits in the byte cap less ``reserve`` bytes before ``deadline`` (monotonic).
 
         Returns (number written, requests that could not be written).
         """
@@ -112,7 +113,7 @@ class Spool:
         except OSError as exc:
             log.warning("cannot create spool directory %s: %s", self.directory, exc)
             return 0, list(requests)
-        budget = self.max_bytes - self._used_bytes() - len(MAGIC)
+        budget = self.max_bytes - self._used_bytes() - len(MAGIC) - reserve
         name = "%s%d-%d%s" % (PREFIX, time.time_ns(), os.getpid(), SUFFIX)
         final = os.path.join(self.directory, name)
         temp = final + ".tmp"

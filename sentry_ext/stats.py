@@ -21,6 +21,12 @@ class Stats:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + n
 
+    def high(self, name: str, value: int) -> None:
+        """Keep ``name`` at the highest ``value`` seen (a high-water mark)."""
+        with self._lock:
+            if value > self._counts.get(name, 0):
+                self._counts[name] = value
+
     def drop(self, reason: str, n: int = 1) -> None:
         """Count ``n`` accepted requests lost for ``reason`` (client-report reason names)."""
         with self._lock:

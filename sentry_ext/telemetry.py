@@ -1,21 +1,18 @@
-"""Telemetry API listener: learns when the runtime finished each invocation (platform.runtimeDone).
+"""Telemetry API listener: receives Lambda's record batches and hands each decoded batch to one
+callback (the pipeline parses it with ``telemetry_records`` and feeds ``invocations``).
 
-The HTTP side (``TelemetryListener``) takes batches from Lambda only (see ``telemetry_endpoint``)
-and hands them, parsed and bounded, to one callback.
-
+Only Lambda is heard: batches are taken on the subscription's secret path only (see
+``telemetry_endpoint``), decoded and bounded (size, nesting, time, connections) before the callback.
 The subscription itself is made by ``lambda_api`` during Init; this module loads after it.
 """
 
 from __future__ import annotations
 
-import collections
 import hmac
 import json
 import logging
 import socket
-import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 from .bounded_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
 from .stats import Stats
@@ -23,7 +20,6 @@ from .telemetry_endpoint import new_path
 
 log = logging.getLogger(__name__)
 
-KEEP_REQUESTS = 64  # runtimeDone records remembered (bounded memory)
 # Hostile-input bounds of the listener. Lambda batches at most 1 MiB (maxBytes); platform records
 # nest 4 deep, JSON function logs a little more.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
@@ -34,47 +30,6 @@ CLIENT_TIMEOUT_S = 5.0
 EVICT_AFTER_S = 0.05
 
 BatchHook = Callable[[List[Any]], None]
-
-
-class RuntimeDoneTracker:
-    """Remembers recent ``platform.start``/``platform.runtimeDone`` records per request; the main
-    thread waits on them."""
-
-    KINDS = {"platform.start": "start", "platform.runtimeDone": "runtimeDone"}
-
-    def __init__(self) -> None:
-        self._seen: "collections.OrderedDict[str, Dict[str, Dict[str, Any]]]" = collections.OrderedDict()
-        self._cond = threading.Condition()
-
-    def record(self, events: Any) -> None:
-        if not isinstance(events, list):
-            return
-        with self._cond:
-            for event in events:
-                if not isinstance(event, dict):
-                    continue
-                kind = self.KINDS.get(event.get("type"))  # type: ignore[arg-type]
-                record = event.get("record")
-                if kind is None or not isinstance(record, dict) or not isinstance(record.get("requestId"), str):
-                    continue
-                self._seen.setdefault(record["requestId"], {})[kind] = record
-                while len(self._seen) > KEEP_REQUESTS:
-                    self._seen.popitem(last=False)
-            self._cond.notify_all()
-
-    def wait(self, request_id: str, deadline: float, kinds: Tuple[str, ...] = ("runtimeDone",)) -> Optional[Dict[str, Any]]:
-        """The first record of ``kinds`` seen for ``request_id``, waiting until ``deadline``
-        (monotonic); None on timeout."""
-        with self._cond:
-            while True:
-                seen = self._seen.get(request_id, {})
-                for kind in kinds:
-                    if kind in seen:
-                        return seen[kind]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
 
 
 class _Handler(BoundedHandler):

@@ -33,12 +33,15 @@ class Result:
     status: int = 0
     headers: Optional[Mapping[str, str]] = None
     error: str = ""
+    # The request went out but no reply came in time: upstream may have accepted it, so a resend
+    # may duplicate it.
+    maybe_delivered: bool = False
 
 
 def pool_options(cfg: Config) -> Dict[str, Any]:
     """Keyword arguments for the connection pool (pure: TLS, timeouts and pool size are testable)."""
     return {
-        "maxsize": cfg.senders,
+        "maxsize": cfg.max_inflight,  # one connection per request in flight, opened only when needed
         "block": False,
         "cert_reqs": "CERT_REQUIRED",
         "ca_certs": cfg.ca_file or certifi.where(),
@@ -110,7 +113,9 @@ class Transport:
         try:
             resp = self.pool.urlopen("POST", target, body=req.body, headers=req.headers,
                                      retries=False, redirect=False, preload_content=True, timeout=timeout)
-        except (ConnectTimeoutError, NewConnectionError, ReadTimeoutError, SSLError, ProxyError) as exc:
+        except ReadTimeoutError as exc:
+            return Result(Outcome.RETRY, error=_describe(exc), maybe_delivered=True)
+        except (ConnectTimeoutError, NewConnectionError, SSLError, ProxyError) as exc:
             return Result(Outcome.RETRY, error=_describe(exc))
         except ProtocolError as exc:
             return Result(Outcome.STALE, error=_describe(exc))

@@ -21,7 +21,8 @@ def make_emulator(tmp: Path, upstream: FakeUpstream, spool: Optional[Path] = Non
     rt_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), env["SENTRY_EXT_PORT"])}
     rt_env.update(runtime_env or {})
     options.setdefault("function_name", "e2e-function")
-    return Emulator(make_opt(tmp), task_root=SAMPLE_FUNCTION, env=env, runtime_env=rt_env, **options)
+    options.setdefault("task_root", SAMPLE_FUNCTION)
+    return Emulator(make_opt(tmp), env=env, runtime_env=rt_env, **options)
 
 
 def event_ids(result: InvokeResult) -> List[str]:

@@ -35,6 +35,16 @@ def make_pipeline(upstream_dsn: str, start: bool = True, flush_control: Optional
     return pipeline
 
 
+class FakeClock:
+    """A settable clock for code that takes ``clock=``: it reads ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 StartPipeline = Callable[..., Pipeline]  # the type of the ``pipelines`` fixture
 
 

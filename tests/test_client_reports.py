@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from helpers import KEY
+from helpers import KEY, FakeClock
 from sentry_ext.buffer import BoundedQueue
 from sentry_ext.client_reports import ReportScheduler, report_request
 from sentry_ext.discards import MAX_REPORT_BYTES, Discards, request_outcomes
@@ -143,30 +143,22 @@ def test_report_request_is_a_valid_authenticated_envelope() -> None:
     assert request_outcomes(r) == []  # a dropped report is never reported
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_scheduler_batches_periodic_reports_and_keeps_counts_when_the_queue_is_full() -> None:
     dsn = Dsn.parse("https://%s@o1.ingest.sentry.io/42" % KEY)
     out = Discards()
     queue = BoundedQueue(1, 1 << 20)
-    clock = Clock()
+    clock = FakeClock(100.0)
     stats = Stats()
     sched = ReportScheduler(out, queue, dsn, stats, interval_s=30, clock=clock)
     for _ in range(5):
         out.record(KEY, "queue_overflow", "error")
         sched.maybe_send()
     assert len(queue) == 0  # not one envelope per drop: the interval has not passed
-    clock.t += 30
+    clock.now += 30
     sched.maybe_send()
     assert len(queue) == 1 and not out.has_pending and stats.get("client_reports") == 1
     out.record(KEY, "queue_overflow", "error", 3)
-    clock.t += 30
+    clock.now += 30
     sched.maybe_send()  # the queue (cap 1) is full: counts stay pending
     assert len(queue) == 1 and out.snapshot(KEY) == {("queue_overflow", "error"): 3}
     assert not sched.send()

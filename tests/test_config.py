@@ -62,7 +62,7 @@ def test_config_validates_values_not_only_names() -> None:
         with pytest.raises(ConfigError):
             Config(**dict({"dsn": dsn, "problem": None}, **bad))
     with pytest.raises(TypeError):
-        Config(dsn=dsn, problem=None, function_name="gone")
+        Config(dsn=dsn, problem=None, queue_size="gone")
 
 
 def test_bad_log_level_falls_back_with_a_warning_without_making_it_inert() -> None:
@@ -90,10 +90,29 @@ def test_readme_configuration_table_documents_every_setting_with_its_default_and
             continue
         for name in (env_names,) if isinstance(env_names, str) else env_names:
             names.add(name)
-            row = next((r for r in rows if "`%s`" % name in r), "")
+            # the row whose first cell names it (other rows may mention it in their text)
+            row = next((r for r in rows if "`%s`" % name in r.split("|")[1]), "")
             if row and isinstance(default, int):
                 assert "`%d`" % default in row and "%d\u2013%d" % check in row, row
             elif row and check is not None:
                 assert all("`%s`" % c in row for c in check), row
     missing = sorted(n for n in names if not any("`%s`" % n in r for r in rows))
     assert not missing, "README configuration table lacks: %s" % ", ".join(missing)
+
+
+def test_report_failures_setting() -> None:
+    assert load({"SENTRY_DSN": DSN}).failure_kinds == ("timeout", "oom", "exit", "init")
+    assert load({"SENTRY_DSN": DSN, "SENTRY_EXT_REPORT_FAILURES": "OFF"}).failure_kinds == ()
+    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_REPORT_FAILURES": " init, timeout "})
+    assert cfg.active and cfg.failure_kinds == ("timeout", "init")
+    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_REPORT_FAILURES": "timeout,crash"})
+    assert not cfg.active and "SENTRY_EXT_REPORT_FAILURES" in (cfg.problem or "")
+
+
+def test_lambda_function_variables_are_read_and_a_bad_memory_size_is_not_fatal() -> None:
+    cfg = load({"SENTRY_DSN": DSN, "AWS_LAMBDA_FUNCTION_NAME": "orders", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_REGION": "eu-west-1", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512", "SENTRY_RELEASE": "r1"})
+    assert (cfg.function_name, cfg.function_version, cfg.region, cfg.memory_mb, cfg.release, cfg.environment) == (
+        "orders", "$LATEST", "eu-west-1", 512, "r1", None)
+    cfg = load({"SENTRY_DSN": DSN, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots"})
+    assert cfg.active and cfg.memory_mb == 0

@@ -93,7 +93,8 @@ def test_slow_upstream_at_shutdown_spools_and_the_next_sandbox_delivers(tmp_path
     upstream.delay_s = 0.0
     upstream.clear()
     with make_emulator(tmp_path / "b", upstream, spool=spool) as emu:
-        emu.start()
+        emu.start()  # the spool may load after Init froze the sandbox: the first invoke thaws it
+        emu.invoke({"capture": False})
         assert upstream.wait_for(lambda reqs: set(captured) <= set(upstream.event_ids("event")), 10)
         emu.shutdown()
         log = ext_log(emu)

@@ -7,18 +7,11 @@ from typing import List
 
 import pytest
 
+from helpers import FakeClock
 from sentry_ext.config import load
 from sentry_ext.flush import FlushControl, FlushDecision
 
 END, BACKGROUND = FlushDecision.END, FlushDecision.BACKGROUND
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def decisions(control: FlushControl, clock: FakeClock, times: List[float]) -> List[FlushDecision]:

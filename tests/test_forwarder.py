@@ -89,10 +89,12 @@ def test_concurrent_senders_overlap_round_trips(upstream: FakeUpstream, pipeline
 
 def test_pool_options_are_pure_and_use_the_ca_bundle() -> None:
     cfg = load({"SENTRY_DSN": "https://k@example.com/1", "SSL_CERT_FILE": "/custom/ca.pem",
-                "SENTRY_EXT_CONNECT_TIMEOUT_MS": "1500", "SENTRY_EXT_SENDERS": "3"})
+                "SENTRY_EXT_CONNECT_TIMEOUT_MS": "1500", "SENTRY_EXT_SENDERS": "3",
+                "SENTRY_EXT_MAX_INFLIGHT": "48"})
     opts = pool_options(cfg)
     assert opts["ca_certs"] == "/custom/ca.pem" and opts["cert_reqs"] == "CERT_REQUIRED"
-    assert opts["maxsize"] == 3 and opts["retries"] is False
+    # one pool sized to the most requests ever in flight; non-blocking (connections are opened on demand)
+    assert opts["maxsize"] == 48 and opts["block"] is False and opts["retries"] is False
     assert opts["timeout"].connect_timeout == 1.5
     import certifi
     assert pool_options(load({"SENTRY_DSN": "https://k@example.com/1"}))["ca_certs"] == certifi.where()

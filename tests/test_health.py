@@ -50,3 +50,15 @@ def test_degraded_during_an_upstream_outage_and_ok_after(upstream: FakeUpstream,
     # The outage ends: the retry gets through and health says so.
     assert wait_until(lambda: health(port)["status"] == "ok", timeout=15), health(port)
     assert pipe.stats.get("forwarded") == 1 and health(port)["upstream_failures"] == 0
+
+
+def test_degraded_during_an_outage_even_with_one_attempt_per_request(upstream: FakeUpstream,
+                                                                      pipelines: StartPipeline) -> None:
+    # SENTRY_EXT_MAX_ATTEMPTS=1: every failure is also a give-up, and must still count.
+    upstream.script([Reply(status=503)])
+    pipe = pipelines(SENTRY_EXT_MAX_ATTEMPTS="1")
+    port = port_of(pipe)
+    assert post(port, "/api/%s/envelope/" % PROJECT, envelope("c" * 32), auth())[0] == 200
+    assert wait_until(lambda: pipe.stats.dropped("send_error") == 1, timeout=10)
+    got = health(port)
+    assert got["status"] == "degraded" and got["upstream_failures"] == 1, got

@@ -130,7 +130,7 @@ def test_ingest_survives_an_exception_in_the_health_extra(pipe: Pipeline, caplog
 # -- telemetry listener --------------------------------------------------------------------
 
 
-def test_telemetry_listener_survives_a_tracker_exception(upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
+def test_telemetry_listener_survives_an_exception_in_its_consumer(upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import http.client
 
@@ -140,7 +140,7 @@ def test_telemetry_listener_survives_a_tracker_exception(upstream: FakeUpstream,
     pipeline.start()
     try:
         assert pipeline.listener is not None
-        monkeypatch.setattr(pipeline.listener, "on_batch", raise_once(pipeline.listener.on_batch))
+        monkeypatch.setattr(pipeline.invocations, "feed", raise_once(pipeline.invocations.feed))
         port = pipeline.listener.server_address[1]
         batch = json.dumps([{"time": "t", "type": "platform.runtimeDone",
                              "record": {"requestId": "req-1", "status": "success"}}]).encode()
@@ -156,7 +156,7 @@ def test_telemetry_listener_survives_a_tracker_exception(upstream: FakeUpstream,
         assert tracebacks(caplog, "telemetry listener error (survived)")
         import time
 
-        assert pipeline.tracker.wait("req-1", time.monotonic() + 2) is not None
+        assert pipeline.invocations.wait("req-1", time.monotonic() + 2)
     finally:
         stop(pipeline)
         if pipeline.listener is not None:

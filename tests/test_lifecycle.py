@@ -48,11 +48,10 @@ def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(extensi
 
 def test_end_mode_waits_for_runtime_done_then_flushes(extension: Callable[..., main.Extension]) -> None:
     ext = extension()
-    tracker = ext.pipeline.tracker
-    tracker.record([{"type": "platform.start", "record": {"requestId": "r2"}}])
+    ext.pipeline.on_telemetry([{"type": "platform.start", "record": {"requestId": "r2"}}])
     import threading
 
-    threading.Timer(0.3, tracker.record,
+    threading.Timer(0.3, ext.pipeline.on_telemetry,
                     args=([{"type": "platform.runtimeDone", "record": {"requestId": "r2", "status": "success"}}],)).start()
     t0 = time.monotonic()
     ext.on_invoke(invoke_event("r2", 30))
@@ -63,7 +62,7 @@ def test_end_mode_waits_for_runtime_done_then_flushes(extension: Callable[..., m
 
 def test_wait_never_passes_the_invoke_deadline(extension: Callable[..., main.Extension]) -> None:
     ext = extension(SENTRY_EXT_DEADLINE_MARGIN_MS="100")
-    ext.pipeline.tracker.record([{"type": "platform.start", "record": {"requestId": "r3"}}])
+    ext.pipeline.on_telemetry([{"type": "platform.start", "record": {"requestId": "r3"}}])
     t0 = time.monotonic()
     ext.on_invoke(invoke_event("r3", 0.6))  # runtimeDone never comes: a function timing out
     assert time.monotonic() - t0 < 0.6

@@ -7,20 +7,11 @@ from typing import List
 
 import pytest
 
+from helpers import FakeClock
 from sentry_ext.ratelimit import RateLimits, parse_rate_limits, parse_retry_after
 
 NOW = 1_700_000_000.0
 KEY = "k" * 32
-
-
-class Clock:
-    """A settable wall clock."""
-
-    def __init__(self, t: float = NOW) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.mark.parametrize("header,expected", [
@@ -56,7 +47,7 @@ def test_parse_retry_after() -> None:
 
 
 def test_store_updates_from_any_status_and_bare_429() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     limits = RateLimits(clock)
     assert not limits.update(KEY, 200, {"Content-Type": "application/json"})
     assert limits.active(KEY) == {} and not limits.any_active(KEY)
@@ -78,49 +69,49 @@ def test_store_updates_from_any_status_and_bare_429() -> None:
     ({"Retry-After": "garbage"}, 60),
 ])
 def test_bare_429_limits_everything(headers: dict, seconds: int) -> None:
-    limits = RateLimits(Clock())
+    limits = RateLimits(FakeClock(NOW))
     assert limits.update(KEY, 429, headers)
     assert limits.active(KEY) == {None: NOW + seconds}
     assert limits.is_limited(KEY, "error") and limits.is_limited(KEY, "anything")
 
 
 def test_longest_limit_is_kept_across_replies() -> None:
-    limits = RateLimits(Clock())
+    limits = RateLimits(FakeClock(NOW))
     limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "120:error:key"})
     limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "5:error:key"})
     assert limits.active(KEY) == {"error": NOW + 120}
 
 
 def test_limits_expire_on_the_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     limits = RateLimits(clock)
     limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "1:error:key, 30:transaction:key"})
-    clock.t = NOW + 0.999
+    clock.now = NOW + 0.999
     assert limits.is_limited(KEY, "error")
-    clock.t = NOW + 1.0
+    clock.now = NOW + 1.0
     assert not limits.is_limited(KEY, "error") and limits.is_limited(KEY, "transaction")
     assert limits.active(KEY) == {"transaction": NOW + 30}
-    clock.t = NOW + 30
+    clock.now = NOW + 30
     assert not limits.any_active(KEY) and limits.active(KEY) == {} and limits.header_value(KEY) == ""
 
 
 def test_header_value_rounds_up_and_groups() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     limits = RateLimits(clock)
     limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:error;default:key, 2.5:transaction:key"})
-    clock.t = NOW + 0.4
+    clock.now = NOW + 0.4
     assert limits.header_value(KEY) == "60:default;error:key, 3:transaction:key"
     # what we send parses back (with sentry-python's int() too) to the same categories
-    back = parse_rate_limits(limits.header_value(KEY), clock.t)
+    back = parse_rate_limits(limits.header_value(KEY), clock.now)
     assert set(back) == {"error", "default", "transaction"}
     for entry in limits.header_value(KEY).split(","):
         int(entry.strip().split(":")[0])
-    clock.t = NOW + 59.2
+    clock.now = NOW + 59.2
     assert limits.header_value(KEY) == "1:default;error:key"
 
 
 def test_header_value_for_all_categories() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     limits = RateLimits(clock)
     limits.update(KEY, 429, {"Retry-After": "60"})
     limits.update(KEY, 200, {"X-Sentry-Rate-Limits": "60:error:key, 10:transaction:key"})
@@ -129,7 +120,7 @@ def test_header_value_for_all_categories() -> None:
 
 
 def test_retry_after_per_categories() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     limits = RateLimits(clock)
     limits.update(KEY, 200, {"X-Sentry-Rate-Limits": "60:error:key, 10.2:transaction:key"})
     assert limits.retry_after(KEY) == 60
@@ -140,7 +131,7 @@ def test_retry_after_per_categories() -> None:
 def test_store_is_thread_safe_under_concurrent_updates() -> None:
     import threading
 
-    limits = RateLimits(Clock())
+    limits = RateLimits(FakeClock(NOW))
     errors: List[BaseException] = []
 
     def work(i: int) -> None:

@@ -20,7 +20,9 @@ from sentry_ext import main, telemetry, telemetry_endpoint
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
 from sentry_ext.stats import Stats
-from sentry_ext.telemetry import RuntimeDoneTracker, TelemetryListener, within_depth
+from sentry_ext.invocations import Failure, Invocations
+from sentry_ext.telemetry import TelemetryListener, within_depth
+from sentry_ext.telemetry_records import parse_batch
 from tools.fake_upstream import FakeUpstream
 
 ANSWER_WITHIN_S = 5.0
@@ -28,10 +30,11 @@ SPOOF_PATHS = ["/", "/telemetry", "/telemetry/", "/lambda", "/events", "/logs", 
 
 
 class Live:
-    """A started listener feeding a RuntimeDoneTracker, with the batches it handed on."""
+    """A started listener feeding per-request state as the pipeline does, with the batches it handed on."""
 
     def __init__(self) -> None:
-        self.tracker = RuntimeDoneTracker()
+        self.failures: List[Failure] = []
+        self.invocations = Invocations(self.failures.append)
         self.batches: List[List[Any]] = []
         self.stats = Stats()
         self.listener = TelemetryListener(bind_listener("127.0.0.1", 0), self._on_batch, self.stats)
@@ -40,7 +43,7 @@ class Live:
 
     def _on_batch(self, batch: List[Any]) -> None:
         self.batches.append(batch)
-        self.tracker.record(batch)
+        self.invocations.feed(parse_batch(batch))
 
     def stop(self) -> None:
         self.listener.shutdown()
@@ -56,9 +59,21 @@ def live() -> Iterator[Live]:
         listener.stop()
 
 
-def runtime_done(request_id: str = "req-1") -> bytes:
-    return json.dumps([{"time": "2026-11-28T08:00:00.000Z", "type": "platform.runtimeDone",
-                        "record": {"requestId": request_id, "status": "success"}}]).encode()
+def runtime_done(request_id: str = "req-1", status: str = "success") -> bytes:
+    record = {"requestId": request_id, "status": status}
+    if status != "success":
+        record["errorType"] = "Sandbox.Timedout"
+    return json.dumps([{"time": "2026-11-28T08:00:00.000Z", "type": "platform.runtimeDone", "record": record}]).encode()
+
+
+def spoofs(request_id: str) -> List[bytes]:
+    """What a process could try to post: an early end, a fake timeout with its report, a log line."""
+    report = {"requestId": request_id, "status": "timeout", "errorType": "Sandbox.Timedout",
+              "metrics": {"durationMs": 3000.0, "billedDurationMs": 3000, "memorySizeMB": 128, "maxMemoryUsedMB": 60}}
+    return [runtime_done(request_id), runtime_done(request_id, "timeout"),
+            json.dumps([{"time": "2026-11-28T08:00:00.000Z", "type": "platform.report", "record": report},
+                        {"time": "2026-11-28T08:00:00.000Z", "type": "function",
+                         "record": "[ERROR] fake line for %s" % request_id}]).encode()]
 
 
 def request(port: int, data: bytes, half_close: bool = False, timeout: float = ANSWER_WITHIN_S) -> Tuple[bytes, bool]:
@@ -91,13 +106,13 @@ def test_paths_are_fresh_128_bit_secrets() -> None:
         int(path.rsplit("/", 1)[1], 16)
 
 
-def test_only_the_secret_path_reaches_the_tracker(live: Live) -> None:
+def test_only_the_secret_path_reaches_the_records(live: Live) -> None:
     for path in SPOOF_PATHS + [live.listener.path + "/", live.listener.path + "?x=1", live.listener.path[:-1]]:
         assert status_of(post(live.port, path, runtime_done())) == 404, path
-    assert live.batches == [] and live.tracker.wait("req-1", time.monotonic()) is None
+    assert live.batches == [] and not live.invocations.wait("req-1", time.monotonic())
     assert live.stats.get("telemetry_refused") == len(SPOOF_PATHS) + 3
     assert status_of(post(live.port, live.listener.path, runtime_done())) == 200
-    assert live.tracker.wait("req-1", time.monotonic()) is not None
+    assert live.invocations.wait("req-1", time.monotonic())
 
 
 def test_a_wrong_path_is_answered_without_reading_the_body(live: Live) -> None:
@@ -113,12 +128,12 @@ def test_a_wrong_path_is_answered_without_reading_the_body(live: Live) -> None:
     assert reply.startswith(b"HTTP/1.1 404") and closed  # no "100 Continue" invites the body
 
 
-def test_spoofed_runtime_done_on_wrong_paths_does_not_end_an_end_mode_wait(upstream: FakeUpstream) -> None:
+def test_spoofed_records_on_wrong_paths_end_no_wait_and_make_no_event(upstream: FakeUpstream) -> None:
     from helpers import KEY, PROJECT, make_pipeline, stop
 
     ext = main.Extension(load({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}), "test-ext")
     pipeline = make_pipeline(upstream.dsn(KEY, PROJECT), start=False, flush_control=ext.flush_control)
-    pipeline.listener = TelemetryListener(bind_listener("127.0.0.1", 0), pipeline.tracker.record, pipeline.stats)
+    pipeline.listener = TelemetryListener(bind_listener("127.0.0.1", 0), pipeline.on_telemetry, pipeline.stats)
     pipeline.start()
     ext.pipeline = pipeline
     ext.ready.set()
@@ -131,7 +146,8 @@ def test_spoofed_runtime_done_on_wrong_paths_does_not_end_an_end_mode_wait(upstr
             {"eventType": "INVOKE", "requestId": "r1", "deadlineMs": (time.time() + 20) * 1000}), finished.set()))
         waiter.start()
         for path in SPOOF_PATHS:
-            assert status_of(post(port, path, runtime_done("r1"))) == 404
+            for body in spoofs("r1"):
+                assert status_of(post(port, path, body)) == 404
         # Scenario time: the spoofed records had their chance to end the wait early.
         assert not finished.wait(0.5)
         assert pipeline.stats.get("flushes") == 0
@@ -139,6 +155,7 @@ def test_spoofed_runtime_done_on_wrong_paths_does_not_end_an_end_mode_wait(upstr
         assert finished.wait(5)
         waiter.join(5)
         assert pipeline.stats.get("flushes") == 1 and ext.flush_control.mode == "end"
+        assert pipeline.stats.get("failure_events") == 0 and upstream.requests == []  # no fake timeout event
     finally:
         stop(pipeline)
         threading.Thread(target=pipeline.listener.shutdown, daemon=True).start()
@@ -221,7 +238,7 @@ def test_oversized_malformed_and_deep_batches_are_refused(live: Live, monkeypatc
     assert status_of(post(live.port, path, json.dumps([deep, fine]).encode())) == 200
     assert live.batches[-1] == [fine]
     assert live.stats.get("telemetry_records_too_deep") == 1
-    assert live.tracker.wait("deep", time.monotonic()) is None
+    assert not live.invocations.wait("deep", time.monotonic(), ("start",))
 
 
 def test_depth_check_is_iterative() -> None:

@@ -2,6 +2,7 @@
 Sentry's Node extension.
 
     .venv/bin/python tools/bench.py [--peer node] [--runs N] [--quick] [--out FILE]
+    .venv/bin/python tools/bench.py --remote [--peer node] [--baseline REV]   (tools/bench_remote.py)
 
 Everything runs on this machine, on loopback: the extension is exec'd from an /opt-like
 directory exactly as Lambda execs it (``python -IS`` from the layer layout, the interpreter being
@@ -310,8 +311,10 @@ def bench_emulated(contender: Contender, tmp: Path, settings: Settings, handler:
         else:
             runtime_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), str(port))}
         results = []
+        # The emulator enforces memory_mb on the whole sandbox: 1024 MB, so that no contender (the Node
+        # peer is the largest) is ever killed in a benchmark about speed.
         with Emulator(contender.opt, task_root=SAMPLE_FUNCTION, handler=handler, env=env, runtime_env=runtime_env,
-                      function_name="bench-function") as emu:
+                      function_name="bench-function", memory_mb=1024) as emu:
             emu.start()
             for _ in range(settings.invocations):
                 results.append(emu.invoke(payload))
@@ -483,6 +486,7 @@ def build_report(data: Dict[str, Any]) -> str:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py) instead")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
     parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
@@ -645,7 +649,12 @@ def print_summary(data: Dict[str, Any], report: str, out: Path) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    opts = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--remote" in args:  # the remote-upstream suite lives in its own module, with its own options
+        from tools import bench_remote
+
+        return bench_remote.main([a for a in args if a != "--remote"], script="tools/bench.py --remote")
+    opts = parse_args(args)
     settings = Settings(opts.quick, opts.runs)
     started = time.monotonic()
     machine_info = machine()  # load average at the start, before our own load
@@ -665,7 +674,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     machine_info["loadavg_end"] = loadavg()
     data: Dict[str, Any] = {
         "command": " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python,
-                             "tools/bench.py"] + list(argv if argv is not None else sys.argv[1:])),
+                             "tools/bench.py"] + args),
         "machine": machine_info,
         "quick": settings.quick,
         "settings": {"cold_runs": settings.cold_runs, "ingest_runs": settings.ingest_runs,

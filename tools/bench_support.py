@@ -197,10 +197,11 @@ def find_peer(cache: Path, offline: bool, log: Callable[[str], None]) -> Tuple[O
                                   cwd=str(cache), capture_output=True, text=True, timeout=180)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return None, "npm pack failed: %s" % exc
-        tgz = [line.strip() for line in proc.stdout.splitlines() if line.strip().endswith(".tgz")]
-        if proc.returncode != 0 or not tgz:
+        if proc.returncode != 0:
             return None, "npm pack failed: %s" % (proc.stderr.strip()[-300:] or proc.stdout.strip()[-300:])
-        archive = cache / tgz[-1]
+        archive = _packed_archive(cache, proc.stdout)
+        if archive is None:
+            return None, "npm pack left no .tgz in %s" % cache
         dest = cache / archive.name[:-len(".tgz")]
         with tarfile.open(archive) as tf:
             if hasattr(tarfile, "data_filter"):
@@ -216,6 +217,17 @@ def find_peer(cache: Path, offline: bool, log: Callable[[str], None]) -> Tuple[O
     except (OSError, ValueError, KeyError):
         version = "?"
     return ext_dir, "%s %s, node %s" % (PEER_PACKAGE, version, _node_version())
+
+
+def _packed_archive(cache: Path, stdout: str) -> Optional[Path]:
+    """The archive ``npm pack`` just wrote: the .tgz name it printed (npm versions differ in what
+    ``--silent`` prints, some nothing at all), else the newest .tgz in ``cache``."""
+    for line in reversed(stdout.splitlines()):
+        name = line.strip()
+        if name.endswith(".tgz") and (cache / os.path.basename(name)).is_file():
+            return cache / os.path.basename(name)
+    packed = sorted(cache.glob("*.tgz"), key=lambda p: p.stat().st_mtime)
+    return packed[-1] if packed else None
 
 
 def _node_version() -> str:

@@ -1,7 +1,10 @@
 """End-to-end demo: fake Sentry + Lambda emulator + this extension + a real sentry-sdk function.
 
 ``python3 tools/dev.py demo [--invocations N] [--freeze-s S] [--flush end|background|adaptive]
-[--upstream-delay-ms MS]`` prints what reached the fake upstream and the per-invocation timings.
+[--upstream-delay-ms MS] [--no-timeout]`` prints what reached the fake upstream and the
+per-invocation timings. The last invocation runs past the function's timeout (unless
+``--no-timeout``): the runtime is stopped, the sandbox reset, and the extension reports the
+timeout, which the function's SDK cannot.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from tools.emulator import Emulator
 from tools.emulator.cli import HEADER, check_python, default_python, table_row
 from tools.fake_upstream import FakeUpstream
 from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt
 from tools.stats import median, percentile
+
+TIMEOUT_S = 2.0  # the demo function's timeout
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -38,6 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="interpreter of the function's runtime and the extension; it needs awslambdaric, "
                              "sentry-sdk and urllib3 (default: this project's .venv/bin/python if it exists, "
                              "else the interpreter running the demo)")
+    parser.add_argument("--no-timeout", action="store_true", help="do not end with an invocation that times out")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the extension's own log")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -54,25 +60,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("fake Sentry upstream on %s; extension on 127.0.0.1:%s (flush=%s)"
               % (upstream.base_url, env["SENTRY_EXT_PORT"], opts.flush))
         with Emulator(make_opt(Path(tmp)), [python, "-m", "awslambdaric", "app.handler"], task_root=SAMPLE_FUNCTION,
-                      env=env, runtime_env=runtime_env, function_name="sentry-ext-demo") as emu:
+                      env=env, runtime_env=runtime_env, function_name="sentry-ext-demo", timeout_s=TIMEOUT_S) as emu:
             emu.start()
             captured: List[str] = []
             print("\n" + HEADER)
+            timeout_at = opts.invocations if opts.invocations and not opts.no_timeout else 0
             for index in range(opts.invocations):
-                result = emu.invoke({"messages": 1})
+                payload = {"messages": 1}
+                if index + 1 == timeout_at:
+                    payload["sleep_s"] = TIMEOUT_S + 1  # past the function's timeout
+                result = emu.invoke(payload)
                 body = result.response or b"{}"
                 captured.extend(json.loads(body).get("event_ids", []))
                 print(table_row(index + 1, result, upstream))
                 if index + 1 < opts.invocations:
                     emu.wait_frozen_for(opts.freeze_s)
-            shutdown = emu.shutdown()
+            last = emu.invocations[-1] if emu.invocations else None
+            # A timeout resets the sandbox: its SHUTDOWN (reason timeout) is the one to show.
+            shutdown = last.shutdown if last is not None and last.shutdown is not None else emu.shutdown()
             log_text = emu.output(EXTENSION_NAME)
 
         post = [r.post_runtime_ms for r in emu.invocations if r.post_runtime_ms is not None]
         types = collections.Counter(t for r in upstream.requests if r.envelope for t in r.envelope.item_types)
         arrived = set(upstream.event_ids("event"))
-        print("\nshutdown: exit code %s after %.0f ms (deadline window 2000 ms)%s"
-              % (shutdown.exit_codes.get(EXTENSION_NAME), shutdown.exit_ms.get(EXTENSION_NAME) or -1,
+        print("\nshutdown (%s): exit code %s after %.0f ms (deadline window 2000 ms)%s"
+              % (shutdown.reason, shutdown.exit_codes.get(EXTENSION_NAME), shutdown.exit_ms.get(EXTENSION_NAME) or -1,
                  ", SIGKILLed" if shutdown.killed else ""))
         print("upstream received %d request(s); items by type: %s"
               % (len(upstream.requests), ", ".join("%s=%d" % kv for kv in sorted(types.items())) or "none"))
@@ -86,9 +98,36 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("extension: " + summary[-1].split("] ", 1)[-1])
         if opts.verbose:
             print("\n--- extension log ---\n" + log_text)
-        ok = captured and set(captured) <= arrived and not shutdown.killed
-        print("\nRESULT: %s" % ("every captured event reached the upstream" if ok else "SOMETHING WAS LOST"))
+        ok = bool(captured) and set(captured) <= arrived and not shutdown.killed
+        verdict = "every captured event reached the upstream" if ok else "SOMETHING WAS LOST"
+        if timeout_at:
+            timed_out = emu.invocations[timeout_at - 1]
+            reported = _extension_events(upstream, timed_out.request_id)
+            for event in reported:
+                exc = event["exception"]["values"][0]
+                print("invocation %d (%s) %s: the extension reported %s: %s"
+                      % (timeout_at, timed_out.request_id, timed_out.status, exc["type"], exc["value"]))
+            timeout_ok = timed_out.status == "timeout" and len(reported) == 1
+            ok = ok and timeout_ok
+            verdict += (", and the timeout was reported once" if timeout_ok
+                        else "; the TIMEOUT WAS NOT REPORTED exactly once (%d events)" % len(reported))
+        print("\nRESULT: %s" % verdict)
         return 0 if ok else 1
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else "%.1f" % value
+
+
+def _extension_events(upstream: FakeUpstream, request_id: str) -> List[Dict[str, Any]]:
+    """Events the extension made about ``request_id`` (its SDK name and the request id tag)."""
+    events = []
+    for _, _, payload in upstream.items("event"):
+        event = json.loads(payload)
+        if (event.get("sdk", {}).get("name") == "sentry.lambda.extension"
+                and event.get("tags", {}).get("aws_lambda.request_id") == request_id):
+            events.append(event)
+    return events
 
 
 if __name__ == "__main__":

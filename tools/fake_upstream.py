@@ -30,6 +30,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -397,6 +398,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- connection lifecycle --------------------------------------------------------------
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):  # TLS: handshake here, off the accept loop
+            self.request.settimeout(READ_TIMEOUT_S)
+            self.request.do_handshake()
+            self.server.upstream._note_handshake()
         super().setup()
         self.server.upstream._connection_opened(self.connection)
 
@@ -630,6 +635,7 @@ class FakeUpstream:
         port: int = 0,
         delay_s: float = 0.0,
         idle_close_s: Optional[float] = None,
+        tls: Optional[ssl.SSLContext] = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the fake upstream only listens on loopback (127.0.0.1)")
@@ -637,6 +643,9 @@ class FakeUpstream:
         self._requested_port = int(port)
         self.delay_s = float(delay_s)
         self.idle_close_s = idle_close_s
+        #: Server-side TLS context: serve HTTPS (``base_url`` and ``dsn`` say ``https``).
+        self.tls = tls
+        self._handshakes = 0
         self.default = Reply()
         #: Optional callback run (in the handler thread) for every recorded request.
         self.on_record: Optional[Callable[[Recorded], None]] = None
@@ -660,6 +669,10 @@ class FakeUpstream:
             raise RuntimeError("already started")
         self._stopping.clear()
         self._server = _Server((self.host, self._requested_port), self)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.02},
@@ -707,13 +720,17 @@ class FakeUpstream:
         return int(self._server.server_address[1])
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def dsn(
         self, public_key: str = "0123456789abcdef0123456789abcdef", project_id: str = "42"
     ) -> str:
-        return f"http://{public_key}@127.0.0.1:{self.port}/{project_id}"
+        return f"{self.scheme}://{public_key}@127.0.0.1:{self.port}/{project_id}"
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -789,6 +806,10 @@ class FakeUpstream:
             self._generation += 1
             self._cond.notify_all()
 
+    def _note_handshake(self) -> None:
+        with self._cond:
+            self._handshakes += 1
+
     def _note_idle_close(self) -> None:
         with self._cond:
             self._idle_closes += 1
@@ -811,6 +832,12 @@ class FakeUpstream:
     def connections_opened(self) -> int:
         with self._cond:
             return self._connections_opened
+
+    @property
+    def handshakes(self) -> int:
+        """TLS handshakes completed (one per connection opened over TLS)."""
+        with self._cond:
+            return self._handshakes
 
     @property
     def idle_closes(self) -> int:

@@ -75,3 +75,36 @@ def fd_count(pid: int) -> Optional[int]:
         return len(os.listdir("/proc/%d/fd" % pid))
     except OSError:
         return None
+
+
+
+def _children(pid: int) -> List[int]:
+    out: List[int] = []
+    for path in glob.glob("/proc/%d/task/*/children" % pid):
+        try:
+            with open(path, "rb") as fh:
+                out.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def tree_rss_kib(pids: List[int], limit: int = 4096) -> int:
+    """Resident memory (KiB) of ``pids`` and all their descendants: what a sandbox-wide memory
+    limit counts. Reads /proc/<pid>/statm and the children lists (at most ``limit`` processes)."""
+    page_kib = max(1, (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) // 1024)
+    total = 0
+    todo = list(pids)
+    seen = set()
+    while todo and len(seen) < limit:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open("/proc/%d/statm" % pid, "rb") as fh:
+                total += int(fh.read().split()[1]) * page_kib
+        except (OSError, ValueError, IndexError):
+            continue
+        todo.extend(_children(pid))
+    return total

@@ -6,6 +6,22 @@ Telemetry API on one HTTP server bound to 127.0.0.1, launches every executable i
 Init -> Invoke* (with SIGSTOP freezes in between) -> Shutdown, including the
 timeout/crash reset that Lambda performs.
 
+Failure modes, produced the way Lambda produces them (telemetry records and a reset, i.e.
+SHUTDOWN with reason ``timeout``/``failure`` to the extensions, then a fresh Init on the next invoke):
+
+- timeout: the runtime does not answer by ``timeout_s``: runtimeDone/report status ``timeout``,
+  errorType ``Sandbox.Timedout``; reason ``timeout``;
+- out of memory: the resident memory of the whole sandbox (every extension and the runtime, with
+  their children), polled every 20 ms during an invoke, exceeds ``memory_mb``: the runtime is
+  SIGKILLed, status ``error``, errorType ``Runtime.OutOfMemory``, report ``maxMemoryUsedMB`` =
+  ``memorySizeMB``; reason ``failure``;
+- runtime exit: the runtime process ends during an invoke: status ``error``, errorType
+  ``Runtime.ExitError``; reason ``failure``;
+- failed Init: the runtime posts ``/runtime/init/error`` (or exits during Init):
+  initRuntimeDone/initReport status ``error`` with its errorType, reason ``failure``; ``start()``
+  raises ``InitFailed`` (an EmulatorError), ``invoke()`` returns an ``error`` result with
+  ``init_failed`` set.
+
 Library use::
 
     with Emulator(opt_dir, None, task_root) as emu:
@@ -38,6 +54,7 @@ Only processes this emulator started are ever signalled (see ``processes.py``).
 
 from tools.emulator.cli import main
 from tools.emulator.emulator import Emulator
+from tools.emulator.lifecycle import InitFailed
 from tools.emulator.state import EmulatorError, InvokeResult, ShutdownResult
 
-__all__ = ["Emulator", "EmulatorError", "InvokeResult", "ShutdownResult", "main"]
+__all__ = ["Emulator", "EmulatorError", "InitFailed", "InvokeResult", "ShutdownResult", "main"]

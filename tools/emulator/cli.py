@@ -78,7 +78,7 @@ def check_python(python: str, modules: Sequence[str] = ("awslambdaric",)) -> Opt
 
 # -- output ----------------------------------------------------------------------------------------
 
-HEADER = "%-4s %-8s %12s %16s %12s %14s" % ("inv", "status", "runtime ms", "post-runtime ms", "upstream",
+HEADER = "%-4s %-15s %12s %16s %12s %14s" % ("inv", "status", "runtime ms", "post-runtime ms", "upstream",
                                             "before freeze")
 
 
@@ -93,9 +93,10 @@ def table_row(index: int, result: InvokeResult, upstream: Optional[Any]) -> str:
     else:
         requests = upstream.requests
         total = str(len(requests))
-        before = str(sum(1 for r in requests if result.freeze_t is None or r.t <= result.freeze_t))
+        # a reset sandbox is not frozen: "before freeze" has no meaning there
+        before = "-" if result.reset else str(sum(1 for r in requests if result.freeze_t is None or r.t <= result.freeze_t))
     status = result.status + (" (reset)" if result.reset else "")
-    return "%-4d %-8s %12s %16s %12s %14s" % (index, status, _ms(result.runtime_ms), _ms(result.post_runtime_ms),
+    return "%-4d %-15s %12s %16s %12s %14s" % (index, status, _ms(result.runtime_ms), _ms(result.post_runtime_ms),
                                             total, before)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any, Dict, List, Tuple, Union
 
 from tools.emulator.concurrency import Concurrency
 from tools.emulator.extensions_api import ExtensionsApi
-from tools.emulator.lifecycle import Lifecycle
+from tools.emulator.lifecycle import InitFailed, Lifecycle
 from tools.emulator.runtime_api import RuntimeApi
 from tools.emulator.server import ApiServer, Reply, json_reply
 from tools.emulator.snapstart import SnapStart
@@ -110,7 +111,18 @@ class Emulator(Lifecycle, SnapStart, Concurrency, RuntimeApi, ExtensionsApi):
             with self._lock:
                 need_init = self._sandbox is None or self._sandbox.dead
             if need_init:
-                self._init()
+                try:
+                    self._init()
+                except InitFailed as exc:
+                    # As Lambda answers the invoke that met a failed Init: an error, and a reset.
+                    result = InvokeResult(request_id=str(uuid.uuid4()), status="error", response=None,
+                                          deadline_ms=epoch_ms(), runtime_ms=None, post_runtime_ms=None,
+                                          extension_next_ms={}, extensions_before_deadline={}, freeze_t=None,
+                                          reset=True, error_type=exc.error_type, cold_start=True,
+                                          shutdown=exc.shutdown, init_failed=True)
+                    with self._lock:
+                        self.invocations.append(result)
+                    return result
                 cold = True
             if self._restore_pending():
                 self._restore()

@@ -22,6 +22,20 @@ from tools.emulator.telemetry import TelemetryApi
 logger = logging.getLogger(__name__)
 
 RUNTIME_SIGTERM_GRACE_S = 0.3
+MEMORY_POLL_S = 0.02  # how often the sandbox's resident memory is checked against memory_mb
+OUT_OF_MEMORY = "Runtime.OutOfMemory"
+EXIT_ERROR = "Runtime.ExitError"
+TIMED_OUT = "Sandbox.Timedout"
+
+
+class InitFailed(EmulatorError):
+    """The runtime reported an Init error (``/runtime/init/error``) or died during Init; the
+    sandbox was reset (SHUTDOWN ``failure`` to the extensions, as Lambda does)."""
+
+    def __init__(self, message: str, error_type: Optional[str], shutdown: ShutdownResult) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.shutdown = shutdown
 
 
 class Lifecycle(ProcessControl, TelemetryApi):
@@ -50,6 +64,8 @@ class Lifecycle(ProcessControl, TelemetryApi):
             self._init_extensions(sb, deadline)
             init_ms = self._init_runtime(sb, deadline)
             logger.debug("Init done in %.1f ms (%d extensions)", init_ms, len(sb.extensions))
+        except InitFailed:
+            raise
         except BaseException as exc:
             self._kill_sandbox(sb)
             if isinstance(exc, EmulatorError):
@@ -93,8 +109,12 @@ class Lifecycle(ProcessControl, TelemetryApi):
             ok = self._wait_until(
                 lambda: init_done() or sb.rt.init_error is not None or self._crash(sb) is not None, deadline
             )
-            if sb.rt.init_error is not None:
-                raise EmulatorError("runtime reported an Init error: %r" % (sb.rt.init_error,))
+            init_error = sb.rt.init_error
+            if init_error is None and not rt_proc.alive:
+                init_error = {"error_type": EXIT_ERROR, "body": "runtime exited with %s" % rt_proc.exit_code}
+        if init_error is not None:
+            self._fail_init(sb, init_error)
+        with self._cond:
             crash = self._crash(sb)
             if crash is not None:
                 raise EmulatorError("Init failed: %s" % crash)
@@ -119,6 +139,32 @@ class Lifecycle(ProcessControl, TelemetryApi):
             )
             sb.phase = "ready"
         return init_ms
+
+    def _fail_init(self, sb: Sandbox, init_error: Dict[str, Any]) -> None:
+        """A failed Init as Lambda reports it: ``platform.initRuntimeDone`` (when the runtime did
+        not post it itself) and ``platform.initReport`` with status ``error`` and the errorType,
+        then a reset (SHUTDOWN ``failure``); raises InitFailed."""
+        error_type = init_error.get("error_type") or "Runtime.Unknown"
+        with self._cond:
+            if not sb.rt.init_done_emitted:
+                self._emit_init_runtime_done(sb, "error", error_type)
+            self._emit(
+                sb,
+                "platform.initReport",
+                {
+                    "initializationType": self.init_type,
+                    "phase": "init",
+                    "status": "error",
+                    "errorType": error_type,
+                    "metrics": {"durationMs": round((time.monotonic() - sb.init_start_t) * 1000.0, 3)},
+                },
+            )
+        logger.info("Init failed (%s): resetting the sandbox", error_type)
+        shutdown = self._shutdown_sandbox(sb, "failure")
+        with self._lock:
+            self.shutdowns.append(shutdown)
+        raise InitFailed("runtime reported an Init error: %r\n%s" % (init_error, self._outputs_text(sb)),
+                         error_type, shutdown)
 
     def _invoke(self, payload: Union[Dict[str, Any], bytes, None]) -> InvokeResult:
         """Invoke phase: thaw, deliver INVOKE, wait for its outcome, report; then freeze or reset."""
@@ -165,7 +211,8 @@ class Lifecycle(ProcessControl, TelemetryApi):
             t_deliver=time.monotonic(),
         )
         sb.invocation = inv
-        self._emit(sb, "platform.start", {"requestId": request_id, "version": FUNCTION_VERSION})
+        self._emit(sb, "platform.start", {"requestId": request_id, "version": FUNCTION_VERSION,
+                                          "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_id}})
         sb.rt.done = False
         sb.rt.queue.append(inv)
         event = json.dumps(
@@ -192,45 +239,73 @@ class Lifecycle(ProcessControl, TelemetryApi):
         the deadline. A crashed process or an extension error is a ``failure`` reset, the deadline
         a ``timeout`` reset (the place for further failure modes)."""
         # 1. wait for the runtime's response (or error), a crash, or the deadline
-        self._wait_until(lambda: inv.t_response is not None or self._crash(sb) is not None, inv.deadline_mono)
+        self._watch(sb, inv, lambda: inv.t_response is not None or self._crash(sb) is not None)
         crash = self._crash(sb)
         status: str
         reset_reason: Optional[str] = None
         if inv.t_response is None:
             if crash is not None:
                 status, reset_reason = "error", "failure"
-                inv.error_type = "Runtime.ExitError" if "runtime" in crash else "Extension.Crash"
+                inv.error_type = self._crash_type(sb, inv)
             else:
                 status, reset_reason = "timeout", "timeout"
-                inv.error_type = "Sandbox.Timedout"
-                self._emit(
-                    sb,
-                    "platform.runtimeDone",
-                    {
-                        "requestId": inv.request_id,
-                        "status": "timeout",
-                        "metrics": {"durationMs": round((time.monotonic() - inv.t_deliver) * 1000.0, 3)},
-                    },
-                )
+                inv.error_type = TIMED_OUT
+            if sb.runtime is not None and (crash is None or "runtime" in crash):
+                self._emit_runtime_done(sb, inv, status)
         else:
             # 2. wait for the runtime and every INVOKE extension to call next again
-            self._wait_until(
-                lambda: (sb.rt.done and all(e.done for e in invoke_exts)) or self._crash(sb) is not None,
-                inv.deadline_mono,
-            )
+            self._watch(sb, inv, lambda: (sb.rt.done and all(e.done for e in invoke_exts)) or self._crash(sb) is not None)
             crash = self._crash(sb)
             all_done = sb.rt.done and all(e.done for e in invoke_exts)
             if crash is not None:
                 status, reset_reason = "error", "failure"
-                inv.error_type = "Runtime.ExitError" if "runtime" in crash else "Extension.Crash"
+                inv.error_type = self._crash_type(sb, inv)
             elif not all_done:
                 status, reset_reason = "timeout", "timeout"
-                inv.error_type = "Sandbox.Timedout"
+                inv.error_type = TIMED_OUT
             else:
                 status = inv.status or "success"
         if crash is not None:
             logger.warning("invocation %s: %s", inv.request_id, crash)
         return status, reset_reason
+
+    def _watch(self, sb: Sandbox, inv: Invocation, predicate: Any) -> None:
+        """Wait (lock held) for ``predicate`` or the invoke deadline, enforcing ``memory_mb`` on
+        the whole sandbox as Lambda does: when the resident memory of every process (extensions
+        and the runtime, children included) exceeds it, the runtime is SIGKILLed."""
+        for _ in range(10_000_000):
+            slice_end = min(inv.deadline_mono, time.monotonic() + MEMORY_POLL_S)
+            if self._wait_until(predicate, slice_end) or time.monotonic() >= inv.deadline_mono:
+                return
+            rt = sb.runtime
+            if rt is None or not rt.alive or inv.oom_killed:
+                continue
+            used_kib = procfs.tree_rss_kib([p.pid for p in sb.all_procs() if p.alive])
+            if used_kib > self.memory_mb * 1024:
+                logger.info("sandbox uses %d MB of %d MB: killing the runtime (out of memory)", used_kib // 1024,
+                            self.memory_mb)
+                inv.oom_killed = True
+                self._signal(rt, signal.SIGKILL)
+
+    @staticmethod
+    def _crash_type(sb: Sandbox, inv: Invocation) -> str:
+        if sb.runtime is not None and not sb.runtime.alive:
+            return OUT_OF_MEMORY if inv.oom_killed else EXIT_ERROR
+        return "Extension.Crash"
+
+    def _emit_runtime_done(self, sb: Sandbox, inv: Invocation, status: str) -> None:
+        """``platform.runtimeDone`` for an invocation the runtime never answered (lock held)."""
+        self._emit(
+            sb,
+            "platform.runtimeDone",
+            {
+                "requestId": inv.request_id,
+                "status": status,
+                "errorType": inv.error_type,
+                "metrics": {"durationMs": round((time.monotonic() - inv.t_deliver) * 1000.0, 3), "producedBytes": 0},
+                "tracing": {"type": "X-Amzn-Trace-Id", "value": inv.trace_id},
+            },
+        )
 
     def _invoke_result(self, sb: Sandbox, inv: Invocation, invoke_exts: List[Ext], status: str,
                        reset_reason: Optional[str]) -> InvokeResult:
@@ -260,20 +335,21 @@ class Lifecycle(ProcessControl, TelemetryApi):
         }
         duration_ms = (finish_t - inv.t_deliver) * 1000.0
         hwm_kib = sum((procfs.status_kib(p.pid, "VmHWM") or 0) for p in sb.all_procs() if p.alive)
-        self._emit(
-            sb,
-            "platform.report",
-            {
-                "requestId": inv.request_id,
-                "status": status,
-                "metrics": {
-                    "durationMs": round(duration_ms, 3),
-                    "billedDurationMs": int(math.ceil(duration_ms)),
-                    "memorySizeMB": self.memory_mb,
-                    "maxMemoryUsedMB": int(math.ceil(hwm_kib / 1024.0)),
-                },
+        used_mb = self.memory_mb if inv.oom_killed else min(self.memory_mb, int(math.ceil(hwm_kib / 1024.0)))
+        report: Dict[str, Any] = {
+            "requestId": inv.request_id,
+            "status": status,
+            "metrics": {
+                "durationMs": round(duration_ms, 3),
+                "billedDurationMs": int(math.ceil(duration_ms)),
+                "memorySizeMB": self.memory_mb,
+                "maxMemoryUsedMB": used_mb,
             },
-        )
+            "tracing": {"type": "X-Amzn-Trace-Id", "value": inv.trace_id},
+        }
+        if status != "success" and inv.error_type:
+            report["errorType"] = inv.error_type
+        self._emit(sb, "platform.report", report)
         return InvokeResult(
             request_id=inv.request_id,
             status=status,

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from tools.emulator.base import EmulatorBase
 from tools.emulator.server import Reply, json_reply
@@ -49,11 +49,7 @@ class RuntimeApi(EmulatorBase):
             rt = sb.rt
             if rt.first_next_t is None:
                 rt.first_next_t = now
-                self._emit(
-                    sb,
-                    "platform.initRuntimeDone",
-                    {"initializationType": self.init_type, "phase": "init", "status": "success"},
-                )
+                self._emit_init_runtime_done(sb, "success")  # type: ignore[attr-defined]
             if not rt.queue:
                 rt.done = True
                 rt.next_t = now
@@ -99,18 +95,18 @@ class RuntimeApi(EmulatorBase):
             self._cond.notify_all()
             if self.managed:  # Managed Instances send no runtimeDone: platform.report ends a request
                 return Reply(202, {"Content-Type": "application/json"}, b'{"status":"OK"}')
-            self._emit(
-                sb,
-                "platform.runtimeDone",
-                {
-                    "requestId": request_id,
-                    "status": inv.status,
-                    "metrics": {
-                        "durationMs": round((inv.t_response - inv.t_deliver) * 1000.0, 3),
-                        "producedBytes": len(body),
-                    },
+            record: Dict[str, Any] = {
+                "requestId": request_id,
+                "status": inv.status,
+                "metrics": {
+                    "durationMs": round((inv.t_response - inv.t_deliver) * 1000.0, 3),
+                    "producedBytes": len(body),
                 },
-            )
+                "tracing": {"type": "X-Amzn-Trace-Id", "value": inv.trace_id},
+            }
+            if is_error:
+                record["errorType"] = inv.error_type or "Unhandled"
+            self._emit(sb, "platform.runtimeDone", record)
             return Reply(202, {"Content-Type": "application/json"}, b'{"status":"OK"}')
 
     def _api_runtime_init_error(self, body: bytes, error_type: Optional[str]) -> Reply:
@@ -124,6 +120,8 @@ class RuntimeApi(EmulatorBase):
             except (ValueError, UnicodeDecodeError):
                 parsed = body.decode("utf-8", "replace")
             sb.rt.init_error = {"error_type": error_type, "body": parsed}
+            if not sb.rt.init_done_emitted:
+                self._emit_init_runtime_done(sb, "error", error_type or "Runtime.Unknown")  # type: ignore[attr-defined]
             self._cond.notify_all()
             return Reply(202, {"Content-Type": "application/json"}, b'{"status":"OK"}')
 

@@ -53,8 +53,7 @@ class SnapStart(EmulatorBase):
             now = time.monotonic()
             if rt.first_next_t is None:
                 rt.first_next_t = now
-                self._emit(sb, "platform.initRuntimeDone",
-                           {"initializationType": self.init_type, "phase": "init", "status": "success"})
+                self._emit_init_runtime_done(sb, "success")  # type: ignore[attr-defined]
             rt.done = True  # the runtime's Init is over: it waits for the restore
             rt.next_t = now
             self._cond.notify_all()

@@ -74,6 +74,7 @@ class InvokeResult:
     cold_start: bool = False
     init_ms: Optional[float] = None
     shutdown: Optional[ShutdownResult] = None
+    init_failed: bool = False  # Init failed before this invocation could start (see Emulator.invoke)
 
 
 
@@ -102,6 +103,7 @@ class Invocation:
     status: Optional[str] = None
     error_type: Optional[str] = None
     finished: bool = False
+    oom_killed: bool = False  # the emulator killed the runtime for exceeding memory_mb
 
 
 
@@ -125,6 +127,7 @@ class RuntimeState:
     next_t: Optional[float] = None
     first_next_t: Optional[float] = None
     init_error: Optional[Dict[str, Any]] = None
+    init_done_emitted: bool = False  # platform.initRuntimeDone sent
 
 
 class Sandbox:

@@ -93,6 +93,14 @@ class TelemetryApi(EmulatorBase):
                 sub.enqueue(data)
         self._cond.notify_all()
 
+    def _emit_init_runtime_done(self, sb: Sandbox, status: str, error_type: Optional[str] = None) -> None:
+        """``platform.initRuntimeDone``: the runtime called ``next`` or ``init/error`` (lock held)."""
+        record: Dict[str, Any] = {"initializationType": self.init_type, "phase": "init", "status": status}
+        if error_type:
+            record["errorType"] = error_type
+        sb.rt.init_done_emitted = True
+        self._emit(sb, "platform.initRuntimeDone", record)
+
     def _paused(self) -> bool:
         return self._frozen or self._freezing
 

@@ -11,6 +11,8 @@ The invocation payload (a JSON object) chooses what the function does; every key
     {"messages": 3}             also send 3 messages with capture_message
     {"sleep_s": 2.5}            sleep that long before returning (e.g. to hit the timeout)
     {"raise": true}             let a RuntimeError escape; AwsLambdaIntegration reports it
+    {"allocate_mb": 512}        allocate that much, 16 MB every 10 ms (to exceed the memory size)
+    {"exit": 3}                 flush the SDK, then end the runtime process with os._exit(3)
 
 With ``SAMPLE_INIT_MESSAGE`` set it also captures one message at import (during Init).
 
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: Upper bounds so a payload cannot make the function loop or sleep forever.
 MAX_MESSAGES = 1000
 MAX_SLEEP_S = 900.0  # Lambda's maximum timeout
+MAX_ALLOCATE_MB = 10240  # Lambda's largest memory size
+ALLOCATE_STEP_MB = 16
 
 sentry_sdk.init(
     dsn=os.environ.get("SENTRY_DSN"),
@@ -87,6 +91,16 @@ def handler(event: Any, context: Any) -> Dict[str, Any]:
     if sleep_s:
         # The function's own work (used to run into the Lambda timeout), not a test settle.
         time.sleep(max(0.0, min(float(sleep_s), MAX_SLEEP_S)))
+
+    allocate_mb = max(0, min(int(options.get("allocate_mb", 0) or 0), MAX_ALLOCATE_MB))
+    held = []
+    for _ in range(allocate_mb // ALLOCATE_STEP_MB):
+        held.append(b"\x01" * (ALLOCATE_STEP_MB << 20))  # touched pages: resident, like real data
+        time.sleep(0.01)  # a leak grows over time; Lambda's limit catches it on the way up
+
+    if options.get("exit") is not None:
+        sentry_sdk.flush(timeout=2.0)
+        os._exit(int(options["exit"]))
 
     if options.get("raise"):
         logger.info("raising on purpose for request %s", request_id)

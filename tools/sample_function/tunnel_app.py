@@ -18,7 +18,7 @@ import urllib.request
 import uuid
 from typing import Any, Dict, List
 
-MAX_ENVELOPES = 1000
+MAX_ENVELOPES = 5000
 TUNNEL_URL = os.environ.get("SENTRY_TUNNEL_URL", "http://127.0.0.1:9000/envelope")
 DSN = os.environ.get("SENTRY_DSN", "")
 

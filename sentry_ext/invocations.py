@@ -1,0 +1,342 @@
+"""Per-invocation bookkeeping from Telemetry records: records in, decisions out.
+
+``Invocations`` is fed typed records (``telemetry_records``), the INVOKE events the lifecycle
+loop sees and the headers of the SDK's envelopes. It keeps bounded state per request (the last
+``KEEP_REQUESTS``): its start, runtimeDone and report records, the X-Ray trace header, the Sentry
+trace the SDK's envelopes carried (trace id, release, environment) and the last
+``KEEP_LOG_LINES`` function log lines. The lifecycle waits on it (``wait``, ``await_outcome``)
+and it hands each failure the SDK could not report to ``on_failure`` exactly once:
+
+- ``timeout``: status ``timeout`` (errorType ``Sandbox.Timedout`` or ``Sandbox.Timeout``);
+- ``oom``: errorType ``Runtime.OutOfMemory``, or a timeout/crash whose report shows
+  ``maxMemoryUsedMB`` at ``memorySizeMB`` (Lambda sometimes reports a memory kill as a timeout);
+- ``exit``: errorType ``Runtime.ExitError`` (the runtime process exited or was killed);
+- ``init``: an Init whose ``initRuntimeDone``/``initReport`` status is not ``success`` (Lambda
+  sends both for every Init attempt, failed or aborted; the invocation that then meets the failed
+  Init reports its error again, so an ``exit`` after a failed Init is not a second event).
+
+A handler exception the runtime reported (status ``error`` with any other errorType) is not a
+failure here: the function's SDK reports it. A request is decided when its ``platform.report``
+arrives, or earlier when the lifecycle calls ``settle`` (``end`` mode, before the drain), or at
+SHUTDOWN (``settle_all``), with the facts at hand then.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+
+from .telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
+                                Start, request_id as valid_request_id, tracing_value)
+
+log = logging.getLogger(__name__)
+
+KINDS = ("timeout", "oom", "exit", "init")
+KEEP_REQUESTS = 64
+KEEP_LOG_LINES = 20
+LOG_LINE_CHARS = 512
+TIMEOUT_TYPES = frozenset({"Sandbox.Timedout", "Sandbox.Timeout"})
+_TRACE_ID = re.compile(r"[0-9a-f]{32}\Z")
+_TRACE_FIELDS = ("release", "environment")
+
+
+class Failure:
+    """One decision: what failed and the facts known about it (``request_id`` None for Init)."""
+
+    def __init__(self, kind: str, request_id: Optional[str], status: str, error_type: Optional[str],
+                 cold_start: bool, runtime_done: Optional[RuntimeDone] = None, report: Optional[Report] = None,
+                 init_report: Optional[InitReport] = None, xray: Optional[str] = None,
+                 sdk_trace: Optional[Dict[str, str]] = None, log_lines: Tuple[Tuple[str, str], ...] = ()) -> None:
+        self.kind = kind
+        self.request_id = request_id
+        self.status = status
+        self.error_type = error_type
+        self.cold_start = cold_start
+        self.runtime_done = runtime_done
+        self.report = report
+        self.init_report = init_report
+        self.xray = xray  # X-Amzn-Trace-Id value
+        self.sdk_trace = sdk_trace or {}  # trace_id, release, environment from the SDK's envelope headers
+        self.log_lines = log_lines  # (time, line), oldest first
+
+    @property
+    def duration_ms(self) -> Optional[float]:
+        for record in (self.runtime_done, self.report, self.init_report):
+            if record is not None and record.duration_ms is not None:
+                return record.duration_ms
+        return None
+
+    def __repr__(self) -> str:
+        return "Failure(%s, %s, status=%s, errorType=%s)" % (self.kind, self.request_id, self.status, self.error_type)
+
+
+def classify(status: Optional[str], error_type: Optional[str], report: Optional[Report] = None) -> Optional[str]:
+    """The failure kind of an invocation's outcome, or None (success, or a handler error the SDK saw)."""
+    if status is None or status == "success":
+        return None
+    if error_type == "Runtime.OutOfMemory":
+        return "oom"
+    kind = None
+    if status == "timeout" or error_type in TIMEOUT_TYPES:
+        kind = "timeout"
+    elif error_type == "Runtime.ExitError":
+        kind = "exit"
+    if kind is not None and report is not None and report.memory_size_mb and report.max_memory_used_mb is not None \
+            and report.max_memory_used_mb >= report.memory_size_mb:
+        return "oom"
+    return kind
+
+
+class _Request:
+    __slots__ = ("request_id", "cold_start", "start", "runtime_done", "report", "xray", "sdk_trace", "logs",
+                 "decided")
+
+    def __init__(self, request_id: str, cold_start: bool) -> None:
+        self.request_id = request_id
+        self.cold_start = cold_start
+        self.start: Optional[Start] = None
+        self.runtime_done: Optional[RuntimeDone] = None
+        self.report: Optional[Report] = None
+        self.xray: Optional[str] = None
+        self.sdk_trace: Optional[Dict[str, str]] = None
+        self.logs: Deque[Tuple[str, str]] = collections.deque(maxlen=KEEP_LOG_LINES)
+        self.decided = False
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to wait for: the report is in, or runtimeDone says it ended normally."""
+        done = self.runtime_done
+        return self.report is not None or (done is not None and done.status != "timeout"
+                                           and classify(done.status, done.error_type) is None)
+
+
+class Invocations:
+    """Thread-safe: fed by the telemetry listener, the ingest and the lifecycle thread."""
+
+    def __init__(self, on_failure: Callable[[Failure], None], kinds: Iterable[str] = KINDS,
+                 keep: int = KEEP_REQUESTS) -> None:
+        self.on_failure = on_failure
+        self.kinds: FrozenSet[str] = frozenset(kinds)
+        self._keep = keep
+        self._requests: "collections.OrderedDict[str, _Request]" = collections.OrderedDict()
+        self._current: Optional[_Request] = None  # the request running now (on-demand: one at a time)
+        self._seen_any = False
+        self._init_status: Optional[str] = None  # worst Init status seen
+        self._init_error: Optional[str] = None
+        self._init_phase: Optional[str] = None
+        self._init_report: Optional[InitReport] = None
+        self._init_decided = False
+        self._cond = threading.Condition()
+        # Held from a decision until its callback returned: whoever settles next (the lifecycle
+        # before a drain) waits for a failure another thread decided to be queued first.
+        self._deciding = threading.RLock()
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def feed(self, records: Iterable[Record]) -> None:
+        """Typed records from one Telemetry batch."""
+        failures: List[Failure] = []
+        with self._deciding:
+            with self._cond:
+                for record in records:
+                    self._apply(record, failures)
+                self._cond.notify_all()
+            self._emit(failures)
+
+    def invoked(self, request_id: Any, tracing: Any = None) -> None:
+        """An INVOKE event reached the lifecycle loop (it can arrive before ``platform.start``)."""
+        rid = valid_request_id(request_id)
+        if rid is None:
+            return
+        with self._cond:
+            req = self._touch(rid)
+            req.xray = req.xray or tracing_value(tracing)
+
+    def note_envelope(self, header: Optional[Mapping[str, Any]]) -> None:
+        """An SDK envelope header: its ``trace`` (trace_id, release, environment) belongs to the
+        request running now, the first one seen wins (on-demand runs one request at a time)."""
+        trace = header.get("trace") if header else None
+        if not isinstance(trace, dict):
+            return
+        trace_id = trace.get("trace_id")
+        if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):
+            return
+        with self._cond:
+            req = self._current
+            if req is None or req.sdk_trace is not None or req.runtime_done is not None:
+                return
+            found = {"trace_id": trace_id}
+            for name in _TRACE_FIELDS:
+                value = trace.get(name)
+                if isinstance(value, str) and 0 < len(value) <= 200:
+                    found[name] = value
+            req.sdk_trace = found
+
+    # -- queries (log attribution) --------------------------------------------------------------
+
+    def current_request_id(self) -> Optional[str]:
+        """The request running now, or last (on-demand runs one at a time); None before any."""
+        with self._cond:
+            return self._current.request_id if self._current is not None else None
+
+    def sdk_trace(self, request_id: str) -> Dict[str, str]:
+        """The SDK's trace for ``request_id`` (trace_id, release, environment as its envelopes
+        carried them); empty if none was seen."""
+        with self._cond:
+            req = self._requests.get(request_id)
+            return dict(req.sdk_trace) if req is not None and req.sdk_trace else {}
+
+    # -- waits and decisions for the lifecycle -------------------------------------------------
+
+    def wait(self, request_id: str, deadline: float, kinds: Tuple[str, ...] = ("runtimeDone",)) -> bool:
+        """Whether a record of ``kinds`` ("start", "runtimeDone", "report") arrived for
+        ``request_id`` by ``deadline`` (monotonic)."""
+        with self._cond:
+            for _ in range(1_000_000):
+                req = self._requests.get(request_id)
+                if req is not None and any(getattr(req, _ATTR[kind]) is not None for kind in kinds):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        return False
+
+    def await_outcome(self, deadline: float) -> bool:
+        """After a reset (SHUTDOWN ``timeout``/``failure``): wait until the last request (or a
+        failed Init with no request) has the records to decide on, until ``deadline``."""
+        with self._cond:
+            for _ in range(1_000_000):
+                if self._outcome_known():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return False
+
+    def settle(self, request_id: str) -> Optional[Failure]:
+        """Decide ``request_id`` now with the records at hand (once); its failure, if any, goes to
+        ``on_failure`` before this returns."""
+        with self._deciding:
+            with self._cond:
+                req = self._requests.get(request_id)
+                failure = self._decide(req) if req is not None else None
+            self._emit([failure] if failure else [])
+        return failure
+
+    def settle_all(self) -> List[Failure]:
+        """Decide every request and the Init still undecided (at SHUTDOWN)."""
+        failures: List[Failure] = []
+        with self._deciding:
+            with self._cond:
+                for req in list(self._requests.values()):
+                    failure = self._decide(req)
+                    if failure is not None:
+                        failures.append(failure)
+                init = self._decide_init()
+                if init is not None:
+                    failures.append(init)
+            self._emit(failures)
+        return failures
+
+    # -- internals (lock held) -----------------------------------------------------------------
+
+    def _touch(self, rid: str) -> _Request:
+        req = self._requests.get(rid)
+        if req is None:
+            req = _Request(rid, cold_start=not self._seen_any)
+            self._seen_any = True
+            self._requests[rid] = req
+            self._current = req
+            while len(self._requests) > self._keep:
+                self._requests.popitem(last=False)
+        return req
+
+    def _apply(self, record: Record, failures: List[Failure]) -> None:
+        if isinstance(record, FunctionLog):
+            self._log_line(record)
+            return
+        if isinstance(record, (InitRuntimeDone, InitReport)):
+            if record.status != "success":
+                self._init_status, self._init_error = record.status, record.error_type or self._init_error
+                self._init_phase = record.phase
+            if isinstance(record, InitReport):
+                self._init_report = record
+                failure = self._decide_init()
+                if failure is not None:
+                    failures.append(failure)
+            return
+        rid = getattr(record, "request_id", None)
+        if rid is None:
+            return  # restore records, logsDropped: nothing to decide here
+        req = self._touch(rid)
+        if isinstance(record, Start):
+            req.start = record
+            req.xray = req.xray or record.tracing
+        elif isinstance(record, RuntimeDone):
+            req.runtime_done = record
+            req.xray = req.xray or record.tracing
+        elif isinstance(record, Report):
+            req.report = record
+            failure = self._decide(req)
+            if failure is not None:
+                failures.append(failure)
+
+    def _log_line(self, record: FunctionLog) -> None:
+        line = record.line
+        req = self._current
+        if isinstance(line, dict):
+            rid = valid_request_id(line.get("requestId"))
+            req = self._requests.get(rid) if rid else req
+            message = line.get("message")
+            line = message if isinstance(message, str) else ""
+        if req is None or req.decided or not line.strip():
+            return
+        req.logs.append((record.time, line.strip()[:LOG_LINE_CHARS]))
+
+    def _decide(self, req: _Request) -> Optional[Failure]:
+        if req.decided:
+            return None
+        done, report = req.runtime_done, req.report
+        source = report if report is not None else done
+        if source is None:
+            return None
+        req.decided = True
+        # Report first: it is the final word (and a timeout's report may show a memory kill).
+        status, error_type = source.status, source.error_type
+        if report is not None and done is not None and error_type is None:
+            error_type = done.error_type
+        kind = classify(status, error_type, report)
+        if kind == "exit" and self._init_status is not None:
+            return None  # the invocation that met a failed Init (its report repeats the Init's error)
+        if kind is None or kind not in self.kinds:
+            return None
+        return Failure(kind, req.request_id, status, error_type, req.cold_start, done, report, None, req.xray,
+                       req.sdk_trace, tuple(req.logs))
+
+    def _decide_init(self) -> Optional[Failure]:
+        if self._init_decided or self._init_status is None or "init" not in self.kinds:
+            return None
+        self._init_decided = True
+        return Failure("init", None, self._init_status, self._init_error, True, init_report=self._init_report)
+
+    def _outcome_known(self) -> bool:
+        if self._current is not None:
+            return self._current.settled or self._current.decided
+        return self._init_report is not None or self._init_status is not None
+
+    def _emit(self, failures: List[Failure]) -> None:
+        for failure in failures:
+            log.info("invocation failed: %s", failure)
+            try:
+                self.on_failure(failure)
+            except Exception:
+                log.exception("could not report %r (survived)", failure)
+
+
+_ATTR = {"start": "start", "runtimeDone": "runtime_done", "report": "report"}
