@@ -113,3 +113,29 @@ def test_the_exec_wrapper_reaches_every_worker(tmp_path: Path) -> None:
             assert relayed.wait_for(lambda _: set(ids) <= set(relayed.event_ids()), 10), relayed.event_ids()
             emu.shutdown()
         assert len(ids) == 3 and direct.requests == []
+
+
+def test_overlapping_timeouts_each_get_their_own_failure_event(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Two of three overlapping requests time out (no reset on Managed Instances): each gets one
+    failure event carrying its own request id, from its own platform.report; the one that
+    succeeded gets none."""
+    with make_emulator(tmp_path, upstream, init_type=MANAGED, max_concurrency=3, timeout_s=1.0) as emu:
+        emu.start()
+        results = emu.invoke_concurrently([{"sleep_s": 2.5}, {}, {"sleep_s": 2.5}])
+        assert [r.status for r in results] == ["timeout", "success", "timeout"]
+        assert not any(r.reset for r in results)
+        timed_out = {results[0].request_id, results[2].request_id}
+
+        def made() -> Dict[str, List[str]]:
+            by_request: Dict[str, List[str]] = {}
+            for _, _, payload in upstream.items("event"):
+                event = json.loads(payload)
+                if event.get("sdk", {}).get("name") == "sentry.lambda.extension":
+                    by_request.setdefault(event["tags"]["aws_lambda.request_id"], []).append(
+                        event["exception"]["values"][0]["type"])
+            return by_request
+
+        assert upstream.wait_for(lambda _: set(made()) >= timed_out, 10), (made(), ext_log(emu))
+        emu.shutdown()
+        log = ext_log(emu)
+    assert made() == {rid: ["LambdaTimeout"] for rid in timed_out}, log
