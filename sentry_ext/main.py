@@ -73,6 +73,12 @@ class Extension:
         self.api = api or LambdaApi(cfg.runtime_api)
         self.pipeline: Optional[Pipeline] = None
         self.ready = threading.Event()
+        # The INVOKE last seen, and the pipeline told of each INVOKE from now on: an INVOKE that comes
+        # while the pipeline still loads is handed over when it is built, before its ingest starts,
+        # so the SDK's first envelopes are bound to their request in every flush mode.
+        self._invoke_lock = threading.Lock()
+        self._last_invoke: Optional[Dict[str, Any]] = None
+        self._invoke_sink: Optional[Pipeline] = None
         self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
         self._signal: Optional[int] = None
@@ -197,6 +203,10 @@ class Extension:
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
             pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control, self.telemetry_path)
+            with self._invoke_lock:
+                self._invoke_sink = pipeline
+                if self._last_invoke is not None:
+                    pipeline.invoked(self._last_invoke)
             pipeline.start()
             self.pipeline = pipeline
             if self._restored is not None:  # a restore came while the pipeline was still starting
@@ -310,7 +320,9 @@ class Extension:
 
     def on_invoke(self, event: Dict[str, Any]) -> None:
         """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
-        told = self.pipeline
+        with self._invoke_lock:
+            self._last_invoke = event
+            told = self._invoke_sink
         if told is not None:
             told.invoked(event)  # every mode: which request runs now
         if self.flush_control.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
@@ -319,8 +331,6 @@ class Extension:
         deadline = _deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
-        if told is None:
-            self.pipeline.invoked(event)
         request_id = str(event.get("requestId", ""))
         if not self.pipeline.after_invoke(request_id, deadline, TELEMETRY_GRACE_S):
             self._fallback("no telemetry for %s within %.0f s" % (request_id, TELEMETRY_GRACE_S))

@@ -149,7 +149,7 @@ def test_sigterm_drains_like_shutdown(tmp_path: Path, upstream: FakeUpstream) ->
         emu.start()
         captured = event_ids(emu.invoke({}))
         os.kill(emu.pids[EXTENSION_NAME], signal.SIGTERM)
-        assert wait_until(lambda: "summary:" in ext_log(emu), 5)
+        assert wait_until(lambda: "summary:" in ext_log(emu), 5), ext_log(emu)  # the log says where it stopped
         log = ext_log(emu)
     assert "signal 15: draining" in log and "summary:" in log, log
     assert set(captured) <= set(upstream.event_ids("event"))

@@ -114,6 +114,6 @@ def test_cli_help_shows_defaults_and_what_opt_expects(tmp_path: Path) -> None:
 def test_demo_runs_as_a_script(tmp_path: Path) -> None:
     proc = run_script(DEMO, ["--help"], cwd=tmp_path)
     assert proc.returncode == 0 and "--flush" in proc.stdout and "--python" in proc.stdout
-    proc = run_script(DEMO, ["--invocations", "1", "--freeze-s", "0.05", "--no-timeout"], cwd=tmp_path)
+    proc = run_script(DEMO, ["--invocations", "1", "--freeze-s", "0.05"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "RESULT: every captured event reached the upstream" in proc.stdout
