@@ -25,6 +25,7 @@ MIB = 1024 * 1024
 # empty variable means the default.
 SETTINGS = (
     ("runtime_api", "AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001", None, "Extensions/Telemetry API address"),
+    ("init_type", "AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand", None, "execution model (see exec_model.py)"),
     ("host", None, "127.0.0.1", None, "ingest address (loopback only)"),
     ("port", "SENTRY_EXT_PORT", 5333, (1, 65535), "ingest port"),
     ("max_body_bytes", "SENTRY_EXT_MAX_BODY_BYTES", 4 * MIB, (1024, 200 * MIB), "largest SDK body"),
@@ -85,6 +86,7 @@ class Config:
     problem: Optional[str]  # why the extension is inert, or None
     proxy_url: Optional[str]
     runtime_api: str
+    init_type: str
     host: str
     port: int
     max_body_bytes: int
@@ -268,7 +270,8 @@ def load(env: Optional[Mapping[str, str]] = None) -> Config:
         warnings: List[str] = []
         return Config(dsn=None, problem=str(exc), runtime_api=_lenient(env, "runtime_api"),
                       port=_lenient(env, "port"), state_file=_lenient(env, "state_file"),
-                      log_level=_lenient(env, "log_level", warnings), warnings=tuple(warnings))
+                      log_level=_lenient(env, "log_level", warnings), warnings=tuple(warnings),
+                      init_type=_lenient(env, "init_type"))
 
 
 def _load(env: Mapping[str, str]) -> Config:

@@ -15,6 +15,7 @@ from .client_reports import ReportScheduler
 from .config import Config
 from .discards import Discards
 from .failure_events import build_request
+from .exec_model import SNAP_START
 from .flush import FlushControl
 from .forwarder import Forwarder
 from .health import assess
@@ -43,7 +44,7 @@ class Pipeline:
     """Everything between the SDK's POST and the upstream's reply."""
 
     def __init__(self, cfg: Config, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket],
-                 flush_control: Optional[FlushControl] = None) -> None:
+                 flush_control: Optional[FlushControl] = None, telemetry_path: Optional[str] = None) -> None:
         assert cfg.dsn is not None
         self.cfg = cfg
         # The lifecycle loop's flush mode (shared, not copied): /health reports it.
@@ -63,10 +64,13 @@ class Pipeline:
         self.server.before_queue = self._before_queue
         self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
-        # Telemetry records in, failure decisions out (each made into an event for the queue).
+        # Telemetry records in, failure decisions out (each made into an event for the queue). Only
+        # POSTs on telemetry_path (the subscription's secret path) get here.
         self.invocations = Invocations(self._report_failure, cfg.failure_kinds)
-        self.listener = TelemetryListener(telemetry_sock, self.on_telemetry) if telemetry_sock else None
+        self.listener = (TelemetryListener(telemetry_sock, self.on_telemetry, self.stats, telemetry_path)
+                         if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
+        self.snapshot_pending = cfg.init_type == SNAP_START  # until after_restore
 
     def start(self) -> None:
         self.server.start()
@@ -113,6 +117,10 @@ class Pipeline:
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
+        if self.snapshot_pending:
+            # A snap-start sandbox before its restore: the snapshot may be taken any moment now,
+            # and a connection kept in it would lead nowhere in every restored copy.
+            self.transport.drop_connections()
 
     def _on_drop(self, req: Request, reason: str) -> None:
         self.discards.record_request(req, reason)
@@ -171,6 +179,19 @@ class Pipeline:
         else:
             log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
         return True
+
+    def after_restore(self, why: str) -> None:
+        """The sandbox was restored from a SnapStart snapshot: pooled upstream connections lead
+        nowhere, and backoff deadlines and invocation times taken on the monotonic clock before
+        the snapshot mean nothing now. Reconnect on the next send and start the bookkeeping afresh.
+        (Wall-clock state, such as upstream rate limits, expires on its own.)"""
+        self.snapshot_pending = False
+        self.transport.drop_connections()
+        self.forwarder.health.success()
+        self.queue.resume()
+        self.flush_control.forget()
+        self.stats.incr("restores")
+        log.info("restored from a snapshot (%s): upstream connections dropped, backoff cleared", why)
 
     def summary(self) -> str:
         """One log line with every counter."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -101,6 +102,41 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
             if b"\r\n\r\n" in out and _complete(out):
                 break
         return out
+
+
+def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = 5.0) -> Tuple[bytes, bool]:
+    """Send ``data`` (then EOF if ``half_close``); return (what came back, whether the server closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server may answer and close before reading everything
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                return out, False
+            except ConnectionResetError:
+                return out, True
+            if not chunk:
+                return out, True
+            out += chunk
+        return out, False
+
+
+class Errors(logging.Handler):
+    """Collects ERROR records of the extension's loggers (an internal error is a bug found)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _complete(data: bytes) -> bool:

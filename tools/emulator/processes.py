@@ -73,7 +73,7 @@ class ProcessControl(EmulatorBase):
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/%s" % self.function_name,
                 "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream_name,
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": self.init_type,
             }
         )
         env.update(self.env)
@@ -92,6 +92,8 @@ class ProcessControl(EmulatorBase):
         )
         if self.exec_wrapper:
             env["AWS_LAMBDA_EXEC_WRAPPER"] = self.exec_wrapper
+        if self.managed:
+            env["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.max_concurrency)  # awslambdaric forks that many workers
         env.update(self.runtime_env)
         return env
 

@@ -14,6 +14,8 @@ The invocation payload (a JSON object) chooses what the function does; every key
     {"allocate_mb": 512}        allocate that much, 16 MB every 10 ms (to exceed the memory size)
     {"exit": 3}                 flush the SDK, then end the runtime process with os._exit(3)
 
+With ``SAMPLE_INIT_MESSAGE`` set it also captures one message at import (during Init).
+
 It returns ``{"event_ids": [...], "request_id": "<aws request id>"}``. AwsLambdaIntegration
 also records one transaction per invocation (``traces_sample_rate=1.0``) and flushes the SDK
 before the runtime posts the result.
@@ -45,6 +47,17 @@ sentry_sdk.init(
     release=os.environ.get("SENTRY_RELEASE"),
     send_default_pii=False,
 )
+
+if os.environ.get("SAMPLE_INIT_MESSAGE"):
+    # Something reported during Init (e.g. a warning at import): sent before a SnapStart snapshot,
+    # so the extension holds upstream connections in it.
+    sentry_sdk.capture_message("sample message at init")
+    try:
+        from snapshot_restore_py import register_before_snapshot
+
+        register_before_snapshot(sentry_sdk.flush)  # what the SnapStart docs advise: flush before the snapshot
+    except ImportError:  # not a runtime with SnapStart hooks
+        pass
 
 
 def _capture_sample_error(request_id: str) -> str | None:
