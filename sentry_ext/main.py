@@ -156,7 +156,7 @@ class Extension:
             self._fallback("cannot listen on %s:%d for telemetry (%s)" % (bind_host, cfg.telemetry_port, exc))
             return None
         try:
-            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port)
+            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, cfg.telemetry_types)
         except LambdaApiError as exc:
             sock.close()
             self._fallback("Telemetry API subscription failed (%s)" % exc)
