@@ -187,14 +187,16 @@ class Pipeline:
 
     def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
         """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
-        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure) first wait
-        briefly for the failed request's records.
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure), and with
+        function logs on, first wait briefly for the last request's records.
 
         The spool is the last resort: /tmp survives only a reset of this same execution
         environment (after a timeout or a crash); after a spindown a new environment starts with
         an empty /tmp and whatever was spooled is gone.
         """
-        if reason in RESET_REASONS:
+        if reason in RESET_REASONS or self.log_router is not None:
+            # Function logs: the last request's lines and runtimeDone may still be on their way
+            # (background mode calls next at once); returns at once when its records are in.
             now = time.monotonic()
             self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
         self.invocations.settle_all()
