@@ -29,13 +29,14 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 from .client_reports import envelope_request
 from .config import Config
 from .discards import Discards
 from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
 from .function_logs import LogLine, parse
+from .invocations import KEEP_LOG_LINES
 from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_item, new_trace_id, valid_trace_id
 from .request import Request
 from .stats import Stats
@@ -50,8 +51,8 @@ HINT_DECODE_LIMIT = 1024 * 1024  # bytes decoded to look for the SDK's own log i
 DUPLICATES_HINT = ("the function's SDK sends its own logs (enable_logs) and SENTRY_EXT_LOGS=on forwards the "
                    "function's log lines too: Sentry gets them twice; turn one of them off")
 
-# Parsed and attributed lines of one batch, by ``id()`` of their FunctionLog record (Invocations
-# keeps the last ones of each request as a failure event's breadcrumbs).
+# Parsed and attributed lines of one batch (each request's last KEEP_LOG_LINES), by ``id()`` of
+# their FunctionLog record: Invocations keeps them as a failure event's breadcrumbs.
 ParsedLines = Dict[int, LogLine]
 
 
@@ -80,8 +81,11 @@ class LogRouter:
     # -- input ---------------------------------------------------------------------------------
 
     def feed(self, records: Iterable[Record]) -> ParsedLines:
-        """One batch's records, in order; returns the log lines parsed from it (attributed)."""
+        """One batch's records, in order; returns the last KEEP_LOG_LINES lines of each request
+        parsed from it (the breadcrumbs), by ``id()`` of their record."""
         parsed: ParsedLines = {}
+        kept: Dict[Optional[str], Deque[int]] = {}
+        received = 0
         due = False
         with self._lock:
             add = self.batch.add
@@ -95,7 +99,8 @@ class LogRouter:
                     if line.request_id is None and len(self._in_flight) == 1 and not self._overlapping:
                         line = line._replace(request_id=next(iter(self._in_flight)))
                     add(line)
-                    parsed[id(record)] = line
+                    received += 1
+                    self._keep(parsed, kept, line.request_id, id(record), line)
                     if len(self.batch) >= self._early_items or self.batch.bytes >= self._early_bytes:
                         self._flush()  # a chatty request: send before the bound drops lines
                 elif isinstance(record, Start):
@@ -109,11 +114,26 @@ class LogRouter:
                     due = True
                 elif isinstance(record, InitStart) and record.initialization_type == MANAGED_INSTANCES:
                     self._overlapping = True
-            if parsed:
-                self.stats.incr("logs_received", len(parsed))
+            if received:
+                self.stats.incr("logs_received", received)
             if due:
                 self._flush()
         return parsed
+
+    @staticmethod
+    def _keep(parsed: ParsedLines, kept: Dict[Optional[str], Deque[int]], request_id: Optional[str], key: int,
+              line: LogLine) -> None:
+        """Only the last KEEP_LOG_LINES of each request are breadcrumbs: the others are not kept
+        alive by the batch's result once they were sent (memory: a batch holds up to 1000 lines)."""
+        if request_id is None:
+            return
+        ids = kept.get(request_id)
+        if ids is None:
+            ids = kept[request_id] = collections.deque()
+        ids.append(key)
+        parsed[key] = line
+        if len(ids) > KEEP_LOG_LINES:
+            del parsed[ids.popleft()]
 
     def note_sdk_envelope(self, req: Request, header: Optional[Mapping[str, Any]]) -> None:
         """An SDK envelope at ingest: log a one-time hint if it carries ``log`` items (the SDK's

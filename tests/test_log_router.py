@@ -119,7 +119,7 @@ def test_each_request_without_an_sdk_trace_gets_one_trace_id_for_all_its_lines()
     a_ids = {log["trace_id"] for log in logs if attr(log, "faas.invocation_id") == A}
     b_ids = {log["trace_id"] for log in logs if attr(log, "faas.invocation_id") == B}
     assert len(a_ids) == len(b_ids) == 1 and a_ids != b_ids
-    assert h.stats.snapshot()["logs_forwarded"] == 153
+    assert h.stats.snapshot()["logs_forwarded"] == h.stats.snapshot()["logs_received"] == 153
 
 
 def test_overlapping_requests_attribute_only_lines_that_name_theirs() -> None:
@@ -194,9 +194,11 @@ def test_pipeline_routes_logs_only_when_on_and_honours_log_item_rate_limits() ->
     assert off.log_router is None and len(off.queue) == 0
     on = _pipeline()
     on.on_telemetry([start(A), fn("hello\n", 1), done(A, 2)])
-    (req,) = on.queue.take_all()
+    req = on.queue.get(1.0)  # at once: it is queued
+    assert req is not None and len(on.queue) == 1
+    on.queue.done(req)
     assert [i.type for i in Envelope.parse(req.body).items] == ["log"] and req.public_key == KEY
     on.limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:log_item:organization"})
     on.on_telemetry([start(B), fn("hello\n", 1), fn("again\n", 2), done(B, 3)])
-    assert len(on.queue) == 0
+    assert len(on.queue) == 0 and on.queue.put(req)  # refused by the limit, not by a closed queue
     assert on.discards.snapshot(KEY)[("ratelimit_backoff", "log_item")] == 2

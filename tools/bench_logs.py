@@ -165,9 +165,11 @@ def _emulated_run(opt: Path, tmp: Path, logs: str, lines: int, invocations: int,
                     post.append(result.post_runtime_ms)
             hwm_kib = status_kib(pid, "VmHWM")
             emu.shutdown()
+            summary = [line for line in emu.output(EXTENSION_NAME).splitlines() if "summary:" in line]
         arrived = len(upstream.logs())
     return {"logs": logs, "cpu_ms_total": sum(cpu), "post_runtime_median_ms": median(post),
-            "peak_rss_mib": (hwm_kib or 0) / 1024.0, "logs_arrived": arrived}
+            "peak_rss_mib": (hwm_kib or 0) / 1024.0, "logs_arrived": arrived,
+            "summary": summary[-1].split("summary:", 1)[1].strip() if summary else None}
 
 
 def bench_function_logs(lines: int = 1000, invocations: int = 20, opt: Optional[Path] = None,
