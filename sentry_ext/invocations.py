@@ -217,16 +217,22 @@ class Invocations:
 
     def await_outcome(self, deadline: float) -> bool:
         """After a reset (SHUTDOWN ``timeout``/``failure``): wait until the last request (or a
-        failed Init with no request) has the records to decide on, until ``deadline``."""
+        failed Init with no request) has the records to decide on, until ``deadline``. A failure
+        decided from those records has been handed to ``on_failure`` when this returns True."""
+        known = False
         with self._cond:
             for _ in range(1_000_000):
                 if self._outcome_known():
-                    return True
+                    known = True
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    break
                 self._cond.wait(remaining)
-        return False
+        if known:
+            with self._deciding:  # the feeder holds it from the records' arrival until its callbacks ran
+                pass
+        return known
 
     def settle(self, request_id: str) -> Optional[Failure]:
         """Decide ``request_id`` now with the records at hand (once); its failure, if any, goes to

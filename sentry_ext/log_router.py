@@ -139,8 +139,8 @@ class LogRouter:
         """An SDK envelope at ingest: log a one-time hint if it carries ``log`` items (the SDK's
         own logs, which the extension's would duplicate). Only header-less envelopes (no event id,
         no trace: how the SDK sends logs) are looked into, and only until the hint is given."""
-        if self._hinted or (header is not None and ("event_id" in header or "trace" in header)):
-            return
+        if self._hinted or header is None or "event_id" in header or "trace" in header:
+            return  # not an envelope, or one with an event or a trace (the SDK's logs have neither)
         encoding = (req.headers.get("content-encoding") or "").strip().lower()
         if encoding not in INSPECTABLE_ENCODINGS:
             return
