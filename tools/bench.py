@@ -493,7 +493,8 @@ def build_report(data: Dict[str, Any]) -> str:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py) instead")
+    parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py, with its own options: "
+                             "--baseline REV, --loopback-runs N, --only ...) instead")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
     parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
