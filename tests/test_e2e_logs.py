@@ -86,3 +86,20 @@ def test_a_timeout_event_carries_the_last_lines_as_breadcrumbs(tmp_path: Path, u
     assert sorted(crumbs) == [("error", "error gamma"), ("info", "print gamma"), ("warning", "warning gamma")], log
     # the lines went out as logs too, at SHUTDOWN or with the timeout's runtimeDone
     assert [attr(e, "faas.invocation_id") for e in upstream.logs()] == [result.request_id] * 3, log
+
+
+def test_lambda_json_log_format(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """AWS_LAMBDA_LOG_FORMAT=JSON: awslambdaric frames each logging record as a JSON object (with
+    requestId), which the Telemetry API passes as an object; prints stay text."""
+    with make_emulator(tmp_path, upstream, runtime_env={"AWS_LAMBDA_LOG_FORMAT": "JSON"},
+                       SENTRY_EXT_LOGS="on") as emu:
+        emu.start()
+        result = emu.invoke({"say": "delta", "capture": False})
+        log = ext_log(emu)
+    assert result.status == "success", log
+    mine = sorted((e for e in upstream.logs() if attr(e, "faas.invocation_id") == result.request_id),
+                  key=lambda entry: entry["severity_number"])
+    assert [(e["level"], e["body"]) for e in mine] == [
+        ("info", "print delta"), ("warn", "warning delta"), ("error", "error delta")], log
+    assert attr(mine[1], "logger.name") == "app"
+    assert attr(mine[2], "exception.type") == "KeyError" and "raise KeyError" in attr(mine[2], "exception.stacktrace")
