@@ -139,3 +139,26 @@ def test_overlapping_timeouts_each_get_their_own_failure_event(tmp_path: Path, u
         emu.shutdown()
         log = ext_log(emu)
     assert made() == {rid: ["LambdaTimeout"] for rid in timed_out}, log
+
+
+def test_overlapping_invocations_with_function_logs_each_answer_in_time(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Function logs on: the workers share the runtime's log pipes; each answer waits only for the
+    lines already written, so overlapping requests still succeed, and each request's logging
+    records (JSON, with requestId) arrive as logs of that request."""
+    with make_emulator(tmp_path, upstream, init_type=MANAGED, max_concurrency=4, SENTRY_EXT_LOGS="on",
+                       runtime_env={"AWS_LAMBDA_LOG_FORMAT": "JSON"}) as emu:
+        emu.start()
+        words = ["w%d" % i for i in range(4)]
+        t0 = time.monotonic()
+        results = emu.invoke_concurrently([{"say": w, "capture": False, "sleep_s": SLEEP_S, "lines": 50}
+                                           for w in words])
+        elapsed = time.monotonic() - t0
+        assert [r.status for r in results] == ["success"] * 4, ext_log(emu) + emu.output("runtime")
+        assert elapsed < 3 * SLEEP_S, elapsed
+        emu.shutdown()
+        log = ext_log(emu)
+    for word, result in zip(words, results):
+        mine = [e for e in upstream.logs()
+                if (e["attributes"].get("faas.invocation_id") or {}).get("value") == result.request_id]
+        bodies = sorted(e["body"].splitlines()[0] for e in mine if e["level"] in ("warn", "error"))
+        assert bodies == ["error " + word, "warning " + word], log

@@ -8,9 +8,12 @@ Two sources, both read by the emulator as the runtime writes them:
   message), so a multi-line record (a traceback) stays one record: text frames (odd type) give a
   string record, JSON frames (even type, ``AWS_LAMBDA_LOG_FORMAT=JSON``) the decoded object.
 
-Records go to the subscribers of ``function`` events in order with the platform records: before
-the emulator emits a request's ``platform.runtimeDone`` it waits (briefly) until both pipes are
-read to their end (``_sync_function_logs``), since the runtime wrote its lines before answering.
+Records go to the subscribers of ``function`` events in order with the platform records: when the
+runtime answers a request (and before a ``platform.runtimeDone`` of an unanswered one) the emulator
+waits (briefly) until what both pipes held at that moment is read and queued
+(``_sync_function_logs``), since the runtime wrote its lines before answering. The wait is for
+those bytes only, not for an empty pipe: on Managed Instances several workers share both pipes
+and keep writing while one of them answers, and their lines must not hold its answer up.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class LogPipe:
         self.fd = fd
         self.busy = False
         self.closed = False
+        self.emitted = 0  # bytes read and turned into records (changed with the lock held)
 
     def unread(self) -> int:
         """Bytes in the pipe not read yet (0 once closed)."""
@@ -71,8 +75,15 @@ class RuntimeLogs:
     def __init__(self, output_fd: int, frames_fd: int) -> None:
         self.pipes = [LogPipe(output_fd), LogPipe(frames_fd)]
 
-    def drained(self) -> bool:
-        return all(not p.busy and p.unread() == 0 for p in self.pipes)
+    def marks(self) -> Optional[List[int]]:
+        """Per pipe, the ``emitted`` count at which all it holds now is emitted (lock held);
+        None while a read is being turned into records (its bytes are then counted nowhere)."""
+        if any(p.busy for p in self.pipes):
+            return None
+        return [p.emitted + p.unread() for p in self.pipes]
+
+    def reached(self, marks: List[int]) -> bool:
+        return all(p.closed or p.emitted >= mark for p, mark in zip(self.pipes, marks))
 
 
 class FunctionLogs(EmulatorBase):
@@ -87,7 +98,7 @@ class FunctionLogs(EmulatorBase):
 
     def _start_runtime_logs(self, proc: Any, frames_fd: int, on_line: Callable[[bytes], None]) -> None:
         """Read the runtime's output pipe (each line also to ``on_line``; its thread is ``proc.reader``)
-        and its frames pipe; ``proc.logs`` tells whether both are read to their end."""
+        and its frames pipe; ``proc.logs`` tells how far both are read."""
         assert proc.popen.stdout is not None
         proc.logs = logs = RuntimeLogs(proc.popen.stdout.fileno(), frames_fd)
         readers = ((logs.pipes[0], self._lines_of, on_line), (logs.pipes[1], self._frames_of, None))
@@ -122,6 +133,7 @@ class FunctionLogs(EmulatorBase):
                 if sb is not None and not sb.dead:
                     for stamp, raw in records:
                         self._emit_function(sb, stamp, raw)
+                pipe.emitted += len(chunk)
                 pipe.busy = False
                 if not chunk:
                     pipe.closed = True
@@ -189,9 +201,21 @@ class FunctionLogs(EmulatorBase):
                 sub.enqueue(data)
 
     def _sync_function_logs(self, sb: Sandbox) -> None:
-        """Wait (lock held, bounded) until the runtime's log pipes are read to their end and their
-        records queued, so a platform record emitted next follows them, as in Lambda's stream."""
+        """Wait (lock held but released while waiting, bounded) until what the runtime's log pipes
+        hold now is read and its records queued, so a platform record emitted next follows them, as
+        in Lambda's stream. Bytes written meanwhile (other workers) are not waited for."""
         rt = sb.runtime
         logs = getattr(rt, "logs", None) if rt is not None else None
-        if logs is not None and any(not s.stopped and "function" in s.types for s in sb.subscribers):
-            self._wait_until(logs.drained, time.monotonic() + SYNC_WAIT_S)
+        if logs is None or not any(not s.stopped and "function" in s.types for s in sb.subscribers):
+            return
+        marks: List[List[int]] = []
+
+        def caught_up() -> bool:
+            if not marks:
+                now = logs.marks()
+                if now is None:
+                    return False
+                marks.append(now)
+            return logs.reached(marks[0])
+
+        self._wait_until(caught_up, time.monotonic() + SYNC_WAIT_S)

@@ -84,7 +84,7 @@ class RuntimeApi(EmulatorBase):
             t_response = time.monotonic()
             assert sb is not None
             self._sync_function_logs(sb)  # type: ignore[attr-defined]  # the lines it wrote come first
-            if inv.t_response is not None or inv.finished or sb.invocation is not inv:
+            if inv.t_response is not None or inv.finished or self._invocation_by_id(sb, request_id) is not inv:
                 return json_reply(400, "InvalidStateTransition", "invocation %s already finished" % request_id)
             inv.t_response = t_response
             inv.response = body
