@@ -140,6 +140,11 @@ def _xray_root(value: str) -> str:
     return value
 
 
+BREADCRUMB_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warn": "warning", "error": "error",
+                     "fatal": "fatal"}
+
+
 def _breadcrumbs(failure: Failure, now: float) -> List[Dict[str, Any]]:
-    return [{"timestamp": stamp or now, "type": "default", "category": "console", "level": "info",
-             "message": line} for stamp, line in failure.log_lines]
+    return [{"timestamp": stamp or now, "type": "default", "category": "console",
+             "level": BREADCRUMB_LEVELS.get(level, "info"), "message": body}
+            for stamp, level, body in failure.log_lines]

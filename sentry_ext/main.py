@@ -170,7 +170,7 @@ class Extension:
         self.telemetry_path = telemetry_endpoint.new_path()
         try:
             status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, self.telemetry_path,
-                                                        exec_model.telemetry_schema(cfg.init_type))
+                                                        exec_model.telemetry_schema(cfg.init_type), cfg.telemetry_types)
         except LambdaApiError as exc:
             sock.close()
             self._fallback("Telemetry API subscription failed (%s)" % exc)

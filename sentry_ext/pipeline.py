@@ -22,6 +22,7 @@ from .health import assess
 from .ingest import IngestServer
 from .ingest_limits import IngestLimiter
 from .invocations import Failure, Invocations
+from .log_router import LogRouter
 from .ratelimit import RateLimits
 from .request import Request
 from .spool import Spool
@@ -67,6 +68,9 @@ class Pipeline:
         # Telemetry records in, failure decisions out (each made into an event for the queue). Only
         # POSTs on telemetry_path (the subscription's secret path) get here.
         self.invocations = Invocations(self._report_failure, cfg.failure_kinds)
+        # Function logs (SENTRY_EXT_LOGS=on): the same records in, log envelopes out.
+        self.log_router = LogRouter(cfg, self.submit, self.discards, self.stats,
+                                    self.invocations.sdk_trace) if cfg.logs == "on" else None
         self.listener = (TelemetryListener(telemetry_sock, self.on_telemetry, self.stats, telemetry_path)
                          if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
@@ -89,12 +93,17 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
-        self.invocations.note_envelope(header)  # the SDK's trace for a failure event
+        self.invocations.note_envelope(header)  # the SDK's trace for a failure event (and logs)
+        if self.log_router is not None:
+            self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
         return self.ingest_limits(req, header)
 
     def on_telemetry(self, batch: Any) -> None:
-        """One decoded Telemetry API batch (from the listener)."""
-        self.invocations.feed(parse_batch(batch))
+        """One decoded Telemetry API batch (from the listener). Logs first: a request's log
+        envelopes are queued before its runtimeDone reaches ``invocations`` and lets the lifecycle drain."""
+        records = parse_batch(batch)
+        lines = self.log_router.feed(records) if self.log_router is not None else None
+        self.invocations.feed(records, lines)
 
     def invoked(self, event: Dict[str, Any]) -> None:
         """An INVOKE event (every flush mode): the request running from now on."""
@@ -199,17 +208,21 @@ class Pipeline:
 
     def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
         """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
-        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure) first wait
-        briefly for the failed request's records.
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure), and with
+        function logs on, first wait briefly for the last request's records.
 
         The spool is the last resort: /tmp survives only a reset of this same execution
         environment (after a timeout or a crash); after a spindown a new environment starts with
         an empty /tmp and whatever was spooled is gone.
         """
-        if reason in RESET_REASONS:
+        if reason in RESET_REASONS or self.log_router is not None:
+            # Function logs: the last request's lines and runtimeDone may still be on their way
+            # (background mode calls next at once); returns at once when its records are in.
             now = time.monotonic()
             self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
         self.invocations.settle_all()
+        if self.log_router is not None:
+            self.log_router.flush()  # lines no runtimeDone has sent yet
         dropped_before = sum(self.stats.snapshot()["dropped"].values())
         if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)

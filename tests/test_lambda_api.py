@@ -93,6 +93,11 @@ def test_telemetry_subscription_body_is_within_documented_ranges() -> None:
     assert body["destination"] == {"protocol": "HTTP", "URI": "http://sandbox.localdomain:5334/telemetry/" + "ab" * 16}
 
 
+def test_telemetry_subscription_with_function_logs_never_takes_extension_logs() -> None:
+    assert telemetry_subscription("h", 1, types=("platform", "function"))["types"] == ["platform", "function"]
+    assert telemetry_subscription("h", 1, types=("platform", "function", "extension"))["types"] == ["platform", "function"]
+
+
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n{}",                       # not a number
     b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n{}",                        # negative

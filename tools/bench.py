@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_logs import bench_log_lines  # noqa: E402
+from tools.bench_logs import bench_function_logs, bench_log_lines  # noqa: E402
 from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
                                  fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
                                  wait_port)
@@ -57,6 +57,7 @@ FIGURE_KEYS = (
     "ingest_httpclient_throughput_per_s", "cpu_per_envelope_ms",
     "post_runtime_end_ms", "post_runtime_background_ms", "post_runtime_end_slow_upstream_ms",
     "delivery_before_freeze_pct", "delivery_by_end_pct", "cpu_per_log_line_us",
+    "cpu_per_log_line_e2e_us", "log_post_runtime_extra_ms", "log_rss_extra_mib",
 )
 
 #: (figure key, comparison, bound) of each target in the issue.
@@ -73,6 +74,8 @@ TARGETS: Dict[str, Tuple[str, float]] = {
     "cpu_per_envelope_ms": ("<=", 0.5),
     "delivery_before_freeze_pct": (">=", 100.0),
     "cpu_per_log_line_us": ("<=", 20.0),
+    "cpu_per_log_line_e2e_us": ("<=", 20.0),
+    "log_rss_extra_mib": ("<=", 2.0),
 }
 
 
@@ -460,6 +463,10 @@ def build_report(data: Dict[str, Any]) -> str:
     row("delivered by the end (every scenario)", _fmt(fig.get("delivery_by_end_pct")) + " %", "–", "", "")
     row("CPU per function log line, Telemetry record → envelope bytes (tools/bench_logs.py), µs",
         _fmt(fig.get("cpu_per_log_line_us")), "–", "≤ 20", "cpu_per_log_line_us")
+    row("function logs end to end, invocations printing 1,000 lines, `SENTRY_EXT_LOGS` on vs off: "
+        "CPU per line µs / post-runtime +ms / peak RSS +MiB",
+        "%s / %s / %s" % (_fmt(fig.get("cpu_per_log_line_e2e_us")), _fmt(fig.get("log_post_runtime_extra_ms")),
+                          _fmt(fig.get("log_rss_extra_mib"), 2)), "–", "≤ 20 µs, ≤ 2 MiB", "cpu_per_log_line_e2e_us")
 
     out = ["\n".join(lines)]
     side = data["details"].get("side_by_side") or []
@@ -612,6 +619,9 @@ def our_figures(details: Dict[str, Any]) -> Dict[str, Any]:
         "delivery_before_freeze_pct": _delivered_pct(end_runs, "delivered_before_freeze"),
         "delivery_by_end_pct": _delivered_pct(all_runs, "delivered_by_end"),
         "cpu_per_log_line_us": details["logs"]["cpu_per_log_line_us"],
+        "cpu_per_log_line_e2e_us": details["logs_e2e"]["cpu_per_log_line_e2e_us"],
+        "log_post_runtime_extra_ms": details["logs_e2e"]["log_post_runtime_extra_ms"],
+        "log_rss_extra_mib": details["logs_e2e"]["log_rss_extra_mib"],
     }
 
 
@@ -672,6 +682,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         details["side_by_side"] = run_side_by_side(lineup, settings, tmp)
         say("function logs: parse + batch + serialize, 1,000 lines ...")
         details["logs"] = bench_log_lines(1000, 5 if settings.quick else 30)
+        say("function logs end to end: invocations printing 1,000 lines, SENTRY_EXT_LOGS off against on ...")
+        details["logs_e2e"] = bench_function_logs(1000, settings.invocations, lineup.ours.opt)
 
     figures = our_figures(details)
     machine_info["loadavg_end"] = loadavg()

@@ -295,6 +295,7 @@ class Lifecycle(ProcessControl, TelemetryApi):
 
     def _emit_runtime_done(self, sb: Sandbox, inv: Invocation, status: str) -> None:
         """``platform.runtimeDone`` for an invocation the runtime never answered (lock held)."""
+        self._sync_function_logs(sb)
         self._emit(
             sb,
             "platform.runtimeDone",

@@ -81,7 +81,12 @@ class RuntimeApi(EmulatorBase):
                 return json_reply(400, "InvalidRequestID", "unknown request id %s" % request_id)
             if inv.t_response is not None or inv.finished:
                 return json_reply(400, "InvalidStateTransition", "invocation %s already finished" % request_id)
-            inv.t_response = time.monotonic()
+            t_response = time.monotonic()
+            assert sb is not None
+            self._sync_function_logs(sb)  # type: ignore[attr-defined]  # the lines it wrote come first
+            if inv.t_response is not None or inv.finished or sb.invocation is not inv:
+                return json_reply(400, "InvalidStateTransition", "invocation %s already finished" % request_id)
+            inv.t_response = t_response
             inv.response = body
             inv.status = "error" if is_error else "success"
             if is_error:
