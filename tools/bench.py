@@ -380,7 +380,7 @@ def _met(key: str, value: Optional[float]) -> Optional[bool]:
 
 
 def build_report(data: Dict[str, Any]) -> str:
-    """The Markdown tables for the terminal and the README."""
+    """The Markdown tables for the terminal and tools/BENCHMARKS.md."""
     fig, peer = data["figures"], data.get("peer") or {}
     cold = data["details"]["cold_start"]
     floor_ms = fig.get("cold_start_floor_ms")
