@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # no typing: this module loads before the first /event/next (
 
 FLUSH_MODES = ("end", "background", "adaptive")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOGS_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal")  # Sentry's levels (and "warning")
 MIB = 1024 * 1024
 
 # (field, environment variable(s), default, check, meaning). ``check`` is ``(lo, hi)`` for an
@@ -25,6 +26,7 @@ MIB = 1024 * 1024
 # empty variable means the default.
 SETTINGS = (
     ("runtime_api", "AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001", None, "Extensions/Telemetry API address"),
+    ("init_type", "AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand", None, "execution model (see exec_model.py)"),
     ("host", None, "127.0.0.1", None, "ingest address (loopback only)"),
     ("port", "SENTRY_EXT_PORT", 5333, (1, 65535), "ingest port"),
     ("max_body_bytes", "SENTRY_EXT_MAX_BODY_BYTES", 4 * MIB, (1024, 200 * MIB), "largest SDK body"),
@@ -55,6 +57,8 @@ SETTINGS = (
     ("report_failures", "SENTRY_EXT_REPORT_FAILURES", "on", None, "failure kinds made into events (on/off/list)"),
     ("release", "SENTRY_RELEASE", None, None, "failure events' release when the SDK sent none"),
     ("environment", "SENTRY_ENVIRONMENT", None, None, "failure events' environment when the SDK sent none"),
+    ("logs", "SENTRY_EXT_LOGS", "off", ("off", "on"), "forward the function's logs to Sentry Logs"),
+    ("logs_level", "SENTRY_EXT_LOGS_LEVEL", "info", LOGS_LEVELS, "least level of forwarded function logs"),
     ("function_name", "AWS_LAMBDA_FUNCTION_NAME", "", None, "set by Lambda: the function's name"),
     ("function_version", "AWS_LAMBDA_FUNCTION_VERSION", "", None, "set by Lambda: the function's version"),
     ("region", "AWS_REGION", "", None, "set by Lambda: the function's region"),
@@ -66,7 +70,7 @@ DERIVED = (
     ("dsn", ("SENTRY_DSN", "SENTRY_EXT_UPSTREAM"), "the project's DSN, its origin optionally replaced"),
     ("proxy_url", ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"), "proxy for the DSN's scheme"),
 )
-_LENIENT = ("log_level", "memory_mb")  # a bad value falls back to the default instead of making the extension inert
+_LENIENT = ("log_level", "memory_mb", "logs_level")  # a bad value falls back to the default instead of making the extension inert
 _HIDDEN = ("dsn", "proxy_url")  # secrets stay out of repr
 
 
@@ -85,6 +89,7 @@ class Config:
     problem: Optional[str]  # why the extension is inert, or None
     proxy_url: Optional[str]
     runtime_api: str
+    init_type: str
     host: str
     port: int
     max_body_bytes: int
@@ -115,6 +120,8 @@ class Config:
     report_failures: str
     release: Optional[str]
     environment: Optional[str]
+    logs: str
+    logs_level: str
     function_name: str
     function_version: str
     region: str
@@ -175,11 +182,18 @@ class Config:
         """The failure kinds reported as events (``SENTRY_EXT_REPORT_FAILURES``); empty: none."""
         return failure_kinds(self.report_failures)
 
+    @property
+    def telemetry_types(self) -> Tuple[str, ...]:
+        """Telemetry API event types to subscribe to: ``platform`` always (failure events), ``function``
+        too with SENTRY_EXT_LOGS=on; never ``extension`` (logging from the listener would loop)."""
+        return ("platform", "function") if self.logs == "on" else ("platform",)
+
     def describe(self) -> str:
         """One log-safe line with the effective settings."""
-        return "upstream=%s port=%d flush=%s senders=%d-%d queue=%d/%dB body_cap=%dB" % (
+        return "upstream=%s port=%d flush=%s senders=%d-%d queue=%d/%dB body_cap=%dB logs=%s" % (
             self.dsn.masked() if self.dsn else "-", self.port, self.flush_mode, min(self.senders, self.max_inflight),
-            self.max_inflight, self.queue_max_items, self.queue_max_bytes, self.max_body_bytes)
+            self.max_inflight, self.queue_max_items, self.queue_max_bytes, self.max_body_bytes,
+            self.logs if self.logs == "off" else "%s(%s+)" % (self.logs, self.logs_level))
 
 
 _FIELDS = tuple(Config.__annotations__)  # in declaration order
@@ -268,7 +282,8 @@ def load(env: Optional[Mapping[str, str]] = None) -> Config:
         warnings: List[str] = []
         return Config(dsn=None, problem=str(exc), runtime_api=_lenient(env, "runtime_api"),
                       port=_lenient(env, "port"), state_file=_lenient(env, "state_file"),
-                      log_level=_lenient(env, "log_level", warnings), warnings=tuple(warnings))
+                      log_level=_lenient(env, "log_level", warnings), warnings=tuple(warnings),
+                      init_type=_lenient(env, "init_type"))
 
 
 def _load(env: Mapping[str, str]) -> Config:

@@ -5,13 +5,13 @@ apply to it and its loss counts in client reports)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .client_reports import envelope_request
 from .config import Config
+from .ids import random_hex, uuid4_hex
 from .invocations import Failure
 from .request import Request
 
@@ -63,12 +63,12 @@ def build_event(failure: Failure, cfg: Config, now: Optional[float] = None) -> D
         contexts["aws_lambda_report"] = metrics
     trace_id = failure.sdk_trace.get("trace_id")
     if trace_id:
-        contexts["trace"] = {"trace_id": trace_id, "span_id": _random_hex(8), "op": "function.aws",
+        contexts["trace"] = {"trace_id": trace_id, "span_id": random_hex(8), "op": "function.aws",
                              "status": TRACE_STATUS[failure.kind]}
     elif failure.xray:
         tags["xray_trace_id"] = _xray_root(failure.xray)[:200]
     event: Dict[str, Any] = {
-        "event_id": _event_id(),
+        "event_id": uuid4_hex(),
         "timestamp": now,
         "platform": "other",
         "level": "fatal",
@@ -140,18 +140,11 @@ def _xray_root(value: str) -> str:
     return value
 
 
+BREADCRUMB_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warn": "warning", "error": "error",
+                     "fatal": "fatal"}
+
+
 def _breadcrumbs(failure: Failure, now: float) -> List[Dict[str, Any]]:
-    return [{"timestamp": stamp or now, "type": "default", "category": "console", "level": "info",
-             "message": line} for stamp, line in failure.log_lines]
-
-
-def _random_hex(nbytes: int) -> str:
-    return os.urandom(nbytes).hex()
-
-
-def _event_id() -> str:
-    """A version-4 UUID in hex, as ``uuid.uuid4().hex`` (uuid itself loads platform: ~290 KiB)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+    return [{"timestamp": stamp or now, "type": "default", "category": "console",
+             "level": BREADCRUMB_LEVELS.get(level, "info"), "message": body}
+            for stamp, level, body in failure.log_lines]

@@ -14,6 +14,7 @@ import enum
 import time
 
 from . import logs
+from .exec_model import is_managed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,7 +56,10 @@ class FlushControl:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "FlushControl":
-        return cls(cfg.flush_mode, cfg.adaptive_window, cfg.adaptive_gap_s)
+        # Lambda Managed Instances never freeze and send no INVOKE: ``end`` and ``adaptive`` have
+        # nothing to wait for, so the senders deliver continuously and SHUTDOWN drains.
+        mode = BACKGROUND if is_managed(cfg.init_type) else cfg.flush_mode
+        return cls(mode, cfg.adaptive_window, cfg.adaptive_gap_s)
 
     def decide(self) -> FlushDecision:
         """The decision for the invocation that starts now (``adaptive`` records its time)."""
@@ -74,6 +78,11 @@ class FlushControl:
                      self._adaptive_last.value, decision.value, mean_gap, len(invokes))
             self._adaptive_last = decision
         return decision
+
+    def forget(self) -> None:
+        """Drop the invocation times seen (taken on a monotonic clock that a snapshot restore
+        made incomparable with the next ones)."""
+        self._invokes.clear()
 
     def fall_back(self) -> None:
         """Flush in the background from now on (telemetry is unavailable, so ``end`` cannot work)."""

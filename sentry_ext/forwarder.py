@@ -40,7 +40,9 @@ class UpstreamHealth:
         self.cap_s = cap_s
         self._clock = clock
         self.failures = 0
-        self._rng = rng or random.Random()
+        # Jitter from the OS at each draw: a PRNG seeded in Init would be shared by every copy
+        # restored from a SnapStart snapshot, and their retries would fall in step.
+        self._rng = rng or random.SystemRandom()
         self._lock = threading.Lock()
         self._until = 0.0  # monotonic end of the current grace period
 

@@ -6,31 +6,23 @@ import json
 import logging
 import re
 import socket
-import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
+from .bounded_server import EVICT_AFTER_S, RESPONSE_REASONS, BoundedHandler, BoundedServer  # noqa: F401 - EVICT_AFTER_S for tests
 from .buffer import BoundedQueue
 from .request import Request
 from .config import Config
 from .dsn import Dsn, DsnError, parse_auth_header, query_auth
 from .envelope import EnvelopeError, first_line, parse_header
-from .headers import HeaderError, read_headers
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 API_PATH = re.compile(r"^/api/(?P<project>\d+)/(?P<endpoint>[A-Za-z0-9_\-./]+)$")
 FORWARDED_HEADERS = ("content-type", "content-encoding", "x-sentry-auth", "user-agent")
-RESPONSE_REASONS = {code: reason for code, (reason, _) in BaseHTTPRequestHandler.responses.items()}
 QUEUE_FULL_BACKOFF_S = 1
-# At the connection cap, a new connection takes the slot of the one that has waited longest on its
-# client (idle keep-alive, or a request trickled in), once it has waited this long.
-EVICT_AFTER_S = 0.5
-EVICT_WAIT_S = 1.0  # how long the accept loop waits for the evicted connection's slot
 # Sentry's SDKs honour X-Sentry-Rate-Limits on a 429 exactly; a bare 429 would mean 60 s of
 # silence for every category. One second for everything is the briefest back-off we can ask for.
 QUEUE_FULL_HEADERS = {"Retry-After": str(QUEUE_FULL_BACKOFF_S),
@@ -52,166 +44,36 @@ class BadRequest(Exception):
         self.headers = headers or {}
 
 
-class IngestServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer on a socket bound earlier (so the port is held from the first ms)."""
-
-    daemon_threads = True
-    request_queue_size = 128
+class IngestServer(BoundedServer):
+    """The ingest on a socket bound earlier (so the port is held from the first ms); bodies in
+    reading share the queue's byte cap."""
 
     def __init__(self, sock: socket.socket, cfg: Config, queue: BoundedQueue, stats: Stats,
                  health_extra: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
-        super().__init__(sock.getsockname()[:2], IngestHandler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
-        self.server_address = sock.getsockname()[:2]
+        super().__init__(sock, IngestHandler, cfg.max_connections, cfg.queue_max_bytes, stats)
         self.cfg = cfg
         self.dsn: Dsn = cfg.dsn  # type: ignore[assignment]
         self.queue = queue
-        self.stats = stats
         self.health_extra = health_extra
         self.before_queue: Optional[IngestHook] = None
         # Extra headers for an accepted request's 200 (e.g. active rate limits mirrored to the SDK).
         self.accepted_headers: Optional[Callable[[Request], Dict[str, str]]] = None
         # Told about each request the ingest side gives up (reason "queue_overflow"), for client reports.
         self.on_drop: Optional[Callable[[Request, str], None]] = None
-        self._slots = threading.BoundedSemaphore(cfg.max_connections)
-        # Bodies being read count too: 64 connections x a 4 MiB cap must not mean 256 MiB.
-        self._reading_bytes = 0
-        self._reading_lock = threading.Lock()
-        self._waiting: Dict[socket.socket, float] = {}  # connection -> since when it waits on its client
-        self._waiting_lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="sentry-ext-ingest", daemon=True)
-        self._thread.start()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Cap concurrent connections: a flood of idle sockets must not become a flood of threads,
-        # nor starve the SDK: at the cap, the longest-waiting idle or trickling connection yields.
-        if not self._slots.acquire(blocking=False) and not (
-                self._evict() and self._slots.acquire(timeout=EVICT_WAIT_S)):
-            self.stats.incr("connections_refused")
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\nRetry-After: 1\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def reserve(self, nbytes: int) -> bool:
-        """Reserve memory for a body about to be read; False when bodies in reading would exceed
-        the queue's byte cap (the request is then refused like a full queue)."""
-        with self._reading_lock:
-            if self._reading_bytes + nbytes > self.cfg.queue_max_bytes:
-                return False
-            self._reading_bytes += nbytes
-            return True
-
-    def release(self, nbytes: int) -> None:
-        with self._reading_lock:
-            self._reading_bytes -= nbytes
-
-    def client_wait(self, conn: socket.socket, waiting: bool) -> None:
-        """Mark ``conn`` as waiting on its client (from now) or as busy with a complete request."""
-        with self._waiting_lock:
-            if waiting:
-                self._waiting[conn] = time.monotonic()
-            else:
-                self._waiting.pop(conn, None)
-
-    def _evict(self) -> bool:
-        """Close the connection that has waited longest on its client, if it waited EVICT_AFTER_S."""
-        with self._waiting_lock:
-            if not self._waiting:
-                return False
-            conn, since = min(self._waiting.items(), key=lambda item: item[1])
-            if time.monotonic() - since < EVICT_AFTER_S:
-                return False
-            del self._waiting[conn]
-        try:
-            conn.shutdown(socket.SHUT_RDWR)  # its handler reads EOF, ends, and frees the slot
-        except OSError:
-            pass
-        self.stats.incr("connections_evicted")
-        return True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # the client reset, vanished or was evicted: routine
-            log.debug("ingest connection ended: %s", sys.exc_info()[1])
-            return
-        log.exception("ingest connection error (survived)")
+    def start(self, name: str = "sentry-ext-ingest") -> None:
+        super().start(name)
 
 
-class IngestHandler(BaseHTTPRequestHandler):
+class IngestHandler(BoundedHandler):
     """Routes: POST /api/<project>/<endpoint>/, POST /envelope, GET /health."""
 
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
     server: IngestServer
     server_version = "sentry-lambda-extension/" + __version__
-    sys_version = ""
 
     def setup(self) -> None:
         self.timeout = self.server.cfg.client_timeout_s
         super().setup()
-
-    def handle_one_request(self) -> None:
-        self.server.client_wait(self.connection, True)
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.client_wait(self.connection, False)
-
-    def parse_request(self) -> bool:
-        """Request line and headers, as ``BaseHTTPRequestHandler.parse_request`` but without
-        ``email.parser``; returns False after answering an error itself."""
-        # The request line is in: the client gets EVICT_AFTER_S afresh for its headers and body.
-        self.server.client_wait(self.connection, True)
-        self.command = None  # type: ignore[assignment]
-        self.request_version = "HTTP/0.9"
-        self.close_connection = True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if len(words) != 3:
-            if words:
-                self.send_error(400, "Bad request syntax (%r)" % self.requestline[:100])
-            return False
-        command, path, version = words
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self.send_error(505 if version.startswith("HTTP/") else 400, "Unsupported HTTP version")
-            return False
-        self.command, self.path, self.request_version = command, path, version
-        try:
-            self.headers = read_headers(self.rfile)  # type: ignore[assignment]
-        except HeaderError as exc:
-            self.send_error(exc.status, str(exc))
-            return False
-        connection = (self.headers.get("Connection") or "").lower()
-        self.close_connection = version == "HTTP/1.0" and connection != "keep-alive" or connection == "close"
-        expect = (self.headers.get("Expect") or "").lower()
-        if expect == "100-continue" and version == "HTTP/1.1":
-            return self.handle_expect_100()
-        return True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.client_address[0], *args)
-
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.client_address[0], *args)
 
     # -- responses -----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@
 loop sees and the headers of the SDK's envelopes. It keeps bounded state per request (the last
 ``KEEP_REQUESTS``): its start, runtimeDone and report records, the X-Ray trace header, the Sentry
 trace the SDK's envelopes carried (trace id, release, environment) and the last
-``KEEP_LOG_LINES`` function log lines. The lifecycle waits on it (``wait``, ``await_outcome``)
+``KEEP_LOG_LINES`` function log lines (as the log router parsed and attributed them: only with
+SENTRY_EXT_LOGS=on, which subscribes to them). The lifecycle waits on it (``wait``, ``await_outcome``)
 and it hands each failure the SDK could not report to ``on_failure`` exactly once:
 
 - ``timeout``: status ``timeout`` (errorType ``Sandbox.Timedout`` or ``Sandbox.Timeout``);
@@ -30,6 +31,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
+from .function_logs import LogLine
 from .telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
                                 Start, request_id as valid_request_id, tracing_value)
 
@@ -50,7 +52,8 @@ class Failure:
     def __init__(self, kind: str, request_id: Optional[str], status: str, error_type: Optional[str],
                  cold_start: bool, runtime_done: Optional[RuntimeDone] = None, report: Optional[Report] = None,
                  init_report: Optional[InitReport] = None, xray: Optional[str] = None,
-                 sdk_trace: Optional[Dict[str, str]] = None, log_lines: Tuple[Tuple[str, str], ...] = ()) -> None:
+                 sdk_trace: Optional[Dict[str, str]] = None,
+                 log_lines: Tuple[Tuple[float, str, str], ...] = ()) -> None:
         self.kind = kind
         self.request_id = request_id
         self.status = status
@@ -61,7 +64,7 @@ class Failure:
         self.init_report = init_report
         self.xray = xray  # X-Amzn-Trace-Id value
         self.sdk_trace = sdk_trace or {}  # trace_id, release, environment from the SDK's envelope headers
-        self.log_lines = log_lines  # (time, line), oldest first
+        self.log_lines = log_lines  # (epoch time, level, body) of its last function log lines, oldest first
 
     @property
     def duration_ms(self) -> Optional[float]:
@@ -103,7 +106,7 @@ class _Request:
         self.report: Optional[Report] = None
         self.xray: Optional[str] = None
         self.sdk_trace: Optional[Dict[str, str]] = None
-        self.logs: Deque[Tuple[str, str]] = collections.deque(maxlen=KEEP_LOG_LINES)
+        self.logs: Deque[Tuple[float, str, str]] = collections.deque(maxlen=KEEP_LOG_LINES)
         self.decided = False
 
     @property
@@ -137,12 +140,18 @@ class Invocations:
 
     # -- input ---------------------------------------------------------------------------------
 
-    def feed(self, records: Iterable[Record]) -> None:
-        """Typed records from one Telemetry batch."""
+    def feed(self, records: Iterable[Record], logs: Optional[Mapping[int, LogLine]] = None) -> None:
+        """Typed records from one Telemetry batch; ``logs``: the lines the log router parsed and
+        attributed from its ``function`` records, by ``id()`` of the record (the breadcrumbs)."""
         failures: List[Failure] = []
         with self._deciding:
             with self._cond:
                 for record in records:
+                    if isinstance(record, FunctionLog):
+                        line = logs.get(id(record)) if logs else None
+                        if line is not None:
+                            self._log_line(line)
+                        continue
                     self._apply(record, failures)
                 self._cond.notify_all()
             self._emit(failures)
@@ -208,16 +217,22 @@ class Invocations:
 
     def await_outcome(self, deadline: float) -> bool:
         """After a reset (SHUTDOWN ``timeout``/``failure``): wait until the last request (or a
-        failed Init with no request) has the records to decide on, until ``deadline``."""
+        failed Init with no request) has the records to decide on, until ``deadline``. A failure
+        decided from those records has been handed to ``on_failure`` when this returns True."""
+        known = False
         with self._cond:
             for _ in range(1_000_000):
                 if self._outcome_known():
-                    return True
+                    known = True
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    break
                 self._cond.wait(remaining)
-        return False
+        if known:
+            with self._deciding:  # the feeder holds it from the records' arrival until its callbacks ran
+                pass
+        return known
 
     def settle(self, request_id: str) -> Optional[Failure]:
         """Decide ``request_id`` now with the records at hand (once); its failure, if any, goes to
@@ -258,9 +273,6 @@ class Invocations:
         return req
 
     def _apply(self, record: Record, failures: List[Failure]) -> None:
-        if isinstance(record, FunctionLog):
-            self._log_line(record)
-            return
         if isinstance(record, (InitRuntimeDone, InitReport)):
             if record.status != "success":
                 self._init_status, self._init_error = record.status, record.error_type or self._init_error
@@ -287,17 +299,11 @@ class Invocations:
             if failure is not None:
                 failures.append(failure)
 
-    def _log_line(self, record: FunctionLog) -> None:
-        line = record.line
-        req = self._current
-        if isinstance(line, dict):
-            rid = valid_request_id(line.get("requestId"))
-            req = self._requests.get(rid) if rid else req
-            message = line.get("message")
-            line = message if isinstance(message, str) else ""
-        if req is None or req.decided or not line.strip():
+    def _log_line(self, line: LogLine) -> None:
+        req = self._requests.get(line.request_id) if line.request_id else None
+        if req is None or req.decided:
             return
-        req.logs.append((record.time, line.strip()[:LOG_LINE_CHARS]))
+        req.logs.append((line.timestamp, line.level, line.body[:LOG_LINE_CHARS]))
 
     def _decide(self, req: _Request) -> Optional[Failure]:
         if req.decided:

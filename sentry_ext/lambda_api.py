@@ -210,22 +210,24 @@ class LambdaApi:
                    {"errorMessage": message, "errorType": error_type, "stackTrace": []},
                    {"Lambda-Extension-Function-Error-Type": error_type})
 
-    def subscribe_telemetry(self, host: str, port: int) -> Tuple[int, Any]:
-        """Subscribe ``http://host:port/telemetry`` to platform events; returns (status, parsed body).
-
-        Platform events only: subscribing to extension logs while logging from the listener loops.
+    def subscribe_telemetry(self, host: str, port: int, path: str = "/telemetry", schema: str = TELEMETRY_SCHEMA,
+                            types: Tuple[str, ...] = ("platform",)) -> Tuple[int, Any]:
+        """Subscribe ``http://host:port<path>`` to ``types`` (platform, and function with function
+        logs on); returns (status, parsed body). Never ``extension``: logging from the listener loops.
         """
-        status, _, parsed = self._json("PUT", TELEMETRY_PATH, telemetry_subscription(host, port))
+        status, _, parsed = self._json("PUT", TELEMETRY_PATH, telemetry_subscription(host, port, path, schema, types))
         return status, parsed
 
 
-def telemetry_subscription(host: str, port: int) -> Dict[str, Any]:
-    """The Telemetry API subscription body (25 ms batching, as Datadog and OpenTelemetry use)."""
+def telemetry_subscription(host: str, port: int, path: str = "/telemetry", schema: str = TELEMETRY_SCHEMA,
+                           types: Tuple[str, ...] = ("platform",)) -> Dict[str, Any]:
+    """The Telemetry API subscription body (25 ms batching, as Datadog and OpenTelemetry use; with
+    function logs a batch holds at most 1000 records or 256 KiB, the smallest sizes Lambda allows)."""
     return {
-        "schemaVersion": TELEMETRY_SCHEMA,
-        "types": ["platform"],
+        "schemaVersion": schema,
+        "types": [t for t in types if t != "extension"],
         "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
-        "destination": {"protocol": "HTTP", "URI": "http://%s:%d/telemetry" % (host, port)},
+        "destination": {"protocol": "HTTP", "URI": "http://%s:%d%s" % (host, port, path)},
     }
 
 

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from . import __version__, handshake, logs
+from . import __version__, exec_model, handshake, logs, telemetry_endpoint
 from .config import Config, load
 from .flush import BACKGROUND, FlushControl, FlushDecision
 from .lambda_api import LambdaApi, LambdaApiError
@@ -44,6 +44,7 @@ POLL_BACKOFF_CAP_S = 1.0
 FATAL_POLLS = 5  # consecutive fatal /event/next answers (4xx, 500) before the loop gives up
 READY_WAIT_S = 5.0
 TELEMETRY_GRACE_S = 3.0  # platform.start must arrive within this of INVOKE, or telemetry is broken
+RESTORE_READY_WAIT_S = 1.0  # a pipeline not started by then handles the restore when it has
 
 
 class StopSignal(BaseException):
@@ -72,6 +73,12 @@ class Extension:
         self.api = api or LambdaApi(cfg.runtime_api)
         self.pipeline: Optional[Pipeline] = None
         self.ready = threading.Event()
+        # The INVOKE last seen, and the pipeline told of each INVOKE from now on: an INVOKE that comes
+        # while the pipeline still loads is handed over when it is built, before its ingest starts,
+        # so the SDK's first envelopes are bound to their request in every flush mode.
+        self._invoke_lock = threading.Lock()
+        self._last_invoke: Optional[Dict[str, Any]] = None
+        self._invoke_sink: Optional[Pipeline] = None
         self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
         self._signal: Optional[int] = None
@@ -79,6 +86,10 @@ class Extension:
         self._registered_ms: Optional[float] = None
         self._inert_reason = ""
         self._record_error: Optional[str] = None
+        self.restore_watch = exec_model.RestoreWatch(cfg.init_type)
+        self._restored: Optional[str] = None  # why the sandbox was last restored from a snapshot
+        self.telemetry_path: Optional[str] = None  # the secret path Lambda posts telemetry to
+        self._telemetry_note = ""  # how the telemetry listener was bound, logged at debug level
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -87,7 +98,8 @@ class Extension:
         started = time.monotonic()
         ingest_sock = self._claim()  # before /register: the runtime, and its exec wrapper, start after it
         try:
-            self.api.register(self.name, parse=False)  # no json before the first /event/next
+            # no json before the first /event/next; SHUTDOWN only on Managed Instances (INVOKE is refused there)
+            self.api.register(self.name, exec_model.register_events(self.cfg.init_type), parse=False)
         except LambdaApiError as exc:
             if ingest_sock is not None:
                 ingest_sock.close()
@@ -148,15 +160,17 @@ class Extension:
                          name="sentry-ext-init", daemon=True).start()
 
     def _subscribe_telemetry(self) -> Optional[socket.socket]:
+        """Bind the listener (see telemetry_endpoint) and subscribe it on a fresh secret path."""
         cfg = self.cfg
-        bind_host = "0.0.0.0" if cfg.telemetry_host == "sandbox.localdomain" else cfg.telemetry_host
         try:
-            sock = bind_listener(bind_host, cfg.telemetry_port)
+            sock, self._telemetry_note = telemetry_endpoint.bind(cfg.telemetry_host, cfg.telemetry_port, bind_listener)
         except OSError as exc:
-            self._fallback("cannot listen on %s:%d for telemetry (%s)" % (bind_host, cfg.telemetry_port, exc))
+            self._fallback("cannot listen on port %d for telemetry (%s)" % (cfg.telemetry_port, exc))
             return None
+        self.telemetry_path = telemetry_endpoint.new_path()
         try:
-            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port)
+            status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, self.telemetry_path,
+                                                        exec_model.telemetry_schema(cfg.init_type), cfg.telemetry_types)
         except LambdaApiError as exc:
             sock.close()
             self._fallback("Telemetry API subscription failed (%s)" % exc)
@@ -183,17 +197,28 @@ class Extension:
         lean_imports.install()  # before logging, urllib3 and http.server load (lean_imports.py)
         logs.setup(self.cfg.log_level)
         self._announce()
+        if self._telemetry_note:
+            log.debug("%s", self._telemetry_note)
         try:
             from .headers import speed_up_http_client
             from .pipeline import Pipeline
 
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
-            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control)
+            pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control, self.telemetry_path)
+            with self._invoke_lock:
+                self._invoke_sink = pipeline
+                if self._last_invoke is not None:
+                    pipeline.invoked(self._last_invoke)
             pipeline.start()
             self.pipeline = pipeline
+            if self._restored is not None:  # a restore came while the pipeline was still starting
+                pipeline.after_restore(self._restored)
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
                                                                 "flush=" + self.flush_control.mode))
+            if exec_model.is_managed(self.cfg.init_type):
+                log.info("Lambda Managed Instances: registered for SHUTDOWN only, never frozen: sending "
+                         "continuously, draining at SHUTDOWN")
         except Exception:
             # The runtime may already run with its DSN pointed here (the record said active): close
             # the held ports so its sends are refused at once instead of waiting in the backlog,
@@ -235,6 +260,7 @@ class Extension:
                 return self._stop("signal %d" % self._signal, time.monotonic() + SIGNAL_DRAIN_S)
             try:
                 self._polling = True
+                self.restore_watch.before_wait()
                 try:
                     event = self.api.next_event(on_sent=self._first_poll_sent.set)
                 finally:
@@ -254,6 +280,9 @@ class Extension:
             fatal = 0
             kind = event.get("eventType")
             try:
+                restored = self.restore_watch.after_wait()
+                if restored is not None:
+                    self._after_restore(restored)
                 if kind == "INVOKE":
                     self.on_invoke(event)
                 elif kind == "SHUTDOWN":
@@ -265,6 +294,13 @@ class Extension:
                     log.warning("ignoring unknown event type %r", kind)
             except Exception:
                 log.exception("error handling %s (survived)", kind)
+
+    def _after_restore(self, why: str) -> None:
+        """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh (or,
+        still starting, does so once it has started)."""
+        self._restored = why
+        if self.cfg.active and self.ready.wait(RESTORE_READY_WAIT_S) and self.pipeline is not None:
+            self.pipeline.after_restore(why)
 
     def _give_up(self, exc: Exception) -> int:
         """The Extensions API keeps refusing /event/next: stop in order, report it, exit 1."""
@@ -287,7 +323,9 @@ class Extension:
 
     def on_invoke(self, event: Dict[str, Any]) -> None:
         """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
-        told = self.pipeline
+        with self._invoke_lock:
+            self._last_invoke = event
+            told = self._invoke_sink
         if told is not None:
             told.invoked(event)  # every mode: which request runs now
         background = self.flush_control.decide() is FlushDecision.BACKGROUND
@@ -299,8 +337,6 @@ class Extension:
         deadline = _deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
-        if told is None:
-            self.pipeline.invoked(event)
         request_id = str(event.get("requestId", ""))
         if not self.pipeline.after_invoke(request_id, deadline, TELEMETRY_GRACE_S):
             self._fallback("no telemetry for %s within %.0f s" % (request_id, TELEMETRY_GRACE_S))

@@ -18,6 +18,7 @@ from .buffer import BoundedQueue  # noqa: E402
 from .client_reports import ReportScheduler  # noqa: E402
 from .config import Config  # noqa: E402
 from .discards import Discards  # noqa: E402
+from .exec_model import SNAP_START  # noqa: E402
 from .failure_events import build_request  # noqa: E402
 from .flush import FlushControl  # noqa: E402
 from .forwarder import Forwarder  # noqa: E402
@@ -25,6 +26,7 @@ from .health import assess  # noqa: E402
 from .ingest import IngestServer  # noqa: E402
 from .ingest_limits import IngestLimiter  # noqa: E402
 from .invocations import Failure, Invocations  # noqa: E402
+from .log_router import LogRouter  # noqa: E402
 from .ratelimit import RateLimits  # noqa: E402
 from .request import Request  # noqa: E402
 from .spool import Spool  # noqa: E402
@@ -47,7 +49,7 @@ class Pipeline:
     """Everything between the SDK's POST and the upstream's reply."""
 
     def __init__(self, cfg: Config, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket],
-                 flush_control: Optional[FlushControl] = None) -> None:
+                 flush_control: Optional[FlushControl] = None, telemetry_path: Optional[str] = None) -> None:
         assert cfg.dsn is not None
         self.cfg = cfg
         # The lifecycle loop's flush mode (shared, not copied): /health reports it.
@@ -67,10 +69,16 @@ class Pipeline:
         self.server.before_queue = self._before_queue
         self.server.accepted_headers = self.ingest_limits.accepted_headers
         self.server.on_drop = self._on_drop
-        # Telemetry records in, failure decisions out (each made into an event for the queue).
+        # Telemetry records in, failure decisions out (each made into an event for the queue). Only
+        # POSTs on telemetry_path (the subscription's secret path) get here.
         self.invocations = Invocations(self._report_failure, cfg.failure_kinds)
-        self.listener = TelemetryListener(telemetry_sock, self.on_telemetry) if telemetry_sock else None
+        # Function logs (SENTRY_EXT_LOGS=on): the same records in, log envelopes out.
+        self.log_router = LogRouter(cfg, self.submit, self.discards, self.stats,
+                                    self.invocations.sdk_trace) if cfg.logs == "on" else None
+        self.listener = (TelemetryListener(telemetry_sock, self.on_telemetry, self.stats, telemetry_path)
+                         if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
+        self.snapshot_pending = cfg.init_type == SNAP_START  # until after_restore
 
     def start(self) -> None:
         self.server.start()
@@ -89,12 +97,17 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
-        self.invocations.note_envelope(header)  # the SDK's trace for a failure event
+        self.invocations.note_envelope(header)  # the SDK's trace for a failure event (and logs)
+        if self.log_router is not None:
+            self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
         return self.ingest_limits(req, header)
 
     def on_telemetry(self, batch: Any) -> None:
-        """One decoded Telemetry API batch (from the listener)."""
-        self.invocations.feed(parse_batch(batch))
+        """One decoded Telemetry API batch (from the listener). Logs first: a request's log
+        envelopes are queued before its runtimeDone reaches ``invocations`` and lets the lifecycle drain."""
+        records = parse_batch(batch)
+        lines = self.log_router.feed(records) if self.log_router is not None else None
+        self.invocations.feed(records, lines)
 
     def invoked(self, event: Dict[str, Any]) -> None:
         """An INVOKE event (every flush mode): the request running from now on."""
@@ -117,6 +130,10 @@ class Pipeline:
 
     def _on_response(self, req: Request, result: Result) -> None:
         self.limits.update(req.public_key, result.status, result.headers)
+        if self.snapshot_pending:
+            # A snap-start sandbox before its restore: the snapshot may be taken any moment now,
+            # and a connection kept in it would lead nowhere in every restored copy.
+            self.transport.drop_connections()
 
     def _on_drop(self, req: Request, reason: str) -> None:
         self.discards.record_request(req, reason)
@@ -176,23 +193,40 @@ class Pipeline:
             log.debug("flushed %s in %.1f ms", request_id, elapsed_ms)
         return True
 
+    def after_restore(self, why: str) -> None:
+        """The sandbox was restored from a SnapStart snapshot: pooled upstream connections lead
+        nowhere, and backoff deadlines and invocation times taken on the monotonic clock before
+        the snapshot mean nothing now. Reconnect on the next send and start the bookkeeping afresh.
+        (Wall-clock state, such as upstream rate limits, expires on its own.)"""
+        self.snapshot_pending = False
+        self.transport.drop_connections()
+        self.forwarder.health.success()
+        self.queue.resume()
+        self.flush_control.forget()
+        self.stats.incr("restores")
+        log.info("restored from a snapshot (%s): upstream connections dropped, backoff cleared", why)
+
     def summary(self) -> str:
         """One log line with every counter."""
         return self.stats.summary()
 
     def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
         """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
-        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure) first wait
-        briefly for the failed request's records.
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure), and with
+        function logs on, first wait briefly for the last request's records.
 
         The spool is the last resort: /tmp survives only a reset of this same execution
         environment (after a timeout or a crash); after a spindown a new environment starts with
         an empty /tmp and whatever was spooled is gone.
         """
-        if reason in RESET_REASONS:
+        if reason in RESET_REASONS or self.log_router is not None:
+            # Function logs: the last request's lines and runtimeDone may still be on their way
+            # (background mode calls next at once); returns at once when its records are in.
             now = time.monotonic()
             self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
         self.invocations.settle_all()
+        if self.log_router is not None:
+            self.log_router.flush()  # lines no runtimeDone has sent yet
         dropped_before = sum(self.stats.snapshot()["dropped"].values())
         if self.discards.has_pending:
             self.reports.send()  # rides the drain (or the spool)

@@ -1,69 +1,155 @@
 """Telemetry API listener: receives Lambda's record batches and hands each decoded batch to one
 callback (the pipeline parses it with ``telemetry_records`` and feeds ``invocations``).
 
+Only Lambda is heard: batches are taken on the subscription's secret path only (see
+``telemetry_endpoint``), decoded and bounded (size, nesting, time, connections) before the callback.
 The subscription itself is made by ``lambda_api`` during Init; this module loads after it.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional
+
+from .bounded_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
+from .stats import Stats
+from .telemetry_endpoint import new_path
 
 log = logging.getLogger(__name__)
 
+# Hostile-input bounds of the listener. Lambda batches at most 1 MiB (maxBytes); platform records
+# nest 4 deep, JSON function logs a little more.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+MAX_READING_BYTES = 2 * MAX_BATCH_BYTES
+MAX_CONNECTIONS = 8
+MAX_DEPTH = 32
+CLIENT_TIMEOUT_S = 5.0
+EVICT_AFTER_S = 0.05
+
+BatchHook = Callable[[List[Any]], None]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(BoundedHandler):
+    """POST <the secret path> with a JSON array of records; everything else is refused unread."""
+
     server: "TelemetryListener"
-    timeout = 30.0
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        # Debug only, and never about telemetry records themselves.
-        pass
+    def setup(self) -> None:
+        self.timeout = CLIENT_TIMEOUT_S  # Lambda posts a whole batch at once: a slow client is not Lambda
+        super().setup()
+
+    def _answer(self, status: int, close: bool = False) -> None:
+        if close:
+            self.close_connection = True
+        self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\n%s\r\n" % (
+            status, RESPONSE_REASONS.get(status, "").encode("latin-1"), b"Connection: close\r\n" if close else b""))
+
+    def _refuse(self, status: int) -> None:
+        # Not Lambda, or not a batch: nothing is read or recorded, and nothing logged above debug.
+        self.server.stats.incr("telemetry_refused")
+        log.debug("telemetry listener refused %s %s: %d", self.command, self.path[:80], status)
+        self._answer(status, close=True)
+
+    def handle_expect_100(self) -> bool:
+        # No "100 Continue" invites a body on a wrong path.
+        if not self.server.is_ours(self.path):
+            self._refuse(404)
+            return False
+        return super().handle_expect_100()
 
     def do_POST(self) -> None:
-        status = 200
+        if not self.server.is_ours(self.path):
+            self._refuse(404)
+            return
+        lengths = self.headers.get_all("Content-Length") or []
+        raw = lengths[0].strip() if len(lengths) == 1 else ""
+        if self.headers.get("Transfer-Encoding") is not None or not raw.isdigit():
+            self._refuse(411)
+            return
+        length = int(raw)
+        if length > MAX_BATCH_BYTES:
+            self._refuse(413)
+            return
+        if not self.server.reserve(length):
+            self._refuse(503)
+            return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BATCH_BYTES or length < 0:
-                status = 413
-                self.close_connection = True
-            else:
-                body = self.rfile.read(length)
-                self.server.on_batch(json.loads(body) if body else [])
-        except (ValueError, UnicodeDecodeError):
-            status = 400
+            body = self.rfile.read(length)
+            if len(body) != length:
+                self.close_connection = True  # the client vanished mid-body
+                return
+            status = self._deliver(body)
+        finally:
+            self.server.release(length)
+        self._answer(status)
+
+    def _deliver(self, body: bytes) -> int:
+        try:
+            batch = json.loads(body) if body else []
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            self.server.stats.incr("telemetry_refused")
+            return 400
+        if not isinstance(batch, list):
+            self.server.stats.incr("telemetry_refused")
+            return 400
+        kept = [item for item in batch if within_depth(item, MAX_DEPTH)]
+        if len(kept) != len(batch):
+            self.server.stats.incr("telemetry_records_too_deep", len(batch) - len(kept))
+        try:
+            self.server.on_batch(kept)
         except Exception:
             log.exception("telemetry listener error (survived)")
-            status = 500
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+            return 500  # Lambda retries the batch
+        return 200
+
+    def do_GET(self) -> None:
+        self._refuse(404 if not self.server.is_ours(self.path) else 405)
+
+    do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = do_GET
 
 
-class TelemetryListener(ThreadingHTTPServer):
-    """HTTP listener on a socket bound during Init, served from a daemon thread."""
+def within_depth(value: Any, limit: int) -> bool:
+    """True if ``value`` nests lists and objects at most ``limit`` deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
-    daemon_threads = True
+
+class TelemetryListener(BoundedServer):
+    """The Telemetry API's HTTP destination, served from daemon threads: hands each batch (a list
+    of records, each nesting at most MAX_DEPTH deep) to ``on_batch``.
+
+    Only POSTs on ``path`` (the secret one in the subscription URI) are read; connections, the
+    bodies in reading and the time a client may take are bounded like the ingest's.
+    """
+
     request_queue_size = 16
+    # Lambda sends a whole batch the moment it connects (loopback: well under a millisecond per
+    # 100 KiB), so a connection silent for this long is not Lambda and yields its slot at the cap.
+    evict_after_s = EVICT_AFTER_S
 
-    def __init__(self, sock: socket.socket, on_batch: Callable[[Any], None]) -> None:
-        super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
-        self.server_address = sock.getsockname()[:2]
-        self.on_batch = on_batch  # gets each decoded batch (any JSON value: the callee validates)
+    def __init__(self, sock: socket.socket, on_batch: BatchHook, stats: Optional[Stats] = None,
+                 path: Optional[str] = None) -> None:
+        super().__init__(sock, _Handler, MAX_CONNECTIONS, MAX_READING_BYTES, stats or Stats(), "telemetry_")
+        self.on_batch = on_batch
+        self.path = path or new_path()
+        self._path_bytes = self.path.encode("ascii")
 
-    def start(self) -> None:
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
-                         name="sentry-ext-telemetry", daemon=True).start()
+    def is_ours(self, path: str) -> bool:
+        return hmac.compare_digest(path.encode("latin-1", "replace"), self._path_bytes)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("telemetry connection error (survived)")
+    def start(self, name: str = "sentry-ext-telemetry") -> None:
+        super().start(name)

@@ -161,6 +161,17 @@ class Transport:
         return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
 
 
+    def drop_connections(self) -> None:
+        """Forget every pooled connection (after a SnapStart restore they lead nowhere): later
+        sends connect afresh. Connections in use are closed when they come back to the old pool."""
+        old = self.pool
+        self.pool, self._absolute = make_pool(self.cfg)
+        if isinstance(old, urllib3.PoolManager):
+            old.clear()
+        else:
+            old.close()
+
+
 def _describe(exc: BaseException) -> str:
     text = "%s: %s" % (type(exc).__name__, exc)
     return text[:300]

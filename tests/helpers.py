@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -103,6 +107,41 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return out
 
 
+def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = 5.0) -> Tuple[bytes, bool]:
+    """Send ``data`` (then EOF if ``half_close``); return (what came back, whether the server closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server may answer and close before reading everything
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                return out, False
+            except ConnectionResetError:
+                return out, True
+            if not chunk:
+                return out, True
+            out += chunk
+        return out, False
+
+
+class Errors(logging.Handler):
+    """Collects ERROR records of the extension's loggers (an internal error is a bug found)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def _complete(data: bytes) -> bool:
     head, _, body = data.partition(b"\r\n\r\n")
     for line in head.split(b"\r\n"):
@@ -146,3 +185,11 @@ def _shutdown(pipeline: Pipeline) -> None:
     pipeline.server.server_close()
 
 
+def run_quick_bench(suite: str, out: Path, time_limit_s: float = 120) -> Dict[str, Any]:
+    """``tools/bench.py <suite> --quick --out <out>`` with this interpreter; asserts it exits 0 and
+    returns {"stdout": ..., "data": the JSON it wrote}."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "tools" / "bench.py"), suite, "--quick", "--out", str(out)],
+                          cwd=str(root), capture_output=True, text=True, timeout=time_limit_s)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"stdout": proc.stdout, "data": json.loads(out.read_text())}

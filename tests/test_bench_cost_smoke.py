@@ -7,8 +7,6 @@ numbers are not targets, but every envelope must arrive and every figure must be
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT_S = 120
 
 sys.path.insert(0, str(ROOT))
+from helpers import run_quick_bench  # noqa: E402
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.tlsutil import openssl  # noqa: E402
 
@@ -31,13 +30,11 @@ def test_lambda_quota_is_memory_over_1769_of_a_cpu() -> None:
 @pytest.mark.skipif(openssl() is None, reason="no openssl command for the upstream's certificate")
 def test_quick_cost_bench_runs_or_skips_with_the_reason(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--cost", "--quick", "--out", str(out)],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=TIME_LIMIT_S)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    run = run_quick_bench("--cost", out, TIME_LIMIT_S)
+    data = run["data"]
     why_not = CpuQuota.unavailable()
     if why_not is not None:
-        assert "SKIPPING the 128 MB suite: %s" % why_not in proc.stdout
+        assert "SKIPPING the 128 MB suite: %s" % why_not in run["stdout"]
         assert data["quota_skipped"] == why_not and "cost" not in data
         pytest.skip("128 MB suite skipped: %s" % why_not)
     assert data["quota"] == {"quota_us": 1447, "period_us": 20000}
@@ -50,6 +47,6 @@ def test_quick_cost_bench_runs_or_skips_with_the_reason(tmp_path: Path) -> None:
         assert figures["init_ms"]["p50"] and figures["handshakes_per_invocation"] is not None
     # the quota really held the sandbox: its processes were throttled
     assert all(run["throttled"].get("nr_throttled", 0) > 0 for runs in data["raw"]["cost"].values() for run in runs)
-    assert "| setup | function p50 / p95 ms |" in proc.stdout
+    assert "| setup | function p50 / p95 ms |" in run["stdout"]
     assert data["command"].endswith("tools/bench.py --cost --quick --out %s" % out)
     assert not Path(data["cgroup"]).exists()  # removed afterwards

@@ -116,3 +116,16 @@ def test_lambda_function_variables_are_read_and_a_bad_memory_size_is_not_fatal()
         "orders", "$LATEST", "eu-west-1", 512, "r1", None)
     cfg = load({"SENTRY_DSN": DSN, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots"})
     assert cfg.active and cfg.memory_mb == 0
+
+
+def test_function_logs_settings() -> None:
+    cfg = load({"SENTRY_DSN": DSN})
+    assert (cfg.logs, cfg.logs_level, cfg.telemetry_types) == ("off", "info", ("platform",))
+    cfg = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOGS": "ON", "SENTRY_EXT_LOGS_LEVEL": "Warning"})
+    assert (cfg.logs, cfg.logs_level, cfg.telemetry_types) == ("on", "warning", ("platform", "function"))
+    assert "logs=on(warning+)" in cfg.describe()
+    bad_switch = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOGS": "yes"})
+    assert not bad_switch.active and "SENTRY_EXT_LOGS" in str(bad_switch.problem)
+    bad_level = load({"SENTRY_DSN": DSN, "SENTRY_EXT_LOGS": "on", "SENTRY_EXT_LOGS_LEVEL": "loud"})
+    assert bad_level.active and bad_level.logs_level == "info"
+    assert any("SENTRY_EXT_LOGS_LEVEL" in w for w in bad_level.warnings)

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import gzip
 import logging
-import socket
 import time
 import zlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from helpers import KEY, PROJECT, auth, envelope, make_pipeline, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, Errors, auth, envelope, exchange, make_pipeline, port_of, post, stop, wait_until
 from tools.fake_upstream import FakeUpstream
 
 CLIENT_TIMEOUT_MS = 400
@@ -26,17 +25,6 @@ FUZZ = settings(max_examples=400, deadline=None,
 
 AUTH = "Sentry sentry_key=%s, sentry_version=7, sentry_client=fuzz/1" % KEY
 BOMB = gzip.compress(b"{" + b" " * (32 * 1024 * 1024), compresslevel=9)  # 32 MiB behind ~32 KiB
-
-
-class Errors(logging.Handler):
-    """Collects ERROR records of the extension's loggers (an internal error is a bug found)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: List[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +41,6 @@ def live() -> Iterator[Tuple[object, FakeUpstream, Errors]]:
         logger.removeHandler(errors)
         stop(pipe)
         up.stop()
-
-
-def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = ANSWER_WITHIN_S) -> Tuple[bytes, bool]:
-    """Send ``data`` (then EOF if ``half_close``); return (what came back, whether the server closed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the server may answer and close before reading everything
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                return out, False
-            except ConnectionResetError:
-                return out, True
-            if not chunk:
-                return out, True
-            out += chunk
-        return out, False
 
 
 def check_answer(reply: bytes, closed: bool, data: bytes) -> None:
@@ -162,7 +126,7 @@ def requests(draw) -> bytes:
 @example(b"POST /envelope HTTP/1.1\r\nX: " + b"y" * 70000 + b"\r\n\r\n")
 def test_random_requests_get_an_answer_or_a_close(live, data: bytes) -> None:
     pipe, _, errors = live
-    reply, closed = exchange(port_of(pipe), data)
+    reply, closed = exchange(port_of(pipe), data, timeout=ANSWER_WITHIN_S)
     check_answer(reply, closed, data)
     assert not errors.records, [r.getMessage() for r in errors.records]
 
@@ -174,7 +138,7 @@ def test_random_requests_get_an_answer_or_a_close(live, data: bytes) -> None:
 @example(b"\x00" * 400)
 def test_non_http_garbage_gets_an_answer_or_a_close(live, data: bytes) -> None:
     pipe, _, errors = live
-    reply, closed = exchange(port_of(pipe), data)
+    reply, closed = exchange(port_of(pipe), data, timeout=ANSWER_WITHIN_S)
     check_answer(reply, closed, data)
     assert not errors.records, [r.getMessage() for r in errors.records]
 

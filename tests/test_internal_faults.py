@@ -148,7 +148,7 @@ def test_telemetry_listener_survives_an_exception_in_its_consumer(upstream: Fake
         for _ in range(2):  # Lambda retries a batch the listener failed
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
-                conn.request("POST", "/telemetry", batch, {"Content-Type": "application/json"})
+                conn.request("POST", pipeline.listener.path, batch, {"Content-Type": "application/json"})
                 statuses.append(conn.getresponse().status)
             finally:
                 conn.close()

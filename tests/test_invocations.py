@@ -14,7 +14,8 @@ from sentry_ext.config import load
 from sentry_ext.envelope import Envelope
 from sentry_ext.failure_events import build_event, build_request
 from sentry_ext.invocations import Failure, Invocations, classify
-from sentry_ext.telemetry_records import parse_batch
+from sentry_ext.function_logs import parse
+from sentry_ext.telemetry_records import FunctionLog, parse_batch
 
 RID = "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
 TRACE = "771a43a4192642f0b136d5159a501700"
@@ -43,7 +44,16 @@ class Recorder:
         self.inv = Invocations(self.failures.append, kinds)
 
     def feed(self, *items: Dict[str, Any]) -> None:
-        self.inv.feed(parse_batch(list(items)))
+        records = parse_batch(list(items))
+        # the log router's part, simplified: parse, and lines without a request id are the current one's
+        lines = {}
+        for record in records:
+            if isinstance(record, FunctionLog):
+                line = parse(record.line, record.time)
+                if line is not None:
+                    lines[id(record)] = line if line.request_id else line._replace(
+                        request_id=self.inv.current_request_id())
+        self.inv.feed(records, lines)
 
 
 @pytest.mark.parametrize("status,error_type,used,kind", [
@@ -94,14 +104,14 @@ def test_sdk_trace_logs_and_cold_start_belong_to_their_request() -> None:
              for i in range(30)]
     batch.append({"time": "t", "type": "function", "record": {"message": "json line", "requestId": "second"}})
     batch.append({"time": "t", "type": "function", "record": {"message": "other's line", "requestId": "first"}})
-    r.inv.feed(parse_batch(batch))
+    r.feed(*batch)
     r.feed(done("second", "timeout", "Sandbox.Timedout", 3000.0), report("second", "timeout", "Sandbox.Timedout"))
     assert len(r.failures) == 1
     failure = r.failures[0]
     assert failure.request_id == "second" and not failure.cold_start
     assert failure.sdk_trace == {"trace_id": TRACE, "release": "app@1.2", "environment": "prod"}
-    assert len(failure.log_lines) == 20 and failure.log_lines[-1][1] == "json line"
-    assert failure.log_lines[0][1] == "line 11"
+    assert len(failure.log_lines) == 20 and failure.log_lines[-1][1:] == ("info", "json line")
+    assert failure.log_lines[0][2] == "line 11"
 
 
 def test_failed_init_is_one_init_failure() -> None:
@@ -137,6 +147,8 @@ def test_await_outcome_waits_for_the_report_then_settle_all_decides() -> None:
     t0 = time.monotonic()
     assert r.inv.await_outcome(time.monotonic() + 3)
     assert 0.15 < time.monotonic() - t0 < 2
+    # as at SHUTDOWN: settle_all waits for a decision still being reported on the feeding thread
+    assert r.inv.settle_all() == []
     assert [f.kind for f in r.failures] == ["oom"]  # the report turned the timeout into a memory kill
     # and without a report by the deadline, the runtimeDone alone decides at SHUTDOWN
     late = Recorder()
@@ -191,7 +203,8 @@ def test_failure_event_carries_the_facts() -> None:
     assert event["contexts"]["trace"]["trace_id"] == TRACE and len(event["contexts"]["trace"]["span_id"]) == 16
     assert event["contexts"]["aws_lambda"]["memory_size_mb"] == 128
     assert event["contexts"]["aws_lambda_report"]["max_memory_used_mb"] == 60
-    assert event["breadcrumbs"]["values"][0]["message"] == "[INFO]\tworking on it"
+    assert event["breadcrumbs"]["values"][0]["message"] == "working on it"
+    assert event["breadcrumbs"]["values"][0]["level"] == "info"
     assert len(event["event_id"]) == 32
 
     req = build_request(failure, cfg)

@@ -85,12 +85,17 @@ def test_register_without_identifier_and_dead_server() -> None:
 
 
 def test_telemetry_subscription_body_is_within_documented_ranges() -> None:
-    body = telemetry_subscription("sandbox.localdomain", 5334)
+    body = telemetry_subscription("sandbox.localdomain", 5334, "/telemetry/" + "ab" * 16)
     assert body["types"] == ["platform"]  # never extension logs: logging from the listener would loop
     assert 1000 <= body["buffering"]["maxItems"] <= 10000
     assert 262144 <= body["buffering"]["maxBytes"] <= 1048576
     assert body["buffering"]["timeoutMs"] == 25
-    assert body["destination"] == {"protocol": "HTTP", "URI": "http://sandbox.localdomain:5334/telemetry"}
+    assert body["destination"] == {"protocol": "HTTP", "URI": "http://sandbox.localdomain:5334/telemetry/" + "ab" * 16}
+
+
+def test_telemetry_subscription_with_function_logs_never_takes_extension_logs() -> None:
+    assert telemetry_subscription("h", 1, types=("platform", "function"))["types"] == ["platform", "function"]
+    assert telemetry_subscription("h", 1, types=("platform", "function", "extension"))["types"] == ["platform", "function"]
 
 
 @pytest.mark.parametrize("response", [

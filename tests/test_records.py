@@ -54,9 +54,9 @@ def test_request_defaults() -> None:
 def test_failure_event_ids_are_version_4_uuids() -> None:
     import uuid
 
-    from sentry_ext.failure_events import _event_id
+    from sentry_ext.ids import uuid4_hex
 
-    ids = {_event_id() for _ in range(100)}
+    ids = {uuid4_hex() for _ in range(100)}
     assert len(ids) == 100
     for value in ids:
         parsed = uuid.UUID(hex=value)

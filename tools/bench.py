@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_logs import bench_log_lines  # noqa: E402
+from tools.bench_logs import bench_function_logs, bench_log_lines  # noqa: E402
 from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
                                  fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
                                  wait_port)
@@ -58,6 +58,7 @@ FIGURE_KEYS = (
     "ingest_httpclient_throughput_per_s", "cpu_per_envelope_ms",
     "post_runtime_end_ms", "post_runtime_background_ms", "post_runtime_end_slow_upstream_ms",
     "delivery_before_freeze_pct", "delivery_by_end_pct", "cpu_per_log_line_us",
+    "cpu_per_log_line_e2e_us", "log_post_runtime_extra_ms", "log_rss_extra_mib",
 )
 
 #: (figure key, comparison, bound) of each target in the issue.
@@ -74,6 +75,8 @@ TARGETS: Dict[str, Tuple[str, float]] = {
     "cpu_per_envelope_ms": ("<=", 0.5),
     "delivery_before_freeze_pct": (">=", 100.0),
     "cpu_per_log_line_us": ("<=", 20.0),
+    "cpu_per_log_line_e2e_us": ("<=", 20.0),
+    "log_rss_extra_mib": ("<=", 2.0),
 }
 
 
@@ -378,7 +381,7 @@ def _met(key: str, value: Optional[float]) -> Optional[bool]:
 
 
 def build_report(data: Dict[str, Any]) -> str:
-    """The Markdown tables for the terminal and the README."""
+    """The Markdown tables for the terminal and tools/BENCHMARKS.md."""
     fig, peer = data["figures"], data.get("peer") or {}
     cold = data["details"]["cold_start"]
     floor_ms = fig.get("cold_start_floor_ms")
@@ -461,6 +464,10 @@ def build_report(data: Dict[str, Any]) -> str:
     row("delivered by the end (every scenario)", _fmt(fig.get("delivery_by_end_pct")) + " %", "–", "", "")
     row("CPU per function log line, Telemetry record → envelope bytes (tools/bench_logs.py), µs",
         _fmt(fig.get("cpu_per_log_line_us")), "–", "≤ 20", "cpu_per_log_line_us")
+    row("function logs end to end, invocations printing 1,000 lines, `SENTRY_EXT_LOGS` on vs off: "
+        "CPU per line µs / post-runtime +ms / peak RSS +MiB",
+        "%s / %s / %s" % (_fmt(fig.get("cpu_per_log_line_e2e_us")), _fmt(fig.get("log_post_runtime_extra_ms")),
+                          _fmt(fig.get("log_rss_extra_mib"), 2)), "–", "≤ 20 µs, ≤ 2 MiB", "cpu_per_log_line_e2e_us")
 
     out = ["\n".join(lines)]
     side = data["details"].get("side_by_side") or []
@@ -486,13 +493,15 @@ def build_report(data: Dict[str, Any]) -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="--remote takes tools/bench_remote.py's options (--peer, --offline, --baseline REV, --quick, "
-               "--loopback-runs N, --only remote|loopback, --out); --cost takes tools/bench_cost.py's "
-               "(--peer, --offline, --rounds N, --quick, --only 128mb|cpu, --profile FILE, --out).")
-    parser.add_argument("--remote", action="store_true", help="run the remote-upstream suite (tools/bench_remote.py) instead")
-    parser.add_argument("--cost", action="store_true", help="run the 128 MB / CPU-per-invocation suite (tools/bench_cost.py) instead")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remote", action="store_true",
+                        help="run the remote-upstream suite (tools/bench_remote.py) instead; it takes its own options "
+                             "(--peer, --offline, --baseline REV, --quick, --loopback-runs N, --only remote|loopback, "
+                             "--out FILE: see tools/bench.py --remote --help)")
+    parser.add_argument("--cost", action="store_true",
+                        help="run the 128 MB / CPU-per-invocation suite (tools/bench_cost.py) instead; it takes its own "
+                             "options (--peer, --offline, --rounds N, --quick, --only 128mb|cpu, --profile FILE, "
+                             "--idle-close S, --out FILE: see tools/bench.py --cost --help)")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
     parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
@@ -615,6 +624,9 @@ def our_figures(details: Dict[str, Any]) -> Dict[str, Any]:
         "delivery_before_freeze_pct": _delivered_pct(end_runs, "delivered_before_freeze"),
         "delivery_by_end_pct": _delivered_pct(all_runs, "delivered_by_end"),
         "cpu_per_log_line_us": details["logs"]["cpu_per_log_line_us"],
+        "cpu_per_log_line_e2e_us": details["logs_e2e"]["cpu_per_log_line_e2e_us"],
+        "log_post_runtime_extra_ms": details["logs_e2e"]["log_post_runtime_extra_ms"],
+        "log_rss_extra_mib": details["logs_e2e"]["log_rss_extra_mib"],
     }
 
 
@@ -679,6 +691,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         details["side_by_side"] = run_side_by_side(lineup, settings, tmp)
         say("function logs: parse + batch + serialize, 1,000 lines ...")
         details["logs"] = bench_log_lines(1000, 5 if settings.quick else 30)
+        say("function logs end to end: invocations printing 1,000 lines, SENTRY_EXT_LOGS off against on ...")
+        details["logs_e2e"] = bench_function_logs(1000, settings.invocations, lineup.ours.opt)
 
     figures = our_figures(details)
     machine_info["loadavg_end"] = loadavg()

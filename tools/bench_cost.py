@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import PEER_NAME, PEER_PORT, find_peer, loadavg, machine, opt_peer, port_free  # noqa: E402
+from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
@@ -314,14 +314,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         contenders += [Contender(mode, "ours, `%s`" % mode, "ours", ours_opt, EXTENSION_NAME, mode) for mode in modes]
         peer_skipped, peer_note = ("not requested (use --peer node)", "") if opts.peer != "node" else (None, "")
         if opts.peer == "node":
-            ext_dir, peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
-            if ext_dir is None:
-                peer_skipped = peer_note
-            elif not port_free(PEER_PORT):
-                peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
-            else:
-                contenders.append(Contender("peer", "Sentry Node extension (tunnel function)", "peer",
-                                            opt_peer(tmp / "peer", ext_dir), PEER_NAME))
+            peer_dir, peer_skipped, peer_note = peer_opt(tmp / "peer", opts.offline, say)
+            if peer_dir is not None:
+                contenders.append(Contender("peer", "Sentry Node extension (tunnel function)", "peer", peer_dir, PEER_NAME))
             if peer_skipped:
                 say("SKIPPING the Node extension peer: %s" % peer_skipped)
         labels = {c.key: c.label for c in contenders}

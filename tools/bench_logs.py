@@ -9,6 +9,16 @@ chunks of 100, ``log_item`` and ``Envelope.serialize`` (uncompressed). The figur
 round's process CPU time divided by the lines; in-process, no HTTP (what the listener and the
 flush add per line on top of the Telemetry request they already handle). Also reported: the
 Python memory a default ``LogBatch`` holds with those lines, and the peak while serializing.
+
+    .venv/bin/python tools/bench_logs.py --e2e [--lines 1000] [--invocations 20]
+
+End to end (``bench_function_logs``): the real extension beside the sample function under
+awslambdaric in the emulator (``end`` mode, real freezes), each invocation printing ``--lines``
+lines, run once with ``SENTRY_EXT_LOGS=off`` and once with ``on``. Per log line: the extension
+process's extra CPU time (``/proc``: the listener's HTTP and JSON, parsing, batching, envelopes,
+sending), summed over the invocations and divided by the lines; the added post-runtime time
+(median, on minus off); the extra peak RSS (VmHWM at the end, on minus off); and the logs that
+arrived upstream (all of them, or the figure is void).
 """
 
 from __future__ import annotations
@@ -16,10 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 if __package__ in (None, ""):  # run as a script: make ``sentry_ext`` and ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,6 +41,7 @@ from sentry_ext.log_batch import LogBatch, LogContext, log_item  # noqa: E402
 from tools.stats import median  # noqa: E402
 
 TARGET_US = 20.0  # issue 12: CPU per log line
+TARGET_RSS_MIB = 2.0  # issue 12: extra RSS with function logs on
 REQ = "8f5b1c9e-4e0b-4f6b-9d55-0a1b2c3d4e5f"
 TRACE = "771a43a4192642f0b136d5159a501700"
 TRACEBACK = ("failed\nTraceback (most recent call last):\n  File \"/var/task/app.py\", line 12, in handler\n"
@@ -125,11 +137,81 @@ def bench_log_lines(lines: int = 1000, rounds: int = 30) -> Dict[str, Any]:
     return result
 
 
+def _emulated_run(opt: Path, tmp: Path, logs: str, lines: int, invocations: int, freeze_s: float) -> Dict[str, Any]:
+    """``invocations`` invocations printing ``lines`` lines each, with SENTRY_EXT_LOGS=``logs``."""
+    from tools.emulator import Emulator
+    from tools.fake_upstream import FakeUpstream
+    from tools.procfs import cpu_ms, status_kib
+    from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn
+
+    with FakeUpstream() as upstream:
+        env = function_env(upstream.dsn(), tmp / ("spool-" + logs), SENTRY_EXT_LOGS=logs, SENTRY_EXT_FLUSH="end")
+        runtime_env = {"SENTRY_DSN": local_dsn(upstream.dsn(), env["SENTRY_EXT_PORT"])}
+        cpu: List[float] = []
+        post: List[float] = []
+        with Emulator(opt, task_root=SAMPLE_FUNCTION, env=env, runtime_env=runtime_env, function_name="bench-logs",
+                      memory_mb=1024) as emu:
+            emu.start()
+            pid = emu.pids[EXTENSION_NAME]
+            for _ in range(invocations):
+                before = cpu_ms(pid)
+                result = emu.invoke({"lines": lines, "capture": False})
+                emu.wait_frozen_for(freeze_s)  # frozen: the extension's work for this invocation is done
+                after = cpu_ms(pid)
+                if result.status != "success" or before is None or after is None:
+                    raise RuntimeError("invocation failed: %s\n%s" % (result.status, emu.output(EXTENSION_NAME)[-2000:]))
+                cpu.append(after - before)
+                if result.post_runtime_ms is not None:
+                    post.append(result.post_runtime_ms)
+            hwm_kib = status_kib(pid, "VmHWM")
+            emu.shutdown()
+            summary = [line for line in emu.output(EXTENSION_NAME).splitlines() if "summary:" in line]
+        arrived = len(upstream.logs())
+    return {"logs": logs, "cpu_ms_total": sum(cpu), "post_runtime_median_ms": median(post),
+            "peak_rss_mib": (hwm_kib or 0) / 1024.0, "logs_arrived": arrived,
+            "summary": summary[-1].split("summary:", 1)[1].strip() if summary else None}
+
+
+def bench_function_logs(lines: int = 1000, invocations: int = 20, opt: Optional[Path] = None,
+                        freeze_s: float = 0.1) -> Dict[str, Any]:
+    """End to end in the emulator: CPU per log line, added post-runtime time and extra peak RSS
+    of SENTRY_EXT_LOGS=on against off, each invocation printing ``lines`` lines."""
+    from tools.sandbox import make_opt
+
+    with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-logs-") as name:
+        tmp = Path(name)
+        opt = opt or make_opt(tmp)
+        off = _emulated_run(opt, tmp, "off", lines, invocations, freeze_s)
+        on = _emulated_run(opt, tmp, "on", lines, invocations, freeze_s)
+    total = lines * invocations
+    complete = on["logs_arrived"] == total
+    return {
+        "lines_per_invocation": lines, "invocations": invocations, "off": off, "on": on,
+        "all_logs_arrived": complete,
+        "cpu_per_log_line_e2e_us": (on["cpu_ms_total"] - off["cpu_ms_total"]) * 1000.0 / total if complete else None,
+        "log_post_runtime_extra_ms": (on["post_runtime_median_ms"] - off["post_runtime_median_ms"]
+                                      if on["post_runtime_median_ms"] is not None
+                                      and off["post_runtime_median_ms"] is not None else None),
+        "log_rss_extra_mib": on["peak_rss_mib"] - off["peak_rss_mib"],
+    }
+
+
 def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--e2e", action="store_true", help="end to end in the emulator (off against on)")
+    parser.add_argument("--invocations", type=int, default=20)
     opts = parser.parse_args(argv)
+    if opts.e2e:
+        e2e = bench_function_logs(opts.lines, opts.invocations)
+        print(json.dumps(e2e, indent=2))
+        print("end to end, %d invocations printing %d lines: CPU per log line %s µs (target <= %.0f), post-runtime "
+              "+%s ms, peak RSS +%.2f MiB (target <= %.0f), logs arrived %d of %d; %s" % (
+                  opts.invocations, opts.lines, _fmt(e2e["cpu_per_log_line_e2e_us"]), TARGET_US,
+                  _fmt(e2e["log_post_runtime_extra_ms"]), e2e["log_rss_extra_mib"], TARGET_RSS_MIB,
+                  e2e["on"]["logs_arrived"], opts.lines * opts.invocations, sys.executable))
+        return 0
     result = bench_log_lines(opts.lines, opts.rounds)
     print(json.dumps(result, indent=2))
     print("CPU per log line: %.1f µs median (min %.1f; target <= %.0f); batch of %d lines holds %.0f KiB, "
@@ -137,6 +219,10 @@ def main(argv: Any = None) -> int:
               result["cpu_per_log_line_us"], result["cpu_per_log_line_min_us"], TARGET_US, result["parsed"],
               result["batch_held_kib"], result["serialize_peak_kib"], sys.executable))
     return 0
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else "%.1f" % value
 
 
 if __name__ == "__main__":

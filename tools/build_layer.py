@@ -20,7 +20,7 @@ path, so the function's own packages can neither shadow ours nor be shadowed by 
 Pure Python: the build refuses native code (``.so`` and friends, ELF/Mach-O/PE files), so one zip
 serves x86_64 and arm64. The ``.pyc`` files are bytecode, not native code: ``/opt`` is read-only
 in Lambda, so Python cannot cache bytecode there and would compile every module on every cold
-start; the README's "Bytecode" section has the measurements (``--measure`` repeats them). They
+start; tools/BENCHMARKS.md has the measurements (``--measure`` repeats them). They
 are "unchecked-hash" pycs (PEP 552), valid whatever mtimes the unpacked files get.
 
 Reproducible: the same sources, wheels and interpreters give a byte-identical zip (fixed

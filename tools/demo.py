@@ -2,7 +2,7 @@
 
 ``python3 tools/dev.py demo [--invocations N] [--freeze-s S] [--flush end|background|adaptive]
 [--upstream-delay-ms MS] [--no-timeout]`` prints what reached the fake upstream and the
-per-invocation timings. The last invocation runs past the function's timeout (unless
+per-invocation timings. The last invocation (of two or more) runs past the function's timeout (unless
 ``--no-timeout``): the runtime is stopped, the sandbox reset, and the extension reports the
 timeout, which the function's SDK cannot.
 """
@@ -64,7 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             emu.start()
             captured: List[str] = []
             print("\n" + HEADER)
-            timeout_at = opts.invocations if opts.invocations and not opts.no_timeout else 0
+            # the last of at least two: a run of one still shows an event delivered
+            timeout_at = opts.invocations if opts.invocations >= 2 and not opts.no_timeout else 0
             for index in range(opts.invocations):
                 payload = {"messages": 1}
                 if index + 1 == timeout_at:

@@ -72,6 +72,7 @@ READ_TIMEOUT_S = 30.0
 MAX_CHUNKS = 1_000_000
 MAX_TRAILER_LINES = 100
 MAX_REQUESTS_PER_CONNECTION = 1_000_000
+BLACK_HOLE_MAX_S = 60.0  # a request on a forgotten connection is held at most this long
 MAX_LINE = 65536
 
 
@@ -435,6 +436,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if not self.raw_requestline:
             return
+        if upstream._is_forgotten(self.connection):
+            self._black_hole()
+            return
         try:
             self.connection.settimeout(READ_TIMEOUT_S)
             if len(self.raw_requestline) > MAX_LINE:
@@ -531,6 +535,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reset()
             raise _DropConnection()
         self._respond(reply, event_id)
+
+    def _black_hole(self) -> None:
+        """A request on a forgotten connection: swallow it, never answer, until the client gives up."""
+        self.close_connection = True
+        self.server.upstream._note_black_holed()
+        self.connection.settimeout(0.5)
+        for _ in range(int(BLACK_HOLE_MAX_S / 0.5)):
+            if self.server.upstream._stopping.is_set():
+                return
+            try:
+                if not self.connection.recv(65536):
+                    return  # the client closed it
+            except socket.timeout:
+                continue
+            except OSError:
+                return
 
     def _reset(self) -> None:
         """Close the socket with SO_LINGER 0 so the peer gets an RST."""
@@ -636,6 +656,8 @@ class FakeUpstream:
         self._generation = 0
         self._connections_opened = 0
         self._idle_closes = 0
+        self._black_holed = 0
+        self._forgotten: Set[socket.socket] = set()
         self._open: Set[socket.socket] = set()
         self._stopping = threading.Event()
         self._server: Optional[_Server] = None
@@ -754,8 +776,33 @@ class FakeUpstream:
             self._generation += 1
             self._cond.notify_all()
 
+    def forget_connections(self) -> int:
+        """Forget every connection open now, as the network forgets a SnapStart snapshot's: the
+        next request on one of them is swallowed and never answered (not recorded either), like
+        packets into a black hole, until the client closes it. Returns how many were forgotten."""
+        with self._cond:
+            self._forgotten |= self._open
+            return len(self._forgotten)
+
+    def _is_forgotten(self, conn: socket.socket) -> bool:
+        with self._cond:
+            return conn in self._forgotten
+
+    def _note_black_holed(self) -> None:
+        with self._cond:
+            self._black_holed += 1
+            self._generation += 1
+            self._cond.notify_all()
+
+    @property
+    def black_holed(self) -> int:
+        """Requests swallowed on forgotten connections."""
+        with self._cond:
+            return self._black_holed
+
     def _connection_closed(self, conn: socket.socket) -> None:
         with self._cond:
+            self._forgotten.discard(conn)
             self._open.discard(conn)
             self._generation += 1
             self._cond.notify_all()

@@ -3,7 +3,7 @@ sandbox frozen after every invocation (and for longer every few seconds) and per
 faults. Samples the extension's RSS, thread count and open file descriptors, and reports them with
 the delivered/dropped totals. A tool, not a CI test (``tests/test_soak_smoke.py`` runs ``--quick``).
 
-    python -m tools.soak                  # 10 minutes (the README's figures)
+    python -m tools.soak                  # 10 minutes (the figures in tools/BENCHMARKS.md)
     python -m tools.soak --minutes 2      # shorter
     python -m tools.soak --quick          # ~15 s smoke run
     python -m tools.soak --json out.json  # also write the summary as JSON
@@ -315,7 +315,7 @@ def timeline(samples: List[Dict[str, float]], points: int = 11) -> List[Dict[str
 
 
 def format_report(report: Dict[str, Any], command: str) -> str:
-    """The human-readable summary (also what the README quotes)."""
+    """The human-readable summary (also what tools/BENCHMARKS.md quotes)."""
     rss, thr, fds = report["rss_kib"], report["threads"], report["fds"]
     verdict = report["rss_verdict"]
     summ = report["extension_summary"]

@@ -42,7 +42,13 @@ condition guard all state):
 - ``runtime_api.py``, ``extensions_api.py``, ``telemetry.py`` (subscriptions, records, delivery);
 - ``processes.py``: sandbox/process control (environment, launch, output, exits, signals,
   freeze/thaw with SIGSTOP/SIGCONT, kill and reap; /proc through ``tools.procfs``);
+- ``function_logs.py``: Telemetry ``function`` records from the runtime's stdout/stderr lines and
+  from awslambdaric's framed log pipe (``_LAMBDA_TELEMETRY_LOG_FD``), ahead of its runtimeDone;
 - ``lifecycle.py``: the Init, Invoke and Shutdown phases (timeouts and crashes reset);
+- ``snapstart.py``: ``init_type="snap-start"``: the freeze after Init is a snapshot, ``restore()``
+  thaws the same processes (``runtime/restore/next``, ``platform.restore*`` telemetry);
+- ``concurrency.py``: ``init_type="lambda-managed-instances"``: awslambdaric workers serve
+  overlapping invocations (``invoke_concurrently``), SHUTDOWN-only extensions, no freeze;
 - ``emulator.py``: ``Emulator``, the public API; ``cli.py``/``__main__.py``: the command line.
 
 Only processes this emulator started are ever signalled (see ``processes.py``).

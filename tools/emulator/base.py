@@ -17,11 +17,13 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from tools.emulator.server import ApiServer
 from tools.emulator.state import (ACCOUNT_ID, FUNCTION_VERSION, LONG_POLL_MAX_S, MAX_WAIT_ROUNDS, REGION,
-                                  EmulatorError, InvokeResult, Sandbox, ShutdownResult)
+                                  EmulatorError, Invocation, InvokeResult, Sandbox, ShutdownResult)
 
 logger = logging.getLogger(__name__)
 
 CALLS_MAX = 100000
+MANAGED_INSTANCES = "lambda-managed-instances"
+INIT_TYPES = ("on-demand", "provisioned-concurrency", "snap-start", MANAGED_INSTANCES)
 
 
 class EmulatorBase:
@@ -44,6 +46,9 @@ class EmulatorBase:
         init_timeout_s: float = 10.0,
         exec_wrapper: Optional[str] = None,
         preexec: Optional[Callable[[], None]] = None,
+        init_type: str = "on-demand",
+        max_concurrency: int = 0,
+        before_snapshot: Optional[Callable[[], None]] = None,
     ) -> None:
         if task_root is None:
             raise ValueError("task_root is required")
@@ -65,6 +70,16 @@ class EmulatorBase:
         self.exec_wrapper = exec_wrapper
         # Run in each launched process between fork and exec (e.g. to join a CPU-quota cgroup).
         self.preexec = preexec
+        if init_type not in INIT_TYPES:
+            raise ValueError("init_type must be one of %s" % ", ".join(INIT_TYPES))
+        self.init_type = init_type  # AWS_LAMBDA_INITIALIZATION_TYPE and initializationType of the records
+        self.snapstart = init_type == "snap-start"
+        self.managed = init_type == MANAGED_INSTANCES  # see concurrency.py
+        self.max_concurrency = int(max_concurrency) or (4 if self.managed else 1)
+        if self.managed:
+            self.freeze_enabled = False  # Managed Instances are never frozen
+        # snap-start: called after Init, before the snapshot (when Lambda takes it is its business)
+        self.before_snapshot = before_snapshot
         self.function_arn = "arn:aws:lambda:%s:%s:function:%s" % (REGION, ACCOUNT_ID, function_name)
         self.log_stream_name = "%s/[%s]%s" % (
             datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d"),
@@ -93,6 +108,8 @@ class EmulatorBase:
         self.invocations: List[InvokeResult] = []
         self.shutdowns: List[ShutdownResult] = []
         self.last_init_ms: Optional[float] = None
+        self._restored_gen = 0  # snap-start: the sandbox generation whose snapshot was restored
+        self._inflight: Dict[str, Invocation] = {}  # managed instances: invocations by request id
 
     @property
     def api_address(self) -> str:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+from tools.emulator.base import INIT_TYPES
 from tools.emulator.emulator import Emulator
 from tools.emulator.state import EmulatorError, InvokeResult
 
@@ -190,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-mb", type=int, default=128, metavar="MB", help="the function's memory setting")
     run.add_argument("--shutdown-window-ms", type=int, default=2000, metavar="MS", help="how long extensions get at SHUTDOWN")
     run.add_argument("--function-name", default="emulated-function", metavar="NAME", help="AWS_LAMBDA_FUNCTION_NAME")
+    run.add_argument("--init-type", default="on-demand", choices=INIT_TYPES,
+                     help="AWS_LAMBDA_INITIALIZATION_TYPE: snap-start restores a snapshot before the first "
+                          "invocation; lambda-managed-instances runs --max-concurrency invocations at once")
+    run.add_argument("--max-concurrency", type=int, default=4, metavar="N",
+                     help="lambda-managed-instances: runtime workers, and invocations at a time")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print everything as JSON instead of the table and logs")
@@ -247,7 +253,7 @@ def run(args: argparse.Namespace, payload: Any, env: Dict[str, str], runtime_env
             handler=args.handler, env=env, runtime_env=runtime_env, function_name=args.function_name,
             timeout_s=args.timeout_s, memory_mb=args.memory_mb, freeze=not args.no_freeze,
             telemetry=not args.no_telemetry, shutdown_window_ms=args.shutdown_window_ms,
-            exec_wrapper=args.exec_wrapper,
+            exec_wrapper=args.exec_wrapper, init_type=args.init_type, max_concurrency=args.max_concurrency,
         ))
         say = (lambda line: None) if args.json else print
         say("function %s (%s in %s), runtime %s" % (args.function_name, args.handler, args.task_root, python))
@@ -261,10 +267,12 @@ def run(args: argparse.Namespace, payload: Any, env: Dict[str, str], runtime_env
             for index in range(args.invocations):
                 if index:
                     emu.wait_frozen_for(args.freeze_s)
-                res = emu.invoke(payload)
-                ok = ok and res.status == "success"
-                summary["invocations"].append(res)
-                say(table_row(index + 1, res, upstream))
+                batch = (emu.invoke_concurrently([payload] * args.max_concurrency) if emu.managed
+                         else [emu.invoke(payload)])
+                for res in batch:
+                    ok = ok and res.status == "success"
+                    summary["invocations"].append(res)
+                    say(table_row(len(summary["invocations"]), res, upstream))
             shutdown = emu.shutdown()
             summary["shutdown"] = shutdown
             ok = ok and not shutdown.killed and all(c == 0 for c in shutdown.exit_codes.values())

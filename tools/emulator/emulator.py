@@ -7,18 +7,20 @@ import threading
 import uuid
 from typing import Any, Dict, List, Tuple, Union
 
+from tools.emulator.concurrency import Concurrency
 from tools.emulator.extensions_api import ExtensionsApi
 from tools.emulator.lifecycle import InitFailed, Lifecycle
 from tools.emulator.runtime_api import RuntimeApi
 from tools.emulator.server import ApiServer, Reply, json_reply
-from tools.emulator.state import InvokeResult, ShutdownResult, epoch_ms
+from tools.emulator.snapstart import SnapStart
+from tools.emulator.state import EmulatorError, InvokeResult, ShutdownResult, epoch_ms
 
 logger = logging.getLogger(__name__)
 
 CLOSE_OP_LOCK_WAIT_S = 10.0
 
 
-class Emulator(Lifecycle, RuntimeApi, ExtensionsApi):
+class Emulator(Lifecycle, SnapStart, Concurrency, RuntimeApi, ExtensionsApi):
     """A local AWS Lambda sandbox: Runtime, Extensions and Telemetry APIs plus lifecycle.
 
     Arguments: ``opt_dir`` (stands in for /opt: every executable in its ``extensions/`` is
@@ -26,7 +28,10 @@ class Emulator(Lifecycle, RuntimeApi, ExtensionsApi):
     (/var/task), ``handler``, ``env`` (the function's environment, runtime and extensions),
     ``runtime_env`` (the runtime's only), ``function_name``, ``timeout_s``, ``memory_mb``,
     ``freeze`` (SIGSTOP between invocations), ``telemetry`` (False: subscriptions get 202
-    NotSupported), ``shutdown_window_ms``, ``init_timeout_s``, ``exec_wrapper``, ``preexec`` (called
+    NotSupported), ``shutdown_window_ms``, ``init_timeout_s``, ``exec_wrapper``, ``init_type``
+    (AWS_LAMBDA_INITIALIZATION_TYPE; ``snap-start``: see snapstart.py; ``lambda-managed-instances``:
+    see concurrency.py), ``max_concurrency`` (Managed Instances' runtime workers, default 4),
+    ``before_snapshot`` (snap-start: called between Init and the snapshot), ``preexec`` (called
     in every launched process before it execs, e.g. ``tools.cgroup_cpu.CpuQuota.join``: the sandbox's
     processes then start inside that cgroup, as a whole sandbox shares Lambda's CPU share).
     """
@@ -121,13 +126,40 @@ class Emulator(Lifecycle, RuntimeApi, ExtensionsApi):
                         self.invocations.append(result)
                     return result
                 cold = True
-            result = self._invoke(payload)
+            if self._restore_pending():
+                self._restore()
+            result = self._invoke_concurrently([payload])[0] if self.managed else self._invoke(payload)
             result.cold_start = cold
             if cold:
                 result.init_ms = self.last_init_ms
             with self._lock:
                 self.invocations.append(result)
             return result
+
+    def invoke_concurrently(self, payloads: List[Union[Dict[str, Any], bytes, None]]) -> List[InvokeResult]:
+        """Managed Instances: run ``payloads`` as overlapping invocations (one worker each, up to
+        ``max_concurrency`` at a time); their results in the same order."""
+        with self._op_lock:
+            self._check_open()
+            self._ensure_server()
+            with self._lock:
+                need_init = self._sandbox is None or self._sandbox.dead
+            if need_init:
+                self._init()
+            results = self._invoke_concurrently(payloads)
+            with self._lock:
+                self.invocations.extend(results)
+            return results
+
+    def restore(self, after_s: float = 0.0) -> float:
+        """SnapStart: stay frozen ``after_s`` more (the snapshot lies in storage), then restore it
+        (see snapstart.py); the restore ms. Invoking without it restores first."""
+        with self._op_lock:
+            self._check_open()
+            if not self._restore_pending():
+                raise EmulatorError("no SnapStart snapshot to restore (init_type=%r)" % self.init_type)
+            self.wait_frozen_for(after_s)
+            return self._restore()
 
     def shutdown(self, reason: str = "spindown") -> ShutdownResult:
         """Shutdown phase: SIGTERM the runtime, SHUTDOWN to extensions, SIGKILL at the deadline."""
@@ -181,7 +213,7 @@ class Emulator(Lifecycle, RuntimeApi, ExtensionsApi):
         logger.debug("emulator API listening on %s", self.api_address)
 
     def _handle(self, method: str, path: str, headers: Any, body: bytes) -> Reply:
-        for route in (self._route_runtime, self._route_extensions, self._route_telemetry):
+        for route in (self._route_runtime, self._route_restore, self._route_extensions, self._route_telemetry):
             reply = route(method, path, headers, body)
             if reply is not None:
                 return reply

@@ -51,6 +51,8 @@ class ExtensionsApi(EmulatorBase):
         bad = [e for e in events if e not in EXTENSION_EVENTS]
         if bad:
             return json_reply(400, "InvalidEventType", "unknown event types %r" % (bad,))
+        if self.managed and "INVOKE" in events:  # as Lambda Managed Instances answer
+            return json_reply(403, "Extension.InvalidEventType", "INVOKE is not supported on Lambda Managed Instances")
         with self._cond:
             sb = self._sandbox
             self._record_call(name, "register")

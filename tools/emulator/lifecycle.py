@@ -52,7 +52,7 @@ class Lifecycle(ProcessControl, TelemetryApi):
                 sb,
                 "platform.initStart",
                 {
-                    "initializationType": "on-demand",
+                    "initializationType": self.init_type,
                     "phase": "init",
                     "runtimeVersion": "python:%d.%d.emulated" % sys.version_info[:2],
                     "functionName": self.function_name,
@@ -71,7 +71,9 @@ class Lifecycle(ProcessControl, TelemetryApi):
             if isinstance(exc, EmulatorError):
                 raise EmulatorError("%s\n%s" % (exc, self._outputs_text(sb))) from None
             raise
-        self._freeze()
+        if self.snapstart and self.before_snapshot is not None:
+            self.before_snapshot()
+        self._freeze()  # with snap-start: the snapshot (see snapstart.py)
 
     def _init_extensions(self, sb: Sandbox, deadline: float) -> None:
         """Launch every extension and wait until each has registered (EmulatorError otherwise)."""
@@ -129,7 +131,7 @@ class Lifecycle(ProcessControl, TelemetryApi):
                 sb,
                 "platform.initReport",
                 {
-                    "initializationType": "on-demand",
+                    "initializationType": self.init_type,
                     "phase": "init",
                     "status": "success",
                     "metrics": {"durationMs": round(init_ms, 3)},
@@ -150,7 +152,7 @@ class Lifecycle(ProcessControl, TelemetryApi):
                 sb,
                 "platform.initReport",
                 {
-                    "initializationType": "on-demand",
+                    "initializationType": self.init_type,
                     "phase": "init",
                     "status": "error",
                     "errorType": error_type,
@@ -293,6 +295,7 @@ class Lifecycle(ProcessControl, TelemetryApi):
 
     def _emit_runtime_done(self, sb: Sandbox, inv: Invocation, status: str) -> None:
         """``platform.runtimeDone`` for an invocation the runtime never answered (lock held)."""
+        self._sync_function_logs(sb)
         self._emit(
             sb,
             "platform.runtimeDone",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from tools import procfs
-from tools.emulator.base import EmulatorBase
+from tools.emulator.function_logs import TELEMETRY_FD_ENV, FunctionLogs, RuntimeLogs
 from tools.emulator.state import FUNCTION_VERSION, REGION, EmulatorError, Sandbox
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Proc:
         self.exit_code: Optional[int] = None
         self.reaped = False
         self.reader: Optional[threading.Thread] = None
+        self.logs: Optional[RuntimeLogs] = None  # the runtime's: its log pipes (function_logs.py)
         self.waiter: Optional[threading.Thread] = None
 
     @property
@@ -57,7 +58,7 @@ class Proc:
 
 
 
-class ProcessControl(EmulatorBase):
+class ProcessControl(FunctionLogs):
     """Launch, watch, signal, freeze/thaw and reap the processes of the sandbox."""
 
     def _base_env(self) -> Dict[str, str]:
@@ -73,7 +74,7 @@ class ProcessControl(EmulatorBase):
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/%s" % self.function_name,
                 "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream_name,
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": self.init_type,
             }
         )
         env.update(self.env)
@@ -92,6 +93,8 @@ class ProcessControl(EmulatorBase):
         )
         if self.exec_wrapper:
             env["AWS_LAMBDA_EXEC_WRAPPER"] = self.exec_wrapper
+        if self.managed:
+            env["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.max_concurrency)  # awslambdaric forks that many workers
         env.update(self.runtime_env)
         return env
 
@@ -102,6 +105,9 @@ class ProcessControl(EmulatorBase):
         return [p for p in sorted(ext_dir.iterdir()) if p.is_file() and os.access(str(p), os.X_OK)]
 
     def _launch(self, name: str, kind: str, argv: List[str], cwd: Path, env: Dict[str, str]) -> Proc:
+        # The runtime also gets Lambda's telemetry log pipe (function_logs.py).
+        frames_fd = self._telemetry_log_pipe(env) if kind == "runtime" else None
+        pass_fds = (int(env[TELEMETRY_FD_ENV]),) if frames_fd is not None else ()
         try:
             popen = subprocess.Popen(
                 argv,
@@ -113,17 +119,26 @@ class ProcessControl(EmulatorBase):
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=self.preexec,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
+            if frames_fd is not None:
+                os.close(frames_fd)
             raise EmulatorError("could not launch %s %r: %s" % (kind, argv, exc)) from exc
+        finally:
+            for fd in pass_fds:
+                os.close(fd)  # the runtime's end
         proc = Proc(name, kind, popen)
         logger.debug("launched %s %s pid=%d: %r", kind, name, proc.pid, argv)
         with self._out_lock:
             self._outputs.setdefault(name, bytearray())
-        proc.reader = threading.Thread(
-            target=self._read_output, args=(proc,), name="emu-out-%s" % name, daemon=True
-        )
-        proc.reader.start()
+        if frames_fd is not None:
+            self._start_runtime_logs(proc, frames_fd, lambda line: self._keep_output(proc, line))
+        else:
+            proc.reader = threading.Thread(
+                target=self._read_output, args=(proc,), name="emu-out-%s" % name, daemon=True
+            )
+            proc.reader.start()
         proc.waiter = threading.Thread(target=self._wait_exit, args=(proc,), name="emu-wait-%s" % name, daemon=True)
         proc.waiter.start()
         return proc
@@ -134,14 +149,17 @@ class ProcessControl(EmulatorBase):
             return
         # Ends at EOF: when every process of the group has exited (close() SIGKILLs the group).
         for line in iter(lambda: stream.readline(65536), b""):
-            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-            # the extension prefixes its own lines with "[name]" already: do not prefix them twice
-            logger.debug("%s", text if text.startswith("[%s]" % proc.name) else "[%s] %s" % (proc.name, text))
-            with self._out_lock:
-                buf = self._outputs.setdefault(proc.name, bytearray())
-                buf += line
-                if len(buf) > OUTPUT_LIMIT_BYTES:
-                    del buf[: len(buf) - OUTPUT_LIMIT_BYTES]
+            self._keep_output(proc, line)
+
+    def _keep_output(self, proc: Proc, line: bytes) -> None:
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        # the extension prefixes its own lines with "[name]" already: do not prefix them twice
+        logger.debug("%s", text if text.startswith("[%s]" % proc.name) else "[%s] %s" % (proc.name, text))
+        with self._out_lock:
+            buf = self._outputs.setdefault(proc.name, bytearray())
+            buf += line
+            if len(buf) > OUTPUT_LIMIT_BYTES:
+                del buf[: len(buf) - OUTPUT_LIMIT_BYTES]
 
     def _wait_exit(self, proc: Proc) -> None:
         """Note the exit of ``proc`` without reaping it (WNOWAIT keeps its pid/pgid reserved)."""

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 
 from tools.emulator.base import EmulatorBase
 from tools.emulator.server import Reply, json_reply
+from tools.emulator.state import Invocation, Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +67,26 @@ class RuntimeApi(EmulatorBase):
             }
             return Reply(200, headers, inv.payload)
 
+    def _invocation_by_id(self, sb: Optional[Sandbox], request_id: str) -> Optional[Invocation]:
+        """The invocation in flight with ``request_id`` (lock held); None if there is none."""
+        inv = sb.invocation if sb is not None else None
+        return inv if inv is not None and inv.request_id == request_id else None
+
     def _api_runtime_result(self, request_id: str, is_error: bool, body: bytes, error_type: Optional[str]) -> Reply:
         with self._cond:
             sb = self._sandbox
             self._record_call("runtime", "error" if is_error else "response")
-            inv = sb.invocation if sb is not None else None
-            if inv is None or inv.request_id != request_id:
+            inv = self._invocation_by_id(sb, request_id)
+            if inv is None:
                 return json_reply(400, "InvalidRequestID", "unknown request id %s" % request_id)
             if inv.t_response is not None or inv.finished:
                 return json_reply(400, "InvalidStateTransition", "invocation %s already finished" % request_id)
-            inv.t_response = time.monotonic()
+            t_response = time.monotonic()
+            assert sb is not None
+            self._sync_function_logs(sb)  # type: ignore[attr-defined]  # the lines it wrote come first
+            if inv.t_response is not None or inv.finished or self._invocation_by_id(sb, request_id) is not inv:
+                return json_reply(400, "InvalidStateTransition", "invocation %s already finished" % request_id)
+            inv.t_response = t_response
             inv.response = body
             inv.status = "error" if is_error else "success"
             if is_error:
@@ -86,6 +97,9 @@ class RuntimeApi(EmulatorBase):
                     except (ValueError, UnicodeDecodeError, AttributeError):
                         inv.error_type = "Unhandled"
             assert sb is not None
+            self._cond.notify_all()
+            if self.managed:  # Managed Instances send no runtimeDone: platform.report ends a request
+                return Reply(202, {"Content-Type": "application/json"}, b'{"status":"OK"}')
             record: Dict[str, Any] = {
                 "requestId": request_id,
                 "status": inv.status,

@@ -7,6 +7,7 @@ import http.server
 import json
 import logging
 import socketserver
+import sys
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple
 
@@ -41,6 +42,13 @@ class ApiServer(http.server.ThreadingHTTPServer):
     def __init__(self, emulator: "Emulator") -> None:
         self.emulator = emulator
         super().__init__(("127.0.0.1", 0), ApiHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A runtime worker killed at shutdown resets its keep-alive connection: routine.
+        if isinstance(sys.exc_info()[1], OSError):
+            logger.debug("api connection ended: %s", sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), which may do a slow reverse lookup.

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 TELEMETRY_PATH = "/2022-07-01/telemetry"
 
 TELEMETRY_SCHEMA_VERSIONS = frozenset({"2022-07-01", "2022-12-13", "2025-01-29"})
+MANAGED_SCHEMA = "2025-01-29"  # the only one Lambda Managed Instances accept
 TELEMETRY_TYPES = frozenset({"platform", "function", "extension"})
 TELEMETRY_MAX_ITEMS = (1000, 10000)
 TELEMETRY_MAX_BYTES = (262144, 1048576)
@@ -94,7 +95,7 @@ class TelemetryApi(EmulatorBase):
 
     def _emit_init_runtime_done(self, sb: Sandbox, status: str, error_type: Optional[str] = None) -> None:
         """``platform.initRuntimeDone``: the runtime called ``next`` or ``init/error`` (lock held)."""
-        record: Dict[str, Any] = {"initializationType": "on-demand", "phase": "init", "status": status}
+        record: Dict[str, Any] = {"initializationType": self.init_type, "phase": "init", "status": status}
         if error_type:
             record["errorType"] = error_type
         sb.rt.init_done_emitted = True
@@ -237,6 +238,7 @@ class TelemetryApi(EmulatorBase):
         if parts.query:
             path += "?" + parts.query
         return None, {
+            "schema": schema,
             "types": types,
             "buffering": buffering,
             "uri": uri,
@@ -254,6 +256,8 @@ class TelemetryApi(EmulatorBase):
         if sb is None or ext is None:
             return json_reply(403, "Extension.UnknownExtensionIdentifier", "unknown extension identifier")
         error, spec = self._validate_subscription(body)
+        if error is None and self.managed and spec["schema"] != MANAGED_SCHEMA:
+            error = "unsupported schemaVersion %r (Lambda Managed Instances: %s)" % (spec["schema"], MANAGED_SCHEMA)
         if error is not None:
             logger.warning("telemetry subscription from %s rejected: %s", ext.name, error)
             return json_reply(400, "ValidationError", error)

@@ -13,6 +13,11 @@ The invocation payload (a JSON object) chooses what the function does; every key
     {"raise": true}             let a RuntimeError escape; AwsLambdaIntegration reports it
     {"allocate_mb": 512}        allocate that much, 16 MB every 10 ms (to exceed the memory size)
     {"exit": 3}                 flush the SDK, then end the runtime process with os._exit(3)
+    {"say": "hi"}               print "print hi", log warning "warning hi" and error "error hi" with
+                                its traceback (logging.exception: one multi-line record)
+    {"lines": 1000}             print that many lines (function logs; the logs benchmark)
+
+With ``SAMPLE_INIT_MESSAGE`` set it also captures one message at import (during Init).
 
 It returns ``{"event_ids": [...], "request_id": "<aws request id>"}``. AwsLambdaIntegration
 also records one transaction per invocation (``traces_sample_rate=1.0``) and flushes the SDK
@@ -33,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: Upper bounds so a payload cannot make the function loop or sleep forever.
 MAX_MESSAGES = 1000
+MAX_LINES = 100000
 MAX_SLEEP_S = 900.0  # Lambda's maximum timeout
 MAX_ALLOCATE_MB = 10240  # Lambda's largest memory size
 ALLOCATE_STEP_MB = 16
@@ -45,6 +51,17 @@ sentry_sdk.init(
     release=os.environ.get("SENTRY_RELEASE"),
     send_default_pii=False,
 )
+
+if os.environ.get("SAMPLE_INIT_MESSAGE"):
+    # Something reported during Init (e.g. a warning at import): sent before a SnapStart snapshot,
+    # so the extension holds upstream connections in it.
+    sentry_sdk.capture_message("sample message at init")
+    try:
+        from snapshot_restore_py import register_before_snapshot
+
+        register_before_snapshot(sentry_sdk.flush)  # what the SnapStart docs advise: flush before the snapshot
+    except ImportError:  # not a runtime with SnapStart hooks
+        pass
 
 
 def _capture_sample_error(request_id: str) -> str | None:
@@ -73,6 +90,18 @@ def handler(event: Any, context: Any) -> Dict[str, Any]:
         )
         if event_id:
             event_ids.append(event_id)
+
+    say = options.get("say")
+    if say:
+        print(f"print {say}")
+        logger.warning("warning %s", say)
+        try:
+            raise KeyError(say)
+        except KeyError:
+            logger.exception("error %s", say)
+
+    for index in range(max(0, min(int(options.get("lines", 0) or 0), MAX_LINES))):
+        print(f"line {index} of the function's output, with some words to make it look like a real log line")
 
     sleep_s = options.get("sleep_s")
     if sleep_s:

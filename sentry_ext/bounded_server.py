@@ -1,0 +1,183 @@
+"""An HTTP server for hostile local clients, shared by the ingest and the Telemetry listener.
+
+``BoundedServer`` runs on a socket bound earlier (the port is held from the first ms), caps
+concurrent connections (at the cap the connection that has waited longest on its client yields)
+and the bytes of bodies being read; ``BoundedHandler`` reads headers with the bounded parser of
+``headers.py`` (not ``email.parser``) and marks when it waits on its client.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Optional, Type
+
+from .headers import HeaderError, read_headers
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+# At the connection cap, a new connection takes the slot of the one that has waited longest on its
+# client (idle keep-alive, or a request trickled in), once it has waited this long.
+EVICT_AFTER_S = 0.5
+EVICT_WAIT_S = 1.0  # how long the accept loop waits for the evicted connection's slot
+RESPONSE_REASONS = {code: reason for code, (reason, _) in BaseHTTPRequestHandler.responses.items()}
+BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+              b"Connection: close\r\nRetry-After: 1\r\n\r\n")
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a connection cap, eviction and a budget for bodies in reading.
+
+    Counters go to ``stats`` as ``<prefix>connections_refused`` and ``<prefix>connections_evicted``.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+    evict_after_s = EVICT_AFTER_S  # how long a connection must have waited on its client to yield
+
+    def __init__(self, sock: socket.socket, handler: Type[BaseHTTPRequestHandler], max_connections: int,
+                 max_reading_bytes: int, stats: Stats, prefix: str = "") -> None:
+        super().__init__(sock.getsockname()[:2], handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        self.stats = stats
+        self.counter_prefix = prefix
+        self.max_reading_bytes = max_reading_bytes
+        self._slots = threading.BoundedSemaphore(max_connections)
+        # Bodies being read count too: 64 connections x a 4 MiB cap must not mean 256 MiB.
+        self._reading_bytes = 0
+        self._reading_lock = threading.Lock()
+        self._waiting: Dict[socket.socket, float] = {}  # connection -> since when it waits on its client
+        self._waiting_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, name: str) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name=name, daemon=True)
+        self._thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Cap concurrent connections: a flood of idle sockets must not become a flood of threads,
+        # nor starve the real client: at the cap, the longest-waiting idle or trickling connection yields.
+        if not self._slots.acquire(blocking=False) and not (
+                self._evict() and self._slots.acquire(timeout=EVICT_WAIT_S)):
+            self.stats.incr(self.counter_prefix + "connections_refused")
+            try:
+                request.sendall(BUSY_REPLY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def reserve(self, nbytes: int) -> bool:
+        """Reserve memory for a body about to be read; False when bodies in reading would exceed
+        ``max_reading_bytes`` (the caller refuses the request)."""
+        with self._reading_lock:
+            if self._reading_bytes + nbytes > self.max_reading_bytes:
+                return False
+            self._reading_bytes += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._reading_lock:
+            self._reading_bytes -= nbytes
+
+    def client_wait(self, conn: socket.socket, waiting: bool) -> None:
+        """Mark ``conn`` as waiting on its client (from now) or as busy with a complete request."""
+        with self._waiting_lock:
+            if waiting:
+                self._waiting[conn] = time.monotonic()
+            else:
+                self._waiting.pop(conn, None)
+
+    def _evict(self) -> bool:
+        """Close the connection that has waited longest on its client, if it waited ``evict_after_s``."""
+        with self._waiting_lock:
+            if not self._waiting:
+                return False
+            conn, since = min(self._waiting.items(), key=lambda item: item[1])
+            if time.monotonic() - since < self.evict_after_s:
+                return False
+            del self._waiting[conn]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # its handler reads EOF, ends, and frees the slot
+        except OSError:
+            pass
+        self.stats.incr(self.counter_prefix + "connections_evicted")
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client reset, vanished or was evicted: routine
+            log.debug("connection ended: %s", sys.exc_info()[1])
+            return
+        log.exception("%s connection error (survived)", self.counter_prefix.rstrip("_") or "ingest")
+
+
+class BoundedHandler(BaseHTTPRequestHandler):
+    """Request line and headers read within bounds; waiting on the client is visible to the server."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: BoundedServer
+    sys_version = ""
+
+    def handle_one_request(self) -> None:
+        self.server.client_wait(self.connection, True)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.client_wait(self.connection, False)
+
+    def parse_request(self) -> bool:
+        """Request line and headers, as ``BaseHTTPRequestHandler.parse_request`` but without
+        ``email.parser``; returns False after answering an error itself."""
+        # The request line is in: the client gets EVICT_AFTER_S afresh for its headers and body.
+        self.server.client_wait(self.connection, True)
+        self.command = None  # type: ignore[assignment]
+        self.request_version = "HTTP/0.9"
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3:
+            if words:
+                self.send_error(400, "Bad request syntax (%r)" % self.requestline[:100])
+            return False
+        command, path, version = words
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            self.send_error(505 if version.startswith("HTTP/") else 400, "Unsupported HTTP version")
+            return False
+        self.command, self.path, self.request_version = command, path, version
+        try:
+            self.headers = read_headers(self.rfile)  # type: ignore[assignment]
+        except HeaderError as exc:
+            self.send_error(exc.status, str(exc))
+            return False
+        connection = (self.headers.get("Connection") or "").lower()
+        self.close_connection = version == "HTTP/1.0" and connection != "keep-alive" or connection == "close"
+        expect = (self.headers.get("Expect") or "").lower()
+        if expect == "100-continue" and version == "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s " + format, self.client_address[0], *args)
