@@ -5,6 +5,7 @@ Imported only after registration: it pulls in urllib3, ssl and http.server.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -25,6 +26,7 @@ from .invocations import Failure, Invocations
 from .log_router import LogRouter
 from .ratelimit import RateLimits
 from .request import Request
+from .sdk_request import aws_request_id
 from .spool import Spool
 from .stats import Stats
 from .telemetry import TelemetryListener
@@ -93,7 +95,8 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
-        self.invocations.note_envelope(header)  # the SDK's trace for a failure event (and logs)
+        # the SDK's trace for a failure event (and logs), of the request the envelope names
+        self.invocations.note_envelope(header, functools.partial(aws_request_id, req))
         if self.log_router is not None:
             self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
         return self.ingest_limits(req, header)
