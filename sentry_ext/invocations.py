@@ -260,7 +260,7 @@ class Invocations:
         return False
 
     def await_outcome(self, deadline: float) -> bool:
-        """After a reset (SHUTDOWN ``timeout``/``failure``): wait until the last request (or a
+        """At SHUTDOWN: wait until the last request (with the requests that overlapped it, and a
         failed Init with no request) has the records to decide on, until ``deadline``. A failure
         decided from those records has been handed to ``on_failure`` when this returns True."""
         known = False
@@ -379,7 +379,10 @@ class Invocations:
 
     def _outcome_known(self) -> bool:
         if self._current is not None:
-            return self._current.settled or self._current.decided
+            # The running request, and every request that started beside it (on Managed Instances
+            # requests overlap): each has the records to decide on, and so its log lines are in.
+            return all(req.settled or req.decided for req in self._requests.values()
+                       if req is self._current or req.start is not None)
         return self._init_report is not None or self._init_status is not None
 
     def _emit(self, failures: List[Failure]) -> None:
