@@ -44,6 +44,24 @@ LOG_LINE_CHARS = 512
 TIMEOUT_TYPES = frozenset({"Sandbox.Timedout", "Sandbox.Timeout"})
 _TRACE_ID = re.compile(r"[0-9a-f]{32}\Z")
 _TRACE_FIELDS = ("release", "environment")
+LOOKUPS_PER_REQUEST = 4  # SDK envelope bodies read for their request id, per request (CPU bound)
+KEEP_EARLY_TRACES = 8  # SDK traces of requests not seen yet
+
+
+def _trace_of(header: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
+    """trace_id, release and environment of an envelope header's ``trace``, or None."""
+    trace = header.get("trace") if header else None
+    if not isinstance(trace, dict):
+        return None
+    trace_id = trace.get("trace_id")
+    if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):
+        return None
+    found = {"trace_id": trace_id}
+    for name in _TRACE_FIELDS:
+        value = trace.get(name)
+        if isinstance(value, str) and 0 < len(value) <= 200:
+            found[name] = value
+    return found
 
 
 class Failure:
@@ -127,6 +145,8 @@ class Invocations:
         self._keep = keep
         self._requests: "collections.OrderedDict[str, _Request]" = collections.OrderedDict()
         self._current: Optional[_Request] = None  # the request running now (on-demand: one at a time)
+        self._lookups = 0  # SDK envelope bodies read since _current changed
+        self._early_traces: "collections.OrderedDict[str, Dict[str, str]]" = collections.OrderedDict()
         self._seen_any = False
         self._init_status: Optional[str] = None  # worst Init status seen
         self._init_error: Optional[str] = None
@@ -165,25 +185,49 @@ class Invocations:
             req = self._touch(rid)
             req.xray = req.xray or tracing_value(tracing)
 
-    def note_envelope(self, header: Optional[Mapping[str, Any]]) -> None:
+    def note_envelope(self, header: Optional[Mapping[str, Any]],
+                      request_id_of: Optional[Callable[[], Optional[str]]] = None) -> None:
         """An SDK envelope header: its ``trace`` (trace_id, release, environment) belongs to the
-        request running now, the first one seen wins (on-demand runs one request at a time)."""
-        trace = header.get("trace") if header else None
-        if not isinstance(trace, dict):
-            return
-        trace_id = trace.get("trace_id")
-        if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):
+        request its events name (``request_id_of``: the AWS request id read from the body), else to
+        the request running now (on-demand runs one request at a time); the first one seen wins.
+
+        The body is read (at most ``LOOKUPS_PER_REQUEST`` times per request) unless the trace is
+        the running request's again: an envelope can arrive before the INVOKE of its request was
+        seen (``background`` mode), and the running request's trace, or its lack of one, would then
+        be wrong. A request id not seen yet is kept until that request's INVOKE or records come."""
+        found = _trace_of(header)
+        if found is None:
             return
         with self._cond:
             req = self._current
+            if req is not None and req.sdk_trace is not None and req.sdk_trace["trace_id"] == found["trace_id"]:
+                return  # the running request's trace again
+            ask = request_id_of is not None and self._lookups < LOOKUPS_PER_REQUEST
+            if ask:
+                self._lookups += 1
+        rid = self._named_request(request_id_of) if ask else None
+        with self._cond:
+            if rid is not None:
+                req = self._requests.get(rid)
+                if req is None:
+                    self._early_traces.setdefault(rid, found)
+                    while len(self._early_traces) > KEEP_EARLY_TRACES:
+                        self._early_traces.popitem(last=False)
+                elif req.sdk_trace is None:
+                    req.sdk_trace = found
+                return
+            req = self._current
             if req is None or req.sdk_trace is not None or req.runtime_done is not None:
                 return
-            found = {"trace_id": trace_id}
-            for name in _TRACE_FIELDS:
-                value = trace.get(name)
-                if isinstance(value, str) and 0 < len(value) <= 200:
-                    found[name] = value
             req.sdk_trace = found
+
+    @staticmethod
+    def _named_request(request_id_of: Optional[Callable[[], Optional[str]]]) -> Optional[str]:
+        try:
+            return valid_request_id(request_id_of()) if request_id_of is not None else None
+        except Exception:
+            log.exception("reading the request id of an SDK envelope failed (survived)")
+            return None
 
     # -- queries (log attribution) --------------------------------------------------------------
 
@@ -216,7 +260,7 @@ class Invocations:
         return False
 
     def await_outcome(self, deadline: float) -> bool:
-        """After a reset (SHUTDOWN ``timeout``/``failure``): wait until the last request (or a
+        """At SHUTDOWN: wait until the last request (with the requests that overlapped it, and a
         failed Init with no request) has the records to decide on, until ``deadline``. A failure
         decided from those records has been handed to ``on_failure`` when this returns True."""
         known = False
@@ -265,9 +309,11 @@ class Invocations:
         req = self._requests.get(rid)
         if req is None:
             req = _Request(rid, cold_start=not self._seen_any)
+            req.sdk_trace = self._early_traces.pop(rid, None)  # its SDK's envelopes came first
             self._seen_any = True
             self._requests[rid] = req
             self._current = req
+            self._lookups = 0
             while len(self._requests) > self._keep:
                 self._requests.popitem(last=False)
         return req
@@ -333,7 +379,10 @@ class Invocations:
 
     def _outcome_known(self) -> bool:
         if self._current is not None:
-            return self._current.settled or self._current.decided
+            # The running request, and every request that started beside it (on Managed Instances
+            # requests overlap): each has the records to decide on, and so its log lines are in.
+            return all(req.settled or req.decided for req in self._requests.values()
+                       if req is self._current or req.start is not None)
         return self._init_report is not None or self._init_status is not None
 
     def _emit(self, failures: List[Failure]) -> None:

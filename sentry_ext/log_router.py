@@ -13,7 +13,8 @@ and ``platform`` records in one stream, ordered by time). Each ``function`` reco
 Lines wait in a bounded ``LogBatch`` (oldest dropped on overflow, counted as ``log_item`` /
 ``log_byte`` in client reports) and go out as envelopes of at most 100 logs, built and handed to
 ``submit`` (the queue, behind the mirrored rate limits) when a request's ``platform.runtimeDone``
-(or ``platform.report``) is reached, so in ``end`` mode they are queued before the drain that
+(or ``platform.report``) is reached in the stream (the lines after it in the same batch, of the
+next request, wait for that request's end), so in ``end`` mode they are queued before the drain that
 precedes the freeze; early when the batch reaches half its bounds (a chatty invocation); and at
 SHUTDOWN (``flush``). Each line's ``trace_id`` is the SDK's trace of its request when the SDK's
 envelopes carried one, else one made per request; it is fixed at the request's first envelope so
@@ -86,7 +87,6 @@ class LogRouter:
         parsed: ParsedLines = {}
         kept: Dict[Optional[str], Deque[int]] = {}
         received = 0
-        due = False
         with self._lock:
             add = self.batch.add
             for record in records:
@@ -111,13 +111,13 @@ class LogRouter:
                         self._in_flight.popitem(last=False)
                 elif isinstance(record, (RuntimeDone, Report)):
                     self._in_flight.pop(record.request_id, None)
-                    due = True
+                    # Now, not after the batch: the lines of a request started later in this
+                    # batch wait for its own end, when its SDK's envelopes (and trace) are in.
+                    self._flush()
                 elif isinstance(record, InitStart) and record.initialization_type == MANAGED_INSTANCES:
                     self._overlapping = True
             if received:
                 self.stats.incr("logs_received", received)
-            if due:
-                self._flush()
         return parsed
 
     @staticmethod

@@ -5,6 +5,7 @@ Imported only after registration: it pulls in urllib3, ssl and http.server.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -29,6 +30,7 @@ from .invocations import Failure, Invocations  # noqa: E402
 from .log_router import LogRouter  # noqa: E402
 from .ratelimit import RateLimits  # noqa: E402
 from .request import Request  # noqa: E402
+from .sdk_request import aws_request_id  # noqa: E402
 from .spool import Spool  # noqa: E402
 from .stats import Stats  # noqa: E402
 from .telemetry import TelemetryListener  # noqa: E402
@@ -97,7 +99,8 @@ class Pipeline:
     def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
-        self.invocations.note_envelope(header)  # the SDK's trace for a failure event (and logs)
+        # the SDK's trace for a failure event (and logs), of the request the envelope names
+        self.invocations.note_envelope(header, functools.partial(aws_request_id, req))
         if self.log_router is not None:
             self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
         return self.ingest_limits(req, header)

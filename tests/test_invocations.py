@@ -3,6 +3,7 @@ sentry_ext.failure_events makes of its decisions."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -258,3 +259,58 @@ def test_a_full_queue_drops_the_failure_event_and_counts_it(pipelines: Any) -> N
     pipe.on_telemetry(timeout_batch("overflow"))
     assert pipe.discards.snapshot(KEY) == {("queue_overflow", "error"): 1}
     assert pipe.stats.dropped("queue_overflow") == 1
+
+
+def sdk_envelope(trace_id: str, request_id: str) -> bytes:
+    """A gzipped transaction envelope as sentry-python's AwsLambdaIntegration sends it."""
+    event = {"type": "transaction", "contexts": {"trace": {"trace_id": trace_id, "span_id": "b" * 16}},
+             "extra": {"lambda": {"function_name": "orders", "aws_request_id": request_id}}}
+    payload = json.dumps(event).encode()
+    header = {"event_id": "c" * 32, "sent_at": "2026-11-28T06:32:50Z",
+              "trace": {"trace_id": trace_id, "public_key": "k", "release": "shop@2", "environment": "prod"}}
+    return gzip.compress(json.dumps(header).encode() + b"\n" + json.dumps(
+        {"type": "transaction", "length": len(payload)}).encode() + b"\n" + payload + b"\n")
+
+
+def test_an_sdk_envelope_before_its_invoke_belongs_to_the_request_it_names(pipelines: Any, upstream: Any) -> None:
+    """background mode: Lambda hands INVOKE to the runtime and the extension at once, and the SDK's
+    envelopes of the second request can reach the ingest before the lifecycle loop read its INVOKE
+    (while the first request, whose runtimeDone is not in yet, still looks current)."""
+    from helpers import PROJECT, auth, port_of, post, wait_until
+
+    pipe = pipelines(SENTRY_EXT_LOGS="on")
+    headers = dict(auth(), **{"Content-Encoding": "gzip"})
+    path = "/api/%s/envelope/" % PROJECT
+    pipe.invoked({"requestId": "first"})
+    assert post(port_of(pipe), path, sdk_envelope("a" * 32, "first"), headers)[0] == 200
+    assert post(port_of(pipe), path, sdk_envelope("b" * 32, "second"), headers)[0] == 200  # before its INVOKE
+    pipe.invoked({"requestId": "second"})
+    for rid in ("first", "second"):
+        pipe.on_telemetry([rec("platform.start", requestId=rid),
+                           {"time": "2026-11-28T06:32:50.000Z", "type": "function", "record": "hello %s\n" % rid},
+                           done(rid)])
+    assert pipe.invocations.sdk_trace("first")["trace_id"] == "a" * 32
+    assert pipe.invocations.sdk_trace("second") == {"trace_id": "b" * 32, "release": "shop@2", "environment": "prod"}
+    assert pipe.flush(5) and wait_until(lambda: len(upstream.logs()) == 2, 5)
+    traces = {log["body"]: log["trace_id"] for log in upstream.logs()}
+    assert traces == {"hello first": "a" * 32, "hello second": "b" * 32}
+
+
+def test_the_request_an_sdk_envelope_names_is_read_sparingly() -> None:
+    r = Recorder()
+    asked: List[str] = []
+
+    def named(rid: Optional[str]) -> Any:
+        return lambda: asked.append(str(rid)) or rid
+
+    r.inv.note_envelope({"trace": {"trace_id": "a" * 32}}, named("early"))  # before any INVOKE: kept for it
+    r.inv.invoked("first")
+    r.inv.note_envelope({"trace": {"trace_id": TRACE}}, named(None))  # no request id in it: the running one's
+    r.inv.note_envelope({"trace": {"trace_id": TRACE}}, named("first"))  # the running request's trace: not read
+    r.inv.note_envelope({"trace": {"trace_id": "d" * 32}}, lambda: 1 // 0)  # a broken reader is survived
+    for _ in range(6):  # another trace, no request id: read a bounded number of times per request
+        r.inv.note_envelope({"trace": {"trace_id": "f" * 32}}, named(None))
+    assert asked == ["early", "None", "None", "None"]
+    assert r.inv.sdk_trace("first") == {"trace_id": TRACE}
+    r.inv.invoked("early")
+    assert r.inv.sdk_trace("early") == {"trace_id": "a" * 32}

@@ -202,3 +202,15 @@ def test_pipeline_routes_logs_only_when_on_and_honours_log_item_rate_limits() ->
     on.on_telemetry([start(B), fn("hello\n", 1), fn("again\n", 2), done(B, 3)])
     assert len(on.queue) == 0 and on.queue.put(req)  # refused by the limit, not by a closed queue
     assert on.discards.snapshot(KEY)[("ratelimit_backoff", "log_item")] == 2
+
+
+def test_a_request_started_in_the_batch_of_the_last_ones_end_waits_for_its_own_sdk_trace() -> None:
+    """background mode: one Telemetry batch carries A's runtimeDone, then B's start and first lines,
+    sent before B's SDK posted anything; B's lines take B's SDK trace at B's own runtimeDone."""
+    h = Harness(sdk={A: {"trace_id": SDK_TRACE}})
+    h.feed(start(A, 1), fn("print in A\n", 2), done(A, 3), start(B, 4), fn("print in B\n", 5))
+    assert [log["body"] for log in h.logs()] == ["print in A"]
+    h.sdk[B] = {"trace_id": "b" * 32}  # B's SDK envelopes reach the ingest before B's runtimeDone
+    h.feed(fn("more in B\n", 6), done(B, 7))
+    assert [(log["body"], log["trace_id"]) for log in h.logs()] == [
+        ("print in A", SDK_TRACE), ("print in B", "b" * 32), ("more in B", "b" * 32)]
