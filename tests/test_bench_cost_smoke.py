@@ -30,11 +30,11 @@ def test_lambda_quota_is_memory_over_1769_of_a_cpu() -> None:
 @pytest.mark.skipif(openssl() is None, reason="no openssl command for the upstream's certificate")
 def test_quick_cost_bench_runs_or_skips_with_the_reason(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    run = run_quick_bench("--cost", out, TIME_LIMIT_S)
-    data = run["data"]
+    bench = run_quick_bench("--cost", out, TIME_LIMIT_S)
+    data = bench["data"]
     why_not = CpuQuota.unavailable()
     if why_not is not None:
-        assert "SKIPPING the 128 MB suite: %s" % why_not in run["stdout"]
+        assert "SKIPPING the 128 MB suite: %s" % why_not in bench["stdout"]
         assert data["quota_skipped"] == why_not and "cost" not in data
         pytest.skip("128 MB suite skipped: %s" % why_not)
     assert data["quota"] == {"quota_us": 1447, "period_us": 20000}
@@ -47,6 +47,6 @@ def test_quick_cost_bench_runs_or_skips_with_the_reason(tmp_path: Path) -> None:
         assert figures["init_ms"]["p50"] and figures["handshakes_per_invocation"] is not None
     # the quota really held the sandbox: its processes were throttled
     assert all(run["throttled"].get("nr_throttled", 0) > 0 for runs in data["raw"]["cost"].values() for run in runs)
-    assert "| setup | function p50 / p95 ms |" in run["stdout"]
+    assert "| setup | function p50 / p95 ms |" in bench["stdout"]
     assert data["command"].endswith("tools/bench.py --cost --quick --out %s" % out)
     assert not Path(data["cgroup"]).exists()  # removed afterwards
