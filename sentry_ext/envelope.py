@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 # Item type -> rate-limit data category: sentry-python's ``Item.data_category`` (2.x, with
@@ -167,6 +165,8 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
 def encode_body(data: bytes, encoding: str, like: bytes) -> bytes:
     """``data`` encoded the way ``like`` (the original body) was: gzip, zlib or raw deflate, identity."""
     if encoding in ("gzip", "x-gzip"):
+        import gzip  # only when an envelope must be changed: not worth its ~100 KiB at start
+
         return gzip.compress(data, compresslevel=6, mtime=0)
     if encoding == "deflate":
         wbits = _wbits(like, encoding)
@@ -182,13 +182,25 @@ def parse_header(line: bytes) -> Dict[str, Any]:
     return _json_object(line, "envelope header")
 
 
-@dataclass
 class Item:
     """One envelope item: its header (unknown keys kept) and payload bytes."""
 
-    headers: Dict[str, Any]
-    payload: bytes
-    header_line: Optional[bytes] = field(default=None, repr=False, compare=False)  # as parsed
+    __slots__ = ("headers", "payload", "header_line")
+
+    def __init__(self, headers: Dict[str, Any], payload: bytes, header_line: Optional[bytes] = None) -> None:
+        self.headers = headers
+        self.payload = payload
+        self.header_line = header_line  # as parsed (not compared, not shown)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Item):
+            return NotImplemented
+        return self.headers == other.headers and self.payload == other.payload
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Item(headers=%r, payload=%r)" % (self.headers, self.payload)
 
     @property
     def type(self) -> str:
@@ -199,14 +211,27 @@ class Item:
         return category(self.type)
 
 
-@dataclass
 class Envelope:
     """A parsed envelope; ``raw`` keeps the exact bytes it was parsed from."""
 
-    headers: Dict[str, Any]
-    items: List[Item] = field(default_factory=list)
-    raw: Optional[bytes] = None
-    header_line: Optional[bytes] = field(default=None, repr=False, compare=False)  # as parsed
+    __slots__ = ("headers", "items", "raw", "header_line")
+
+    def __init__(self, headers: Dict[str, Any], items: Optional[List[Item]] = None, raw: Optional[bytes] = None,
+                 header_line: Optional[bytes] = None) -> None:
+        self.headers = headers
+        self.items: List[Item] = items if items is not None else []
+        self.raw = raw
+        self.header_line = header_line  # as parsed (not compared, not shown)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Envelope):
+            return NotImplemented
+        return (self.headers, self.items, self.raw) == (other.headers, other.items, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Envelope(headers=%r, items=%r, raw=%r)" % (self.headers, self.items, self.raw)
 
     @classmethod
     def parse(cls, data: bytes) -> "Envelope":

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .client_reports import envelope_request
 from .config import Config
+from .ids import random_hex, uuid4_hex
 from .invocations import Failure
 from .request import Request
 
@@ -63,12 +63,12 @@ def build_event(failure: Failure, cfg: Config, now: Optional[float] = None) -> D
         contexts["aws_lambda_report"] = metrics
     trace_id = failure.sdk_trace.get("trace_id")
     if trace_id:
-        contexts["trace"] = {"trace_id": trace_id, "span_id": uuid.uuid4().hex[:16], "op": "function.aws",
+        contexts["trace"] = {"trace_id": trace_id, "span_id": random_hex(8), "op": "function.aws",
                              "status": TRACE_STATUS[failure.kind]}
     elif failure.xray:
         tags["xray_trace_id"] = _xray_root(failure.xray)[:200]
     event: Dict[str, Any] = {
-        "event_id": uuid.uuid4().hex,
+        "event_id": uuid4_hex(),
         "timestamp": now,
         "platform": "other",
         "level": "fatal",

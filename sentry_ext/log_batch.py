@@ -14,12 +14,12 @@ import json
 import re
 import threading
 import time
-import uuid
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .envelope import Item
 from .function_logs import SEVERITY, LogLine
+from .ids import uuid4_hex
 
 MAX_LOGS_PER_ITEM = 100  # the protocol's limit per envelope
 DEFAULT_MAX_ITEMS = 1000  # sentry-python's MAX_BEFORE_DROP
@@ -105,7 +105,7 @@ def valid_trace_id(value: Any) -> bool:
 
 def new_trace_id() -> str:
     """A fresh random trace id (from ``os.urandom``: safe after a SnapStart restore)."""
-    return uuid.uuid4().hex
+    return uuid4_hex()
 
 
 def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callable[[Optional[str]], str]) -> Item:

@@ -192,6 +192,9 @@ class Extension:
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
         self._first_poll_sent.wait(1.0)
+        from . import lean_imports
+
+        lean_imports.install()  # before logging, urllib3 and http.server load (lean_imports.py)
         logs.setup(self.cfg.log_level)
         self._announce()
         if self._telemetry_note:
@@ -325,7 +328,10 @@ class Extension:
             told = self._invoke_sink
         if told is not None:
             told.invoked(event)  # every mode: which request runs now
-        if self.flush_control.decide() is FlushDecision.BACKGROUND or not self.cfg.active:
+        background = self.flush_control.decide() is FlushDecision.BACKGROUND
+        if told is not None:
+            told.forwarder.set_spread(background)  # few connections unless a drain will wait on them
+        if background or not self.cfg.active:
             return
         now = time.monotonic()
         deadline = _deadline(event, self.cfg.deadline_margin_ms)

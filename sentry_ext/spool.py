@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
+from .records import Record
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,14 @@ class SpoolError(ValueError):
     """A spool file that does not follow the format."""
 
 
-@dataclass
-class LoadResult:
-    requests: List[Request] = field(default_factory=list)
-    expired: List[Request] = field(default_factory=list)
-    corrupt_files: int = 0
+class LoadResult(Record):
+    __slots__ = ("requests", "expired", "corrupt_files")
+
+    def __init__(self, requests: Optional[List[Request]] = None, expired: Optional[List[Request]] = None,
+                 corrupt_files: int = 0) -> None:
+        self.requests: List[Request] = requests if requests is not None else []
+        self.expired: List[Request] = expired if expired is not None else []
+        self.corrupt_files = corrupt_files
 
 
 def _encode(req: Request) -> bytes:

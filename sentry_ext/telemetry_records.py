@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
+
+from .records import FrozenRecord
 
 MAX_RECORDS = 10000  # Lambda's largest buffering.maxItems: more in one batch is not Lambda
 MAX_LOG_CHARS = 262144  # Lambda cuts a function log record at 256 KiB
@@ -24,46 +25,46 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}\Z")
 _TEXT = re.compile(r"[\x20-\x7e]{1,%d}\Z" % MAX_TEXT)  # printable ASCII: error types, tracing headers
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(FrozenRecord):
     """Any parsed record: its ``type`` and ISO ``time`` as Lambda sent them (time may be "")."""
 
+    __slots__ = ("type", "time")
     type: str
     time: str
 
 
-@dataclass(frozen=True)
 class InitStart(Record):
+    __slots__ = ("phase", "initialization_type", "function_name", "function_version")
     phase: Optional[str]  # "init", or "invoke" for an Init re-run inside an invocation
     initialization_type: Optional[str]
     function_name: Optional[str]
     function_version: Optional[str]
 
 
-@dataclass(frozen=True)
 class InitRuntimeDone(Record):
+    __slots__ = ("phase", "status", "error_type")
     phase: Optional[str]
     status: str
     error_type: Optional[str]
 
 
-@dataclass(frozen=True)
 class InitReport(Record):
+    __slots__ = ("phase", "status", "error_type", "duration_ms")
     phase: Optional[str]
     status: str
     error_type: Optional[str]
     duration_ms: Optional[float]
 
 
-@dataclass(frozen=True)
 class Start(Record):
+    __slots__ = ("request_id", "version", "tracing")
     request_id: str
     version: Optional[str]
     tracing: Optional[str]  # the X-Amzn-Trace-Id value
 
 
-@dataclass(frozen=True)
 class RuntimeDone(Record):
+    __slots__ = ("request_id", "status", "error_type", "duration_ms", "tracing")
     request_id: str
     status: str
     error_type: Optional[str]
@@ -71,8 +72,9 @@ class RuntimeDone(Record):
     tracing: Optional[str]
 
 
-@dataclass(frozen=True)
 class Report(Record):
+    __slots__ = ("request_id", "status", "error_type", "duration_ms", "billed_duration_ms", "memory_size_mb",
+                 "max_memory_used_mb", "init_duration_ms", "restore_duration_ms", "tracing")
     request_id: str
     status: str
     error_type: Optional[str]
@@ -85,36 +87,35 @@ class Report(Record):
     tracing: Optional[str]
 
 
-@dataclass(frozen=True)
 class RestoreStart(Record):
-    pass
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class RestoreRuntimeDone(Record):
+    __slots__ = ("status", "error_type")
     status: str
     error_type: Optional[str]
 
 
-@dataclass(frozen=True)
 class RestoreReport(Record):
+    __slots__ = ("status", "error_type", "duration_ms")
     status: str
     error_type: Optional[str]
     duration_ms: Optional[float]
 
 
-@dataclass(frozen=True)
 class LogsDropped(Record):
+    __slots__ = ("dropped_bytes", "dropped_records", "reason")
     dropped_bytes: Optional[float]
     dropped_records: Optional[float]
     reason: Optional[str]
 
 
-@dataclass(frozen=True)
 class FunctionLog(Record):
     """A ``function`` or ``extension`` record: ``type`` says which; ``line`` is the raw record
     (text, capped at MAX_LOG_CHARS, or Lambda's JSON log object)."""
 
+    __slots__ = ("line",)
     line: Union[str, Dict[str, Any]]
 
 

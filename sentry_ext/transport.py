@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+import ssl
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import certifi
-import urllib3
-from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from . import lean_imports
+from .lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle
 
-from .config import Config
-from .request import Request
+lean_imports.install()  # before urllib3: keeps importlib.metadata out (lean_imports.py)
+
+import urllib3  # noqa: E402
+from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
+
+from .config import Config  # noqa: E402
+from .records import Record  # noqa: E402
+from .request import Request  # noqa: E402
+from .tls import client_context  # noqa: E402
+
+bind_parent(HTTP2_PACKAGE)
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +35,18 @@ class Outcome(enum.Enum):
     RATE_LIMITED = "ratelimited"   # 429: upstream counted the drop itself
 
 
-@dataclass
-class Result:
-    outcome: Outcome
-    status: int = 0
-    headers: Optional[Mapping[str, str]] = None
-    error: str = ""
-    # The request went out but no reply came in time: upstream may have accepted it, so a resend
-    # may duplicate it.
-    maybe_delivered: bool = False
+class Result(Record):
+    __slots__ = ("outcome", "status", "headers", "error", "maybe_delivered")
+
+    def __init__(self, outcome: Outcome, status: int = 0, headers: Optional[Mapping[str, str]] = None,
+                 error: str = "", maybe_delivered: bool = False) -> None:
+        self.outcome = outcome
+        self.status = status
+        self.headers = headers
+        self.error = error
+        # The request went out but no reply came in time: upstream may have accepted it, so a
+        # resend may duplicate it.
+        self.maybe_delivered = maybe_delivered
 
 
 def pool_options(cfg: Config) -> Dict[str, Any]:
@@ -44,7 +55,7 @@ def pool_options(cfg: Config) -> Dict[str, Any]:
         "maxsize": cfg.max_inflight,  # one connection per request in flight, opened only when needed
         "block": False,
         "cert_reqs": "CERT_REQUIRED",
-        "ca_certs": cfg.ca_file or certifi.where(),
+        "ca_certs": cfg.ca_file or certifi_bundle(),
         "retries": False,
         "timeout": urllib3.Timeout(connect=cfg.connect_timeout_ms / 1000.0,
                                    read=cfg.read_timeout_ms / 1000.0),
@@ -78,6 +89,8 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
     dsn = cfg.dsn
     assert dsn is not None
     options = pool_options(cfg)
+    if dsn.scheme == "https":
+        options = _tls_options(options)
     if cfg.proxy_url and not proxy_bypassed(dsn.host, dsn.port, cfg.no_proxy):
         log.info("sending upstream through proxy %s", cfg.proxy_url.split("@")[-1])
         manager = urllib3.ProxyManager(cfg.proxy_url, num_pools=1, **options)
@@ -88,6 +101,21 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
         options.pop("cert_reqs")
         options.pop("ca_certs")
     return urllib3.connection_from_url(dsn.origin, **options), False
+
+
+def _tls_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` with one shared, session-resuming TLS context (tls.py) in place of the CA file
+    urllib3 would load into a new context for every connection. If the CA file cannot be loaded,
+    urllib3's own handling stays (each connection then fails with the reason, as before)."""
+    try:
+        context = client_context(options["ca_certs"])
+    except (OSError, ssl.SSLError) as exc:
+        log.warning("cannot load the CA bundle %s (%s): upstream connections will fail", options["ca_certs"], exc)
+        return options
+    out = dict(options)
+    del out["ca_certs"]
+    out["ssl_context"] = context
+    return out
 
 
 class Transport:

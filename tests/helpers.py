@@ -6,8 +6,11 @@ import http.client
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -182,3 +185,11 @@ def _shutdown(pipeline: Pipeline) -> None:
     pipeline.server.server_close()
 
 
+def run_quick_bench(suite: str, out: Path, time_limit_s: float = 120) -> Dict[str, Any]:
+    """``tools/bench.py <suite> --quick --out <out>`` with this interpreter; asserts it exits 0 and
+    returns {"stdout": ..., "data": the JSON it wrote}."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "tools" / "bench.py"), suite, "--quick", "--out", str(out)],
+                          cwd=str(root), capture_output=True, text=True, timeout=time_limit_s)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"stdout": proc.stdout, "data": json.loads(out.read_text())}

@@ -6,8 +6,6 @@ are not targets, but nothing may be lost or duplicated.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,20 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT_S = 120
 
 sys.path.insert(0, str(ROOT))
+from helpers import run_quick_bench  # noqa: E402
 from tools.tlsutil import openssl  # noqa: E402
 
 
 @pytest.mark.skipif(openssl() is None, reason="no openssl command for the upstream's certificate")
 def test_quick_remote_bench_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "remote.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--remote", "--quick", "--out", str(out)],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=TIME_LIMIT_S)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    bench = run_quick_bench("--remote", out, TIME_LIMIT_S)
+    data = bench["data"]
     runs = data["remote"]
     assert [(r["delay_ms"], r["burst"]) for r in runs] == [(80, 3), (80, 30)]
     for run in runs:
         assert run["status"] == "success" and run["by_end"] == run["burst"] and run["duplicates"] == 0, run
         assert 1 <= run["tls_handshakes"] <= run["burst"] and run["rss_peak_mib"] and run["peak_threads"]
-    assert "| upstream | burst | extension |" in proc.stdout
+    assert "| upstream | burst | extension |" in bench["stdout"]
     assert data["command"].endswith("tools/bench.py --remote --quick --out %s" % out)  # how it was started

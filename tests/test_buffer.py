@@ -64,3 +64,53 @@ def test_take_all_closes_and_late_done_is_harmless() -> None:
     q.done(flying)
     q.requeue(flying)
     assert len(q) == 0 and not q.put(req())
+
+
+def test_spread_mode_keeps_few_in_flight_until_a_backlog_or_a_drain() -> None:
+    q = BoundedQueue(max_items=100, max_bytes=1_000_000)
+    q.set_spread(True)
+    reqs = [req() for _ in range(8)]
+    q.put(reqs[0])
+    q.put(reqs[1])
+    q.put(reqs[2])
+    assert q.get(timeout=1) is reqs[0]
+    assert q.get(timeout=0.05) is None  # 2 queued behind 1 in flight: they wait for its connection
+    q.put(reqs[3])
+    assert q.get(timeout=1) is reqs[1]  # 3 queued > 2 turns of 1 connection: a second one
+    assert q.get(timeout=0.05) is None
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(q.get(timeout=5)))
+    waiter.start()
+    q.done(reqs[0])  # 1 in flight, 2 queued: still one connection's work
+    waiter.join(0.05)
+    assert got == []
+    q.done(reqs[1])  # a connection is free: the held-back getter is woken, not left to poll
+    waiter.join(5)
+    assert got == [reqs[2]]
+    for extra in reqs[4:8]:
+        q.put(extra)  # 1 in flight, 5 queued > 2: a second
+    assert q.get(timeout=1) is reqs[3]
+    assert q.get(timeout=0.05) is None  # 2 in flight, 4 queued <= 4
+    q.set_spread(False)  # a drain: everything may go at once
+    assert [q.get(timeout=1) for _ in range(4)] == reqs[4:8]
+
+
+def test_forwarder_spreads_only_while_nothing_waits_on_it() -> None:
+    from sentry_ext.forwarder import Forwarder
+    from sentry_ext.stats import Stats
+
+    q = BoundedQueue(max_items=100, max_bytes=1_000_000)
+    fw = Forwarder(q, None, Stats(), senders=1, max_attempts=1)  # type: ignore[arg-type]  # never sends here
+    try:
+        fw.start()
+        assert not q.spread  # before any invoke (Init): each request at once
+        fw.set_spread(True)
+        assert q.spread
+        fw.set_spread(False)  # an `end` invocation: its drain will wait on whatever is held back
+        assert not q.spread
+        fw.set_spread(True)  # a `background` one
+        assert fw.flush(0.5) and q.spread  # a drain sends everything at once, then spreading resumes
+    finally:
+        fw.stop()
+    fw.set_spread(False)  # stopped: left alone
+    assert q.spread

@@ -28,10 +28,10 @@ def test_fixed_modes_never_change_their_decision() -> None:
     assert decisions(FlushControl("background", 2, 10.0, clock), clock, [0, 100]) == [BACKGROUND] * 2
 
 
-def test_adaptive_waits_for_a_full_window_then_follows_the_mean_gap() -> None:
+def test_adaptive_judges_after_three_invocations_then_follows_the_mean_gap() -> None:
     clock = FakeClock()
     control = FlushControl("adaptive", 5, 1.0, clock)
-    assert decisions(control, clock, [0, 5, 10, 15]) == [END] * 4  # too few to judge
+    assert decisions(control, clock, [0, 5, 10, 15]) == [END] * 4  # too few to judge, then sparse
     assert decisions(control, clock, [20]) == [END]  # full window, mean gap 5 s > 1 s
     # every 0.5 s: background once the window's mean gap is at most 1 s
     frequent = decisions(control, clock, [20.5, 21, 21.5, 22, 22.5])
@@ -40,6 +40,16 @@ def test_adaptive_waits_for_a_full_window_then_follows_the_mean_gap() -> None:
     sparse = decisions(control, clock, [30, 40, 50, 60])  # sparse again
     assert sparse[-1] == END
     assert control.mode == "adaptive"
+
+
+def test_adaptive_goes_background_from_the_third_frequent_invocation() -> None:
+    clock = FakeClock()
+    control = FlushControl("adaptive", 20, 10.0, clock)
+    assert decisions(control, clock, [0, 0.7, 1.4, 2.1]) == [END, END, BACKGROUND, BACKGROUND]
+    # sparse from the start: the third one judges them sparse and keeps draining
+    clock2 = FakeClock()
+    sparse = FlushControl("adaptive", 20, 10.0, clock2)
+    assert decisions(sparse, clock2, [0, 30, 60]) == [END, END, END]
 
 
 def test_adaptive_logs_each_switch_once() -> None:

@@ -3,6 +3,7 @@ Sentry's Node extension.
 
     .venv/bin/python tools/bench.py [--peer node] [--runs N] [--quick] [--out FILE]
     .venv/bin/python tools/bench.py --remote [--peer node] [--baseline REV]   (tools/bench_remote.py)
+    .venv/bin/python tools/bench.py --cost [--peer node] [--rounds N]         (tools/bench_cost.py: 128 MB, CPU/invocation)
 
 Everything runs on this machine, on loopback: the extension is exec'd from an /opt-like
 directory exactly as Lambda execs it (``python -IS`` from the layer layout, the interpreter being
@@ -497,6 +498,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="run the remote-upstream suite (tools/bench_remote.py) instead; it takes its own options "
                              "(--peer, --offline, --baseline REV, --quick, --loopback-runs N, --only remote|loopback, "
                              "--out FILE: see tools/bench.py --remote --help)")
+    parser.add_argument("--cost", action="store_true",
+                        help="run the 128 MB / CPU-per-invocation suite (tools/bench_cost.py) instead; it takes its own "
+                             "options (--peer, --offline, --rounds N, --quick, --only 128mb|cpu, --profile FILE, "
+                             "--idle-close S, --out FILE: see tools/bench.py --cost --help)")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
     parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
@@ -667,6 +672,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tools import bench_remote
 
         return bench_remote.main([a for a in args if a != "--remote"], script="tools/bench.py --remote")
+    if "--cost" in args:  # what Sentry costs a 128 MB function: tools/bench_cost.py, with its own options
+        from tools import bench_cost
+
+        return bench_cost.main([a for a in args if a != "--cost"], script="tools/bench.py --cost")
     opts = parse_args(args)
     settings = Settings(opts.quick, opts.runs)
     started = time.monotonic()

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import PEER_NAME, PEER_PORT, find_peer, loadavg, machine, opt_peer, port_free  # noqa: E402
+from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import status_kib  # noqa: E402
@@ -274,14 +274,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
             labels["baseline"] = "ours at `%s` (before)" % baseline_note.split()[0]
         peer_skipped, peer_note = None, ""
         if opts.peer == "node":
-            ext_dir, peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
-            if ext_dir is None:
-                peer_skipped = peer_note
-            elif not port_free(PEER_PORT):
-                peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
-            else:
-                contenders.append(Contender("peer", "Sentry Node extension", opt_peer(tmp / "peer", ext_dir),
-                                            PEER_NAME, "peer"))
+            peer_dir, peer_skipped, peer_note = peer_opt(tmp / "peer", opts.offline, say)
+            if peer_dir is not None:
+                contenders.append(Contender("peer", "Sentry Node extension", peer_dir, PEER_NAME, "peer"))
                 labels["peer"] = "Sentry Node extension"
         else:
             peer_skipped = "not requested (use --peer node)"

@@ -253,6 +253,17 @@ def opt_peer(base: Path, ext_dir: Path) -> Path:
     return opt
 
 
+def peer_opt(base: Path, offline: bool, log: Callable[[str], None]) -> Tuple[Optional[Path], Optional[str], str]:
+    """The Node peer laid out under ``base`` for ``--peer node``: (opt dir or None, why it is skipped
+    or None, note naming the package and node versions)."""
+    ext_dir, note = find_peer(ROOT / "build" / "peer", offline, log)
+    if ext_dir is None:
+        return None, note, note
+    if not port_free(PEER_PORT):
+        return None, "port %d (the Node extension's fixed port) is in use" % PEER_PORT, note
+    return opt_peer(base, ext_dir), None, note
+
+
 def machine() -> Dict[str, Any]:
     """nproc, CPU model, memory, Python, kernel, date."""
     cpu = "?"

@@ -401,7 +401,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):  # TLS: handshake here, off the accept loop
             self.request.settimeout(READ_TIMEOUT_S)
             self.request.do_handshake()
-            self.server.upstream._note_handshake()
+            self.server.upstream._note_handshake(self.request.session_reused)
         super().setup()
         self.server.upstream._connection_opened(self.connection)
 
@@ -646,6 +646,7 @@ class FakeUpstream:
         #: Server-side TLS context: serve HTTPS (``base_url`` and ``dsn`` say ``https``).
         self.tls = tls
         self._handshakes = 0
+        self._resumed = 0
         self.default = Reply()
         #: Optional callback run (in the handler thread) for every recorded request.
         self.on_record: Optional[Callable[[Recorded], None]] = None
@@ -806,9 +807,10 @@ class FakeUpstream:
             self._generation += 1
             self._cond.notify_all()
 
-    def _note_handshake(self) -> None:
+    def _note_handshake(self, resumed: bool = False) -> None:
         with self._cond:
             self._handshakes += 1
+            self._resumed += int(bool(resumed))
 
     def _note_idle_close(self) -> None:
         with self._cond:
@@ -838,6 +840,12 @@ class FakeUpstream:
         """TLS handshakes completed (one per connection opened over TLS)."""
         with self._cond:
             return self._handshakes
+
+    @property
+    def resumed(self) -> int:
+        """Of those handshakes, how many resumed an earlier TLS session (abbreviated: no certificate)."""
+        with self._cond:
+            return self._resumed
 
     @property
     def idle_closes(self) -> int:

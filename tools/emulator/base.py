@@ -45,6 +45,7 @@ class EmulatorBase:
         shutdown_window_ms: int = 2000,
         init_timeout_s: float = 10.0,
         exec_wrapper: Optional[str] = None,
+        preexec: Optional[Callable[[], None]] = None,
         init_type: str = "on-demand",
         max_concurrency: int = 0,
         before_snapshot: Optional[Callable[[], None]] = None,
@@ -67,6 +68,8 @@ class EmulatorBase:
         self.shutdown_window_ms = int(shutdown_window_ms)
         self.init_timeout_s = float(init_timeout_s)
         self.exec_wrapper = exec_wrapper
+        # Run in each launched process between fork and exec (e.g. to join a CPU-quota cgroup).
+        self.preexec = preexec
         if init_type not in INIT_TYPES:
             raise ValueError("init_type must be one of %s" % ", ".join(INIT_TYPES))
         self.init_type = init_type  # AWS_LAMBDA_INITIALIZATION_TYPE and initializationType of the records

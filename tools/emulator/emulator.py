@@ -31,7 +31,9 @@ class Emulator(Lifecycle, SnapStart, Concurrency, RuntimeApi, ExtensionsApi):
     NotSupported), ``shutdown_window_ms``, ``init_timeout_s``, ``exec_wrapper``, ``init_type``
     (AWS_LAMBDA_INITIALIZATION_TYPE; ``snap-start``: see snapstart.py; ``lambda-managed-instances``:
     see concurrency.py), ``max_concurrency`` (Managed Instances' runtime workers, default 4),
-    ``before_snapshot`` (snap-start: called between Init and the snapshot).
+    ``before_snapshot`` (snap-start: called between Init and the snapshot), ``preexec`` (called
+    in every launched process before it execs, e.g. ``tools.cgroup_cpu.CpuQuota.join``: the sandbox's
+    processes then start inside that cgroup, as a whole sandbox shares Lambda's CPU share).
     """
 
     # ------------------------------------------------------------------ public API

@@ -118,6 +118,7 @@ class ProcessControl(FunctionLogs):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=self.preexec,
                 pass_fds=pass_fds,
             )
         except OSError as exc:

@@ -1,0 +1,386 @@
+"""What Sentry costs a 128 MB function, measured the way Lambda bills it (issue 15).
+
+    .venv/bin/python tools/bench_cost.py [--peer node] [--rounds N] [--quick] [--profile] [--out FILE]
+    (or: .venv/bin/python tools/bench.py --cost [same options])
+
+Two suites, every contender interleaved round by round in one run:
+
+- **128 MB**: the emulated sandbox's processes (runtime and extensions, launched by
+  ``tools/emulator``) run in a CPU-quota cgroup of 128/1769 of one CPU with a short period (1.447 ms
+  per 20 ms, ``tools/cgroup_cpu.py``); without the rights to make one the suite prints ``SKIPPING``
+  and why. The upstream (``tools/fake_upstream.py``) is HTTPS with a self-signed certificate
+  (trusted through ``SSL_CERT_FILE``, or ``NODE_EXTRA_CA_CERTS`` for Node), answers after 80 ms, and
+  closes connections idle for 0.3 s, so the 0.5 s freeze between invocations outlasts it (as a load
+  balancer closes connections idle for long). 20 invocations of the sample function (real
+  ``sentry-sdk``: a message, an error and a transaction each) with freezes; p50/p95 of function
+  duration, post-runtime, billed duration (their sum rounded up to 1 ms) and Init duration, and
+  TLS handshakes (and resumed sessions) per invocation, for: the SDK sending straight to the
+  upstream (no extension: the baseline), ours in ``end``, ``background`` and ``adaptive``, and
+  Sentry's Node extension with the tunnel function (3 envelopes per invocation).
+- **CPU per invocation** on whole cores (no quota), same upstream: the extension process's CPU
+  (/proc) after 20 invocations less after 5, over 15: the thawed invocation's cost, not the burst's.
+  ``--profile`` adds a py-spy profile (if installed) of our extension across invocations 2-20.
+
+``--quick`` (the test suite's smoke run): 3 invocations, the baseline and ours in ``adaptive``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+if __package__ in (None, ""):  # run as a script: make ``tools`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
+from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
+from tools.emulator import Emulator  # noqa: E402
+from tools.fake_upstream import FakeUpstream  # noqa: E402
+from tools.procfs import cpu_ms, status_kib  # noqa: E402
+from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+from tools.stats import percentile  # noqa: E402
+from tools.tlsutil import self_signed, server_context  # noqa: E402
+
+MEMORY_MB = 128
+PERIOD_US = 20000
+DELAY_S = 0.08
+IDLE_CLOSE_S = 0.3
+FREEZE_S = 0.5
+CPU_RUNS = (5, 20)
+FIGURES = ("function_ms", "post_runtime_ms", "billed_ms")
+
+#: (figure, comparison, bound, against): the issue's targets, as ratios to a contender of the same run.
+TARGETS = {
+    "cpu_per_invocation": ("<=", 0.4, "peer"),          # ours (adaptive) / Node extension, whole cores
+    "billed_p50": ("<=", 0.6, "sdk"),                   # ours adaptive / SDK straight to the upstream, 128 MB
+    "function_p50": ("<=", 0.8, "peer"),                # ours adaptive / Node extension, 128 MB
+}
+
+
+class Contender:
+    """One setup: ``kind`` ours (with a flush ``mode``), sdk (no extension) or peer (Node)."""
+
+    def __init__(self, key: str, label: str, kind: str, opt: Path, exe: Optional[str], mode: str = "") -> None:
+        self.key, self.label, self.kind, self.opt, self.exe, self.mode = key, label, kind, opt, exe, mode
+
+    @property
+    def handler(self) -> str:
+        return "tunnel_app.handler" if self.kind == "peer" else "app.handler"
+
+    @property
+    def payload(self) -> Dict[str, Any]:
+        # The sample function sends a message, an error and (AwsLambdaIntegration) a transaction;
+        # the tunnel function posts as many envelopes for the Node extension.
+        return {"envelopes": 3} if self.kind == "peer" else {"messages": 1}
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, Dict[str, str]]:
+    if contender.kind == "sdk":
+        return {"env": {}, "runtime_env": {"SENTRY_DSN": dsn, "SSL_CERT_FILE": str(cert)}}
+    if contender.kind == "peer":
+        return {"env": {"SENTRY_DSN": dsn, "NODE_EXTRA_CA_CERTS": str(cert)},
+                "runtime_env": {"SENTRY_TUNNEL_URL": "http://127.0.0.1:%d/envelope" % PEER_PORT, "SENTRY_DSN": dsn}}
+    env = function_env(dsn, spool, SENTRY_EXT_FLUSH=contender.mode, SSL_CERT_FILE=str(cert))
+    return {"env": env, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, env["SENTRY_EXT_PORT"])}}
+
+
+def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocations: int,
+                quota: Optional[CpuQuota], profile: Optional[Path] = None,
+                idle_close_s: Optional[float] = IDLE_CLOSE_S) -> Dict[str, Any]:
+    """One sandbox: ``invocations`` invocations, each followed by a freeze; then SHUTDOWN."""
+    spool = tmp / ("spool-%s-%d" % (contender.key, time.monotonic_ns()))
+    rows: List[Dict[str, Any]] = []
+    with FakeUpstream(delay_s=DELAY_S, idle_close_s=idle_close_s, tls=server_context(cert, key)) as upstream:
+        envs = _env(contender, upstream.dsn(), cert, spool)
+        with Emulator(contender.opt, task_root=SAMPLE_FUNCTION, handler=contender.handler, env=envs["env"],
+                      runtime_env=envs["runtime_env"], function_name="bench-cost", memory_mb=1024,
+                      timeout_s=30.0, preexec=quota.join if quota else None) as emu:
+            emu.start()
+            init_ms = emu.last_init_ms
+            pid = emu.pids.get(contender.exe) if contender.exe else None
+            spy = None
+            for index in range(invocations):
+                shakes, resumed = upstream.handshakes, upstream.resumed
+                result = emu.invoke(contender.payload)
+                emu.wait_frozen_for(FREEZE_S)
+                row = {"status": result.status, "function_ms": result.runtime_ms,
+                       "post_runtime_ms": result.post_runtime_ms, "init_ms": init_ms if index == 0 else None,
+                       "handshakes": upstream.handshakes - shakes, "resumed": upstream.resumed - resumed}
+                if result.runtime_ms is not None and result.post_runtime_ms is not None:
+                    row["billed_ms"] = float(math.ceil(result.runtime_ms + result.post_runtime_ms))
+                rows.append(row)
+                if index == 0 and pid:
+                    row["ext_rss_mib"] = (status_kib(pid, "VmRSS") or 0) / 1024.0
+                    spy = _start_profile(pid, profile) if profile else None
+            ext_cpu = cpu_ms(pid) if pid else None  # frozen now: nothing moves
+            runtime_pid = emu.pids.get("runtime")
+            runtime_cpu = cpu_ms(runtime_pid) if runtime_pid else None
+            if spy is not None:
+                _stop_profile(spy)
+            emu.shutdown()
+            log = emu.output(contender.exe) if contender.exe else ""
+            failed = [r for r in rows if r["status"] != "success"]
+        # distinct events and transactions: a request resent after a timeout on our side (it had
+        # reached the upstream: Sentry deduplicates by event id) or a client report is no delivery
+        accepted = [rec.envelope for rec in upstream.requests if rec.envelope is not None and rec.status == 200]
+        delivered = len({env.event_id for env in accepted if env.event_id})
+        extra = len(accepted) - delivered
+    expected = 3 * invocations
+    return {"contender": contender.key, "invocations": invocations, "rows": rows, "ext_cpu_ms": ext_cpu,
+            "runtime_cpu_ms": runtime_cpu, "delivered": delivered, "expected": expected, "extra_requests": extra,
+            "failed": len(failed), "log_tail": log[-3000:] if failed or delivered < expected else ""}
+
+
+def _start_profile(pid: int, out: Path) -> Optional["subprocess.Popen[bytes]"]:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(exe, os.X_OK):
+        say("profile: py-spy is not installed (pip install py-spy); no profile")
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-r", "2000", "-f", "raw", "-o", str(out),
+                             "--threads", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop_profile(spy: "subprocess.Popen[bytes]") -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        spy.wait(20)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(5)
+
+
+#: Where a profiled sample's CPU went, by the first matching frame (outermost first in the list).
+PROFILE_PARTS = (
+    ("TLS connect (new upstream connection)", ("HTTPSConnection.connect", "HTTPConnection._new_conn")),
+    ("upstream request and reply", ("Transport.send",)),
+    ("SDK posts (ingest)", ("sentry_ext/ingest.py",)),
+    ("Telemetry API batches", ("sentry_ext/telemetry.py", "sentry_ext/invocations.py",
+                               "sentry_ext/telemetry_records.py")),
+    ("lifecycle (INVOKE, /event/next, drain)", ("sentry_ext/main.py",)),
+    ("sender threads (queue, wake-ups)", ("sentry_ext/forwarder.py", "sentry_ext/buffer.py")),
+)
+#: Leaf frames where a sampled thread was blocked, not running (py-spy's idle detection misses some).
+PROFILE_WAITS = ("Condition.wait", "select (selectors.py", "SocketIO.readinto", "SSLSocket.read ", "Event.wait",
+                 "Thread.join", "_read_response (sentry_ext/lambda_api.py", "socket.accept")
+
+
+def profile_breakdown(path: Path) -> Optional[Dict[str, float]]:
+    """Share of on-CPU samples per PROFILE_PARTS from a py-spy ``raw`` profile (None without one)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    parts: Dict[str, float] = {}
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(w) or w in frames[-1] for w in PROFILE_WAITS):
+            continue
+        total += int(count)
+        part = next((name for name, marks in PROFILE_PARTS if any(m in f for f in frames for m in marks)), "other")
+        parts[part] = parts.get(part, 0) + int(count)
+    return {name: 100.0 * n / total for name, n in sorted(parts.items(), key=lambda kv: -kv[1])} if total else None
+
+
+def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """p50/p95 of each figure over every invocation of ``runs`` (one contender), Init over the cold ones."""
+    rows = [r for run in runs for r in run["rows"] if r["status"] == "success"]
+    out: Dict[str, Any] = {"invocations": len(rows), "failed": sum(run["failed"] for run in runs),
+                           "delivered": sum(run["delivered"] for run in runs),
+                           "expected": sum(run["expected"] for run in runs)}
+    for figure in FIGURES:
+        values = [r[figure] for r in rows if r.get(figure) is not None]
+        out[figure] = {"p50": percentile(values, 50), "p95": percentile(values, 95)}
+    inits = [r["init_ms"] for r in rows if r.get("init_ms") is not None]
+    out["init_ms"] = {"p50": percentile(inits, 50), "p95": percentile(inits, 95)}
+    out["handshakes_per_invocation"] = sum(r["handshakes"] for r in rows) / len(rows) if rows else None
+    out["resumed_per_invocation"] = sum(r["resumed"] for r in rows) / len(rows) if rows else None
+    return out
+
+
+def cpu_per_invocation(short: List[Dict[str, Any]], long: List[Dict[str, Any]]) -> Optional[float]:
+    """(CPU after 20 invocations − CPU after 5) / 15, medians of each."""
+    a = [r["ext_cpu_ms"] for r in short if r["ext_cpu_ms"] is not None]
+    b = [r["ext_cpu_ms"] for r in long if r["ext_cpu_ms"] is not None]
+    if not a or not b:
+        return None
+    return (percentile(b, 50) - percentile(a, 50)) / (CPU_RUNS[1] - CPU_RUNS[0])
+
+
+def _fmt(value: Optional[float], digits: int = 0) -> str:
+    return "–" if value is None else "%.*f" % (digits, value)
+
+
+def build_report(data: Dict[str, Any]) -> str:
+    labels = data["labels"]
+    out = []
+    quota = data.get("quota")
+    if quota:
+        lines = ["128 MB: CPU quota %d µs per %d µs; upstream HTTPS, %d ms away, idle connections closed after %s s; "
+                 "%.1f s freezes; %d invocation(s) per contender and round, %d round(s)"
+                 % (quota["quota_us"], quota["period_us"], DELAY_S * 1000, data.get("idle_close_s") or "never", FREEZE_S,
+                    data["invocations"], data["rounds"]), "",
+                 "| setup | function p50 / p95 ms | post-runtime p50 / p95 ms | billed p50 / p95 ms | Init p50 ms "
+                 "| TLS handshakes (resumed) per invocation | delivered |", "|---|---|---|---|---|---|---|"]
+        for key, s in data["cost"].items():
+            lines.append("| %s | %s / %s | %s / %s | %s / %s | %s | %s (%s) | %d/%d |" % (
+                labels[key], _fmt(s["function_ms"]["p50"]), _fmt(s["function_ms"]["p95"]),
+                _fmt(s["post_runtime_ms"]["p50"], 1), _fmt(s["post_runtime_ms"]["p95"], 1),
+                _fmt(s["billed_ms"]["p50"]), _fmt(s["billed_ms"]["p95"]), _fmt(s["init_ms"]["p50"]),
+                _fmt(s["handshakes_per_invocation"], 2), _fmt(s["resumed_per_invocation"], 2),
+                s["delivered"], s["expected"]))
+        out.append("\n".join(lines))
+    elif data.get("quota_skipped"):
+        out.append("128 MB suite: SKIPPING (%s)." % data["quota_skipped"])
+    if data.get("cpu"):
+        lines = ["CPU per invocation on whole cores (extension process, (CPU after %d − after %d invocations) / %d, "
+                 "medians of %d run(s) each):" % (CPU_RUNS[1], CPU_RUNS[0], CPU_RUNS[1] - CPU_RUNS[0], data["rounds"]),
+                 "", "| extension | CPU per invocation ms | TLS handshakes (resumed) per invocation |", "|---|---|---|"]
+        for key, figure in data["cpu"].items():
+            lines.append("| %s | %s | %s (%s) |" % (labels[key], _fmt(figure["cpu_per_invocation_ms"], 2),
+                                                   _fmt(figure["handshakes_per_invocation"], 2),
+                                                   _fmt(figure["resumed_per_invocation"], 2)))
+        out.append("\n".join(lines))
+    if data.get("profile"):
+        out.append("Where ours spends it (py-spy, invocations 2-20, on-CPU samples): " + ", ".join(
+            "%s %.0f %%" % kv for kv in data["profile"].items()))
+    if data.get("targets"):
+        out.append("\n".join("- %s: %s (target %s %s× %s) %s" % (
+            name, _fmt(t["ratio"], 2), t["op"], t["bound"], labels.get(t["against"], t["against"]),
+            "✅" if t["met"] else ("❌" if t["met"] is False else "–")) for name, t in data["targets"].items()))
+    if data.get("peer_skipped"):
+        out.append("Node extension: skipped (%s)." % data["peer_skipped"])
+    return "\n\n".join(out)
+
+
+def _targets(data: Dict[str, Any]) -> Dict[str, Any]:
+    cost, cpu = data.get("cost") or {}, data.get("cpu") or {}
+    values = {
+        "cpu_per_invocation": ((cpu.get("adaptive") or {}).get("cpu_per_invocation_ms"),
+                               (cpu.get("peer") or {}).get("cpu_per_invocation_ms")),
+        "billed_p50": (((cost.get("adaptive") or {}).get("billed_ms") or {}).get("p50"),
+                       ((cost.get("sdk") or {}).get("billed_ms") or {}).get("p50")),
+        "function_p50": (((cost.get("adaptive") or {}).get("function_ms") or {}).get("p50"),
+                         ((cost.get("peer") or {}).get("function_ms") or {}).get("p50")),
+    }
+    out = {}
+    for name, (op, bound, against) in TARGETS.items():
+        ours, theirs = values[name]
+        ratio = ours / theirs if ours is not None and theirs else None
+        out[name] = {"ours": ours, "theirs": theirs, "ratio": ratio, "op": op, "bound": bound, "against": against,
+                     "met": None if ratio is None else ratio <= bound}
+    return out
+
+
+def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
+    parser.add_argument("--offline", action="store_true", help="never run npm; use build/peer/ if it is there")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 invocations, baseline and adaptive only")
+    parser.add_argument("--only", choices=["128mb", "cpu"], default=None, help="run only one of the two suites")
+    parser.add_argument("--idle-close", type=float, default=IDLE_CLOSE_S,
+                        help="the upstream closes connections idle this long, s (default %.1f; 0: never)" % IDLE_CLOSE_S)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/cost-<time>.json)")
+    opts = parser.parse_args(args)
+    started = time.monotonic()
+    info = machine()
+    invocations = 3 if opts.quick else 20
+    idle = opts.idle_close or None
+    with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        cert, key = self_signed(tmp / "tls")
+        ours_opt = make_opt(tmp / "ours")
+        empty_opt = tmp / "none" / "opt"
+        (empty_opt / "extensions").mkdir(parents=True)
+        contenders = [Contender("sdk", "`sentry-sdk` straight to the upstream (no extension)", "sdk", empty_opt, None)]
+        modes = ("adaptive",) if opts.quick else ("end", "background", "adaptive")
+        contenders += [Contender(mode, "ours, `%s`" % mode, "ours", ours_opt, EXTENSION_NAME, mode) for mode in modes]
+        peer_skipped, peer_note = ("not requested (use --peer node)", "") if opts.peer != "node" else (None, "")
+        if opts.peer == "node":
+            peer_dir, peer_skipped, peer_note = peer_opt(tmp / "peer", opts.offline, say)
+            if peer_dir is not None:
+                contenders.append(Contender("peer", "Sentry Node extension (tunnel function)", "peer", peer_dir, PEER_NAME))
+            if peer_skipped:
+                say("SKIPPING the Node extension peer: %s" % peer_skipped)
+        labels = {c.key: c.label for c in contenders}
+        data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds, "idle_close_s": idle,
+                                "peer_skipped": peer_skipped, "peer_note": peer_note}
+        why_not = CpuQuota.unavailable()
+        if opts.only != "cpu" and why_not is not None:
+            say("SKIPPING the 128 MB suite: %s" % why_not)
+            print("SKIPPING the 128 MB suite: %s" % why_not)
+            data["quota_skipped"] = why_not
+        raw: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}
+        cpu_raw: Dict[str, Dict[int, List[Dict[str, Any]]]] = {}
+        cpu_set = [c for c in contenders if c.key in ("adaptive", "peer")]
+        for round_no in range(opts.rounds):
+            order = contenders if round_no % 2 == 0 else list(reversed(contenders))
+            if opts.only != "cpu" and why_not is None:
+                for contender in order:
+                    say("128 MB, round %d: %s ..." % (round_no + 1, contender.label))
+                    with CpuQuota(lambda_quota_us(MEMORY_MB, PERIOD_US), PERIOD_US) as quota:
+                        run = run_sandbox(contender, tmp, cert, key, invocations, quota, idle_close_s=idle)
+                        run["throttled"] = quota.stat()
+                    raw[contender.key].append(run)
+                    data["quota"] = {"quota_us": quota.quota_us, "period_us": quota.period_us}
+                    data["cgroup"] = str(quota.path)
+            if opts.only != "128mb" and not opts.quick:
+                for count in CPU_RUNS:
+                    for contender in (cpu_set if round_no % 2 == 0 else list(reversed(cpu_set))):
+                        say("CPU per invocation, round %d: %s, %d invocations ..." % (round_no + 1, contender.label,
+                                                                                       count))
+                        profile = opts.profile if (opts.profile and contender.key == "adaptive" and round_no == 0
+                                                   and count == CPU_RUNS[1]) else None
+                        run = run_sandbox(contender, tmp, cert, key, count, None, profile, idle)
+                        cpu_raw.setdefault(contender.key, {}).setdefault(count, []).append(run)
+    if any(raw.values()):
+        data["cost"] = {key: summarize(runs) for key, runs in raw.items() if runs}
+    if cpu_raw:
+        data["cpu"] = {key: {"cpu_per_invocation_ms": cpu_per_invocation(by[CPU_RUNS[0]], by[CPU_RUNS[1]]),
+                             **{k: v for k, v in summarize(by[CPU_RUNS[1]]).items()
+                                if k.endswith("per_invocation")}}
+                       for key, by in cpu_raw.items()}
+    data["targets"] = _targets(data) if not opts.quick else {}
+    if opts.profile:
+        data["profile"] = profile_breakdown(opts.profile)
+    data.update(machine=info, command=" ".join([os.path.relpath(sys.executable, ROOT)
+                                                if sys.executable.startswith(str(ROOT)) else sys.executable]
+                                               + [script] + args),
+                raw={"cost": raw, "cpu": {k: {str(n): v for n, v in by.items()} for k, by in cpu_raw.items()}},
+                elapsed_s=round(time.monotonic() - started, 1))
+    report = build_report(data)
+    out = opts.out or ROOT / "bench-results" / ("cost-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"),
+                                                                  "-quick" if opts.quick else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=str))
+    m = data["machine"]
+    print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s.%s\nCommand: `%s` (%.0f s)\n"
+          % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"], loadavg(),
+             (" Peer: %s." % peer_note) if peer_note else "", data["command"], data["elapsed_s"]))
+    print("JSON: %s" % out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
