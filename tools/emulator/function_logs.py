@@ -3,6 +3,11 @@
 Two sources, both read by the emulator as the runtime writes them:
 
 - the runtime's stdout and stderr (one pipe): each line is one record, a string (``print``);
+  on Managed Instances each forked worker gets its own output stream instead, as on Lambda:
+  the runtime finds a Unix socket in ``_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`` and each worker
+  connects its stdout and its stderr to it (one connection each), so the lines of overlapping
+  workers never interleave (on one shared pipe a ``print``, written as text then newline, could
+  take another worker's JSON log line into its own line);
 - the telemetry log pipe Lambda hands the runtime as ``_LAMBDA_TELEMETRY_LOG_FD``: awslambdaric
   writes each ``logging`` record there as one frame (type 0xa55a00XX, length, microsecond time,
   message), so a multi-line record (a traceback) stays one record: text frames (odd type) give a
@@ -24,7 +29,10 @@ import json
 import logging
 import os
 import select
+import shutil
+import socket
 import struct
+import tempfile
 import termios
 import threading
 import time
@@ -36,6 +44,8 @@ from tools.emulator.state import Sandbox
 logger = logging.getLogger(__name__)
 
 TELEMETRY_FD_ENV = "_LAMBDA_TELEMETRY_LOG_FD"
+FD_PROVIDER_ENV = "_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET"  # Managed Instances: per-worker output
+MAX_WORKER_STREAMS = 256  # accepted output connections (two per worker)
 FRAME_HEADER = struct.Struct(">IIQ")  # type, length, timestamp (µs)
 FRAME_MAGIC = 0xA55A0000
 MAX_FRAME_BYTES = 1024 * 1024  # Lambda cuts a record at 256 KiB; more is a broken stream
@@ -51,8 +61,9 @@ def iso_time(epoch: float) -> str:
 class LogPipe:
     """One pipe the emulator reads: its fd and whether a read is being turned into records."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, owned: bool = True) -> None:
         self.fd = fd
+        self.owned = owned  # closed by its reader at EOF (not the runtime's Popen stdout)
         self.busy = False
         self.closed = False
         self.emitted = 0  # bytes read and turned into records (changed with the lock held)
@@ -69,11 +80,35 @@ class LogPipe:
         return buf[0]
 
 
-class RuntimeLogs:
-    """The runtime's two log pipes."""
+class LogSources:
+    """What a runtime about to start gets for its logs: the frames pipe's read end and, on Managed
+    Instances, the listening socket its workers connect their output to (and its directory)."""
 
-    def __init__(self, output_fd: int, frames_fd: int) -> None:
-        self.pipes = [LogPipe(output_fd), LogPipe(frames_fd)]
+    def __init__(self, frames_fd: int, provider: Optional[socket.socket] = None,
+                 provider_dir: Optional[str] = None) -> None:
+        self.frames_fd = frames_fd
+        self.provider = provider
+        self.provider_dir = provider_dir
+
+    def close_provider(self) -> None:
+        if self.provider is not None:
+            self.provider.close()
+        if self.provider_dir is not None:
+            shutil.rmtree(self.provider_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        os.close(self.frames_fd)
+        self.close_provider()
+
+
+class RuntimeLogs:
+    """The runtime's log pipes: its output, its frames, and (Managed Instances) its workers' streams."""
+
+    def __init__(self, output_fd: int, frames_fd: int, on_line: Callable[[bytes], None],
+                 provider: Optional[socket.socket] = None) -> None:
+        self.pipes = [LogPipe(output_fd, owned=False), LogPipe(frames_fd)]
+        self.on_line = on_line  # each line of the output streams (the runtime's kept output)
+        self.provider = provider
 
     def marks(self) -> Optional[List[int]]:
         """Per pipe, the ``emitted`` count at which all it holds now is emitted (lock held);
@@ -89,18 +124,33 @@ class RuntimeLogs:
 class FunctionLogs(EmulatorBase):
     """Reads the runtime's output into ``function`` telemetry records."""
 
-    def _telemetry_log_pipe(self, env: Dict[str, str]) -> int:
-        """Make the framed-log pipe for a runtime about to start: its write end goes in ``env``
-        (and must be passed to the process); returns the read end."""
+    def _runtime_log_sources(self, env: Dict[str, str]) -> LogSources:
+        """Make the log sources of a runtime about to start: the framed-log pipe, whose write end
+        goes in ``env`` (and must be passed to the process), and on Managed Instances the socket
+        its workers connect their output to (its path in ``env``)."""
         read_fd, write_fd = os.pipe()
         env[TELEMETRY_FD_ENV] = str(write_fd)
-        return read_fd
+        sources = LogSources(read_fd)
+        if self.managed:
+            try:
+                sources.provider_dir = tempfile.mkdtemp(prefix="emu-lmi-")
+                path = os.path.join(sources.provider_dir, "logs.sock")
+                sources.provider = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sources.provider.bind(path)
+                sources.provider.listen(MAX_WORKER_STREAMS)
+                sources.provider.setblocking(False)
+            except OSError:
+                os.close(write_fd)
+                sources.close()
+                raise
+            env[FD_PROVIDER_ENV] = path
+        return sources
 
-    def _start_runtime_logs(self, proc: Any, frames_fd: int, on_line: Callable[[bytes], None]) -> None:
-        """Read the runtime's output pipe (each line also to ``on_line``; its thread is ``proc.reader``)
-        and its frames pipe; ``proc.logs`` tells how far both are read."""
+    def _start_runtime_logs(self, proc: Any, sources: LogSources, on_line: Callable[[bytes], None]) -> None:
+        """Read the runtime's output pipe (each line also to ``on_line``; its thread is ``proc.reader``),
+        its frames pipe and its workers' output streams; ``proc.logs`` tells how far all are read."""
         assert proc.popen.stdout is not None
-        proc.logs = logs = RuntimeLogs(proc.popen.stdout.fileno(), frames_fd)
+        proc.logs = logs = RuntimeLogs(proc.popen.stdout.fileno(), sources.frames_fd, on_line, sources.provider)
         readers = ((logs.pipes[0], self._lines_of, on_line), (logs.pipes[1], self._frames_of, None))
         for pipe, split, each in readers:
             thread = threading.Thread(target=self._read_pipe, args=(pipe, split, each), daemon=True,
@@ -108,6 +158,47 @@ class FunctionLogs(EmulatorBase):
             if each is not None:
                 proc.reader = thread
             thread.start()
+        if sources.provider is not None:
+            threading.Thread(target=self._accept_worker_streams, args=(logs, sources), daemon=True,
+                             name="emu-lmi-streams").start()
+
+    def _accept_worker_streams(self, logs: RuntimeLogs, sources: LogSources) -> None:
+        """Accept the workers' output connections until the runtime's own output ends."""
+        assert sources.provider is not None
+        poller = select.poll()
+        poller.register(sources.provider.fileno(), select.POLLIN)
+        try:
+            for _ in range(MAX_READS):
+                if logs.pipes[0].closed or len(logs.pipes) >= 2 + MAX_WORKER_STREAMS:
+                    break  # the runtime is gone, or a runaway: more connections are refused
+                if poller.poll(200):
+                    with self._cond:
+                        self._accept_pending(logs)
+        finally:
+            with self._cond:
+                logs.provider = None
+                sources.close_provider()
+
+    def _accept_pending(self, logs: RuntimeLogs) -> None:
+        """Take the workers' output connections made so far (lock held), each read as its own stream
+        of lines: a worker connects before it writes anything, so a sync sees all its output."""
+        if logs.provider is None:
+            return
+        for _ in range(MAX_WORKER_STREAMS):
+            if len(logs.pipes) >= 2 + MAX_WORKER_STREAMS:
+                return
+            try:
+                conn, _addr = logs.provider.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.warning("runtime output socket: accept failed: %s", exc)
+                return
+            conn.setblocking(True)
+            pipe = LogPipe(conn.detach())
+            logs.pipes.append(pipe)
+            threading.Thread(target=self._read_pipe, args=(pipe, self._lines_of, logs.on_line), daemon=True,
+                             name="emu-out-worker").start()
 
     def _read_pipe(self, pipe: LogPipe, split: Callable[[bytearray, bool], List[Any]],
                    each: Optional[Callable[[bytes], None]]) -> None:
@@ -140,8 +231,8 @@ class FunctionLogs(EmulatorBase):
                 self._cond.notify_all()
             if not chunk:
                 break
-        if each is None:
-            os.close(pipe.fd)  # the frames pipe is ours; the output pipe belongs to its Popen
+        if pipe.owned:
+            os.close(pipe.fd)  # the output pipe belongs to its Popen
 
     @staticmethod
     def _lines_of(pending: bytearray, eof: bool) -> List[Any]:
@@ -208,6 +299,7 @@ class FunctionLogs(EmulatorBase):
         logs = getattr(rt, "logs", None) if rt is not None else None
         if logs is None or not any(not s.stopped and "function" in s.types for s in sb.subscribers):
             return
+        self._accept_pending(logs)  # a worker that connected but is not read yet has written nothing else
         marks: List[List[int]] = []
 
         def caught_up() -> bool:

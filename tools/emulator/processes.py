@@ -105,9 +105,10 @@ class ProcessControl(FunctionLogs):
         return [p for p in sorted(ext_dir.iterdir()) if p.is_file() and os.access(str(p), os.X_OK)]
 
     def _launch(self, name: str, kind: str, argv: List[str], cwd: Path, env: Dict[str, str]) -> Proc:
-        # The runtime also gets Lambda's telemetry log pipe (function_logs.py).
-        frames_fd = self._telemetry_log_pipe(env) if kind == "runtime" else None
-        pass_fds = (int(env[TELEMETRY_FD_ENV]),) if frames_fd is not None else ()
+        # The runtime also gets Lambda's telemetry log pipe and, on Managed Instances, the socket
+        # its workers connect their output to (function_logs.py).
+        sources = self._runtime_log_sources(env) if kind == "runtime" else None
+        pass_fds = (int(env[TELEMETRY_FD_ENV]),) if sources is not None else ()
         try:
             popen = subprocess.Popen(
                 argv,
@@ -122,8 +123,8 @@ class ProcessControl(FunctionLogs):
                 pass_fds=pass_fds,
             )
         except OSError as exc:
-            if frames_fd is not None:
-                os.close(frames_fd)
+            if sources is not None:
+                sources.close()
             raise EmulatorError("could not launch %s %r: %s" % (kind, argv, exc)) from exc
         finally:
             for fd in pass_fds:
@@ -132,8 +133,8 @@ class ProcessControl(FunctionLogs):
         logger.debug("launched %s %s pid=%d: %r", kind, name, proc.pid, argv)
         with self._out_lock:
             self._outputs.setdefault(name, bytearray())
-        if frames_fd is not None:
-            self._start_runtime_logs(proc, frames_fd, lambda line: self._keep_output(proc, line))
+        if sources is not None:
+            self._start_runtime_logs(proc, sources, lambda line: self._keep_output(proc, line))
         else:
             proc.reader = threading.Thread(
                 target=self._read_output, args=(proc,), name="emu-out-%s" % name, daemon=True
