@@ -160,8 +160,11 @@ def test_idle_keep_alive_flood_is_capped_and_valid_traffic_is_still_served(live:
         assert result.status == "success"
         ids = event_ids(result)
         assert live.upstream.wait_for(lambda _: set(ids) <= set(live.upstream.event_ids()), 5)
-        assert {"%032x" % (1000 + i) for i in range(10)} <= {r.envelope.event_id for r in live.upstream.requests
-                                                             if r.envelope}
+        # the valid posts made during the flood are delivered by the sender threads, in any order
+        # relative to the invocation's events: wait for them as well
+        posted = {"%032x" % (1000 + i) for i in range(10)}
+        assert live.upstream.wait_for(lambda reqs: posted <= {r.envelope.event_id for r in reqs if r.envelope}, 5), \
+            [r.envelope.event_id for r in live.upstream.requests if r.envelope]
     finally:
         _close_all(idle + busy)
     assert _threads_settle(live, base["Threads"] + 1, 5), (base, live.status())

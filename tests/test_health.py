@@ -49,7 +49,9 @@ def test_degraded_during_an_upstream_outage_and_ok_after(upstream: FakeUpstream,
     assert [r for r in degraded["reasons"] if r.startswith("upstream failing")], degraded
     # The outage ends: the retry gets through and health says so.
     assert wait_until(lambda: health(port)["status"] == "ok", timeout=15), health(port)
-    assert pipe.stats.get("forwarded") == 1 and health(port)["upstream_failures"] == 0
+    # the sender marks the upstream healthy just before it counts the request forwarded
+    assert wait_until(lambda: pipe.stats.get("forwarded") == 1, 5), pipe.stats.snapshot()
+    assert health(port)["upstream_failures"] == 0
 
 
 def test_degraded_during_an_outage_even_with_one_attempt_per_request(upstream: FakeUpstream,

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, stop
+from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, stop, wait_until
 from sentry_ext.config import load
 from sentry_ext.lambda_api import LambdaApi
 from sentry_ext.main import Extension, bind_listener
@@ -87,7 +87,8 @@ def test_a_request_that_always_crashes_the_sender_is_dropped_and_counted(
     assert post(port_of(pipe), "/api/42/envelope/", envelope("b" * 32), auth())[0] == 200
     assert pipe.flush(5.0), pipe.queue.depth()
     assert "b" * 32 in delivered(upstream) and "a" * 32 not in delivered(upstream)
-    assert pipe.stats.dropped("internal_sdk_error") == 1
+    # the drop is counted just after the request is released, which is what ends the flush
+    assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
     assert all(t.is_alive() for t in pipe.forwarder._threads)
 
 

@@ -233,13 +233,18 @@ def test_client_reports_after_an_outage_and_no_report_loop(upstream: FakeUpstrea
     for i in range(2):
         assert post(port, "/api/42/envelope/", envelope("%032x" % i), auth())[0] == 200
     assert p.flush(10)
+    # a sender releases a request (which ends the flush), then counts the drop, then records it
+    # for the client report: wait for the last of those
+    assert wait_until(lambda: p.discards.snapshot(KEY) == {("network_error", "error"): 2}, 5), p.discards.snapshot(KEY)
     assert p.stats.dropped("network_error") == 2
-    assert p.discards.snapshot(KEY) == {("network_error", "error"): 2}
     # still down: the report itself is lost, and that loss is not reported again
     assert p.flush(10)
-    assert p.stats.dropped("network_error") == 3 and not p.discards.has_pending
+    assert wait_until(lambda: p.stats.dropped("network_error") == 3, 5), p.stats.snapshot()
+    assert not p.discards.has_pending
     assert post(port, "/api/42/envelope/", envelope("9" * 32), auth())[0] == 200
     assert p.flush(10)
+    # recorded for the next report only just after this flush ended (see above)
+    assert wait_until(lambda: p.discards.snapshot(KEY) == {("network_error", "error"): 1}, 5), p.discards.snapshot(KEY)
     # upstream is back: the next flush carries the report
     upstream.default = Reply(200)
     p.forwarder.health.success()
