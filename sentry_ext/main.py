@@ -33,7 +33,7 @@ from .lambda_api import LambdaApi, LambdaApiError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional
+    from typing import Any, Dict, Optional, Tuple
 
     from .pipeline import Pipeline  # loaded on the init thread, after the first /event/next
 
@@ -77,7 +77,7 @@ class Extension:
         # while the pipeline still loads is handed over when it is built, before its ingest starts,
         # so the SDK's first envelopes are bound to their request in every flush mode.
         self._invoke_lock = threading.Lock()
-        self._last_invoke: Optional[Dict[str, Any]] = None
+        self._last_invoke: Optional[Tuple[Dict[str, Any], bool]] = None  # with its flush decision
         self._invoke_sink: Optional[Pipeline] = None
         self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
@@ -209,7 +209,7 @@ class Extension:
             with self._invoke_lock:
                 self._invoke_sink = pipeline
                 if self._last_invoke is not None:
-                    pipeline.invoked(self._last_invoke)
+                    pipeline.invoked(*self._last_invoke)
             pipeline.start()
             self.pipeline = pipeline
             if self._restored is not None:  # a restore came while the pipeline was still starting
@@ -323,14 +323,12 @@ class Extension:
 
     def on_invoke(self, event: Dict[str, Any]) -> None:
         """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
+        background = self.flush_control.decide() is FlushDecision.BACKGROUND
         with self._invoke_lock:
-            self._last_invoke = event
+            self._last_invoke = (event, background)
             told = self._invoke_sink
         if told is not None:
-            told.invoked(event)  # every mode: which request runs now
-        background = self.flush_control.decide() is FlushDecision.BACKGROUND
-        if told is not None:
-            told.forwarder.set_spread(background)  # few connections unless a drain will wait on them
+            told.invoked(event, background)  # every mode: which request runs now
         if background or not self.cfg.active:
             return
         now = time.monotonic()

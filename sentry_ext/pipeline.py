@@ -112,9 +112,11 @@ class Pipeline:
         lines = self.log_router.feed(records) if self.log_router is not None else None
         self.invocations.feed(records, lines)
 
-    def invoked(self, event: Dict[str, Any]) -> None:
-        """An INVOKE event (every flush mode): the request running from now on."""
+    def invoked(self, event: Dict[str, Any], background: bool = False) -> None:
+        """An INVOKE event (every flush mode): the request running from now on. ``background``:
+        no drain will wait on this invocation, so few upstream connections will do."""
         self.invocations.invoked(event.get("requestId"), event.get("tracing"))
+        self.forwarder.set_spread(background)
 
     def _report_failure(self, failure: Failure) -> None:
         self.stats.incr("failure_events")
