@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from .function_logs import LogLine
+from .ids import valid_trace_id
 from .telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
                                 Start, request_id as valid_request_id, tracing_value)
 
@@ -42,7 +42,6 @@ KEEP_REQUESTS = 64
 KEEP_LOG_LINES = 20
 LOG_LINE_CHARS = 512
 TIMEOUT_TYPES = frozenset({"Sandbox.Timedout", "Sandbox.Timeout"})
-_TRACE_ID = re.compile(r"[0-9a-f]{32}\Z")
 _TRACE_FIELDS = ("release", "environment")
 LOOKUPS_PER_REQUEST = 4  # SDK envelope bodies read for their request id, per request (CPU bound)
 KEEP_EARLY_TRACES = 8  # SDK traces of requests not seen yet
@@ -54,7 +53,7 @@ def _trace_of(header: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
     if not isinstance(trace, dict):
         return None
     trace_id = trace.get("trace_id")
-    if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):
+    if not valid_trace_id(trace_id):
         return None
     found = {"trace_id": trace_id}
     for name in _TRACE_FIELDS:

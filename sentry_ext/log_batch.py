@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
@@ -19,7 +18,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 from . import __version__
 from .envelope import Item
 from .function_logs import SEVERITY, LogLine
-from .ids import uuid4_hex
+from .ids import uuid4_hex, valid_trace_id
 
 MAX_LOGS_PER_ITEM = 100  # the protocol's limit per envelope
 DEFAULT_MAX_ITEMS = 1000  # sentry-python's MAX_BEFORE_DROP
@@ -32,7 +31,6 @@ CONTENT_TYPE = "application/vnd.sentry.items.log+json"
 ORIGIN = "auto.log.aws_lambda_extension"
 SDK_NAME = "sentry.lambda.extension"
 
-_TRACE_ID = re.compile(r"[0-9a-f]{32}\Z")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -96,11 +94,6 @@ _SEVERITY_FRAGMENTS = {
     level: '"sentry.severity_number":{"value":%d,"type":"integer"},"sentry.severity_text":{"value":"%s","type":"string"}'
     % (number, level) for level, number in SEVERITY.items()
 }
-
-
-def valid_trace_id(value: Any) -> bool:
-    """True for 32 lowercase hex characters (what Sentry accepts as ``trace_id``)."""
-    return isinstance(value, str) and _TRACE_ID.match(value) is not None
 
 
 def new_trace_id() -> str:

@@ -38,7 +38,8 @@ from .discards import Discards
 from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
-from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_item, new_trace_id, valid_trace_id
+from .ids import valid_trace_id
+from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_item, new_trace_id
 from .request import Request
 from .stats import Stats
 from .telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDone, Start

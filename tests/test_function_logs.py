@@ -22,7 +22,8 @@ from sentry_ext.envelope import Envelope
 from sentry_ext.function_logs import (LEVEL_NAMES, MAX_ATTRIBUTE_CHARS, MAX_BODY_CHARS, SEVERITY, TRUNCATED_ATTRIBUTE,
                                       LogLine, iso_to_epoch, level_of, parse)
 from sentry_ext.log_batch import (CONTENT_TYPE, DROP_REASON, LINE_OVERHEAD, MAX_LOGS_PER_ITEM, ORIGIN, LogBatch,
-                                  LogContext, log_item, valid_trace_id)
+                                  LogContext, log_item)
+from sentry_ext.ids import valid_trace_id
 from sentry_ext.discards import Discards, item_outcomes
 from tools.fake_upstream import log_item_problems, parse_envelope
 
