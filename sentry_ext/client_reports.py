@@ -21,13 +21,16 @@ REPORT_INTERVAL_S = 30.0  # at most one periodic report per this many seconds (f
 CLIENT = "sentry-lambda-extension/" + __version__
 
 
-def envelope_request(dsn: Dsn, key: str, body: bytes) -> Request:
-    """An envelope the extension made itself, authenticated for ``key`` like an SDK's."""
+def envelope_request(dsn: Dsn, key: str, body: bytes, encoding: Optional[str] = None) -> Request:
+    """An envelope the extension made itself, authenticated for ``key`` like an SDK's; ``encoding``
+    names the body's ``content-encoding`` (``gzip``) when it is compressed."""
     headers = {
         "content-type": "application/x-sentry-envelope",
         "x-sentry-auth": "Sentry sentry_key=%s, sentry_version=7, sentry_client=%s" % (key, CLIENT),
         "user-agent": CLIENT,
     }
+    if encoding:
+        headers["content-encoding"] = encoding
     return Request(upstream_path="/api/%s/envelope/" % dsn.project_id, headers=headers, body=body,
                    public_key=key)
 

@@ -13,6 +13,7 @@ import collections
 import json
 import threading
 import time
+import zlib
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
@@ -26,6 +27,14 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 # Bytes counted per pending line beyond ``LogLine.size``: its Python objects take ~350 bytes, its
 # JSON with the context attributes ~900; one figure serves the memory bound and ``log_byte``.
 LINE_OVERHEAD = 512
+# Log envelopes are sent gzip'd (Sentry takes ``Content-Encoding: gzip``): every log repeats its
+# attributes, so level 1 cuts 100 logs from ~90 KB to ~2-4 KB for ~1 µs of CPU per log. A full
+# 32 KiB window (smaller ones lose the repeats and cost more CPU) but memLevel 5: the compressor's
+# state is ~150 KB instead of zlib's default ~270 KB, for the same output. Logs go in by tens (one
+# call per log costs ~0.3 µs more per log; the whole payload at once would be held whole).
+GZIP_LEVEL = 1
+GZIP_MEM_LEVEL = 5
+LOGS_PER_COMPRESS = 10
 DROP_REASON = "queue_overflow"  # what sentry-python's log batcher reports for the same loss
 CONTENT_TYPE = "application/vnd.sentry.items.log+json"
 ORIGIN = "auto.log.aws_lambda_extension"
@@ -101,13 +110,16 @@ def new_trace_id() -> str:
     return uuid4_hex()
 
 
-def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callable[[Optional[str]], str]) -> Item:
-    """The envelope ``log`` item for at most 100 ``lines`` (ValueError beyond); ``trace_id_of(request_id)``
-    gives each line's trace id, asked once per request id (an invalid answer or an exception gives
-    a fresh id, shared within the item)."""
+_PAYLOAD_HEAD = b'{"version":2,"items":['
+_PAYLOAD_TAIL = b"]}"
+
+
+def _log_jsons(lines: Iterable[LogLine], context: LogContext,
+               trace_id_of: Callable[[Optional[str]], str]) -> List[bytes]:
+    """Each line's log as UTF-8 JSON (at most 100 lines: ValueError beyond)."""
     cache: Dict[Optional[str], str] = {}
     fallback: Optional[str] = None
-    logs: List[str] = []
+    logs: List[bytes] = []
     for line in lines:
         if len(logs) >= MAX_LOGS_PER_ITEM:
             raise ValueError("at most %d logs per envelope item" % MAX_LOGS_PER_ITEM)
@@ -122,10 +134,39 @@ def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callabl
             else:
                 trace_id = fallback = fallback or new_trace_id()
             cache[line.request_id] = trace_id
-        logs.append(context.log_json(line, trace_id))
-    payload = ('{"version":2,"items":[%s]}' % ",".join(logs)).encode("utf-8", "replace")  # "replace": lone surrogates
-    headers = {"type": "log", "item_count": len(logs), "content_type": CONTENT_TYPE, "length": len(payload)}
-    return Item(headers, payload)
+        logs.append(context.log_json(line, trace_id).encode("utf-8", "replace"))  # "replace": lone surrogates
+    return logs
+
+
+def _item_headers(count: int, length: int) -> Dict[str, Any]:
+    return {"type": "log", "item_count": count, "content_type": CONTENT_TYPE, "length": length}
+
+
+def log_item(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callable[[Optional[str]], str]) -> Item:
+    """The envelope ``log`` item for at most 100 ``lines`` (ValueError beyond); ``trace_id_of(request_id)``
+    gives each line's trace id, asked once per request id (an invalid answer or an exception gives
+    a fresh id, shared within the item)."""
+    logs = _log_jsons(lines, context, trace_id_of)
+    payload = _PAYLOAD_HEAD + b",".join(logs) + _PAYLOAD_TAIL
+    return Item(_item_headers(len(logs), len(payload)), payload)
+
+
+def log_envelope(lines: Iterable[LogLine], context: LogContext, trace_id_of: Callable[[Optional[str]], str],
+                 headers: Dict[str, Any], level: int = GZIP_LEVEL) -> bytes:
+    """The gzip'd envelope of ``headers`` and the ``log_item`` of ``lines``: the bytes of
+    ``Envelope(headers, [log_item(...)]).serialize()``, compressed ten logs at a time, so neither
+    the payload nor the envelope is ever held whole (only each log's JSON, and the output)."""
+    logs = _log_jsons(lines, context, trace_id_of)
+    length = len(_PAYLOAD_HEAD) + sum(len(log) for log in logs) + max(0, len(logs) - 1) + len(_PAYLOAD_TAIL)
+    head = "%s\n%s\n" % (_encode(headers), _encode(_item_headers(len(logs), length)))
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31, GZIP_MEM_LEVEL)  # wbits 31: one gzip member
+    out = [comp.compress(head.encode("utf-8") + _PAYLOAD_HEAD)]
+    for start in range(0, len(logs), LOGS_PER_COMPRESS):
+        chunk = b",".join(logs[start:start + LOGS_PER_COMPRESS])
+        out.append(comp.compress(b"," + chunk if start else chunk))
+    out.append(comp.compress(_PAYLOAD_TAIL + b"\n"))
+    out.append(comp.flush())
+    return b"".join(out)
 
 
 class LogBatch:

@@ -39,7 +39,7 @@ from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_bod
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
 from .ids import valid_trace_id
-from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_item, new_trace_id
+from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_envelope, new_trace_id
 from .request import Request
 from .stats import Stats
 from .telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDone, Start
@@ -188,9 +188,9 @@ class LogRouter:
         self.stats.incr("logs_dropped", items)
 
     def _request(self, lines: List[LogLine]) -> Request:
-        item = log_item(lines, self._context(lines), self._trace_id)
-        body = Envelope({"sent_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, [item]).serialize()
-        return envelope_request(self.cfg.dsn, self.cfg.dsn.public_key, body)  # type: ignore[union-attr]
+        body = log_envelope(lines, self._context(lines), self._trace_id,
+                            {"sent_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return envelope_request(self.cfg.dsn, self.cfg.dsn.public_key, body, "gzip")  # type: ignore[union-attr]
 
     def _context(self, lines: List[LogLine]) -> LogContext:
         """Resource attributes, with release and environment from the settings, else from the SDK's

@@ -106,9 +106,12 @@ class Pipeline:
         return self.ingest_limits(req, header)
 
     def on_telemetry(self, batch: Any) -> None:
-        """One decoded Telemetry API batch (from the listener). Logs first: a request's log
-        envelopes are queued before its runtimeDone reaches ``invocations`` and lets the lifecycle drain."""
+        """One decoded Telemetry API batch (from the listener), emptied once parsed. Logs first: a
+        request's log envelopes are queued before its runtimeDone reaches ``invocations`` and lets
+        the lifecycle drain."""
         records = parse_batch(batch)
+        if isinstance(batch, list):
+            batch.clear()  # memory: the decoded JSON (~0.25 MiB per 1,000 records) is not needed past here
         lines = self.log_router.feed(records) if self.log_router is not None else None
         self.invocations.feed(records, lines)
 

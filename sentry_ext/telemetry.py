@@ -29,6 +29,8 @@ MAX_DEPTH = 32
 CLIENT_TIMEOUT_S = 5.0
 EVICT_AFTER_S = 0.05
 
+# Called with each decoded batch; the list is the hook's: it may empty it once read (the pipeline
+# does, so the decoded records are freed while their logs are handled).
 BatchHook = Callable[[List[Any]], None]
 
 
@@ -81,25 +83,32 @@ class _Handler(BoundedHandler):
             if len(body) != length:
                 self.close_connection = True  # the client vanished mid-body
                 return
-            status = self._deliver(body)
+            batch = self._decode(body)
+            body = b""  # memory: the decoded batch is all that is needed from here on
+            status = 400 if batch is None else self._deliver(batch)
         finally:
             self.server.release(length)
         self._answer(status)
 
-    def _deliver(self, body: bytes) -> int:
+    def _decode(self, body: bytes) -> Optional[List[Any]]:
+        """The batch in ``body`` (a JSON array), or None (counted as refused)."""
         try:
             batch = json.loads(body) if body else []
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            self.server.stats.incr("telemetry_refused")
-            return 400
+            batch = None
         if not isinstance(batch, list):
             self.server.stats.incr("telemetry_refused")
-            return 400
-        kept = [item for item in batch if within_depth(item, MAX_DEPTH)]
-        if len(kept) != len(batch):
-            self.server.stats.incr("telemetry_records_too_deep", len(batch) - len(kept))
+            return None
+        return batch
+
+    def _deliver(self, batch: List[Any]) -> int:
+        # Filtered in place: the hook gets the only list holding the records, and may empty it.
+        received = len(batch)
+        batch[:] = [item for item in batch if within_depth(item, MAX_DEPTH)]
+        if len(batch) != received:
+            self.server.stats.incr("telemetry_records_too_deep", received - len(batch))
         try:
-            self.server.on_batch(kept)
+            self.server.on_batch(batch)
         except Exception:
             log.exception("telemetry listener error (survived)")
             return 500  # Lambda retries the batch

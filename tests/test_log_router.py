@@ -71,7 +71,7 @@ class Harness:
         return self.router.feed(parse_batch(list(items)))
 
     def items(self) -> List[Any]:
-        return [item for req in self.sent for item in Envelope.parse(req.body).items]
+        return [item for req in self.sent for item in sent_envelope(req).items]
 
     def logs(self) -> List[Dict[str, Any]]:
         out = []
@@ -79,6 +79,12 @@ class Harness:
             assert log_item_problems(item.headers, item.payload) == []
             out.extend(json.loads(item.payload)["items"])
         return out
+
+
+def sent_envelope(req: Request) -> Envelope:
+    """A log envelope the router made: gzip'd, and its header names that."""
+    assert req.headers["content-encoding"] == "gzip" and req.headers["content-type"] == "application/x-sentry-envelope"
+    return Envelope.parse(gzip.decompress(req.body))
 
 
 def attr(log: Dict[str, Any], name: str) -> Any:
@@ -197,7 +203,7 @@ def test_pipeline_routes_logs_only_when_on_and_honours_log_item_rate_limits() ->
     req = on.queue.get(1.0)  # at once: it is queued
     assert req is not None and len(on.queue) == 1
     on.queue.done(req)
-    assert [i.type for i in Envelope.parse(req.body).items] == ["log"] and req.public_key == KEY
+    assert [i.type for i in sent_envelope(req).items] == ["log"] and req.public_key == KEY
     on.limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:log_item:organization"})
     on.on_telemetry([start(B), fn("hello\n", 1), fn("again\n", 2), done(B, 3)])
     assert len(on.queue) == 0 and on.queue.put(req)  # refused by the limit, not by a closed queue

@@ -5,7 +5,7 @@
 One round: ``json.loads`` of a Telemetry POST body with ``--lines`` mixed ``function`` events
 (Python and Node text records, tracebacks, plain prints, JSON-format objects and a JSON string
 from a structured-logging library), ``parse`` and ``LogBatch.add`` of each, then ``take`` in
-chunks of 100, ``log_item`` and ``Envelope.serialize`` (uncompressed). The figure is the median
+chunks of 100 and ``log_envelope`` (the gzip'd envelope bytes, as the extension sends them). The figure is the median
 round's process CPU time divided by the lines; in-process, no HTTP (what the listener and the
 flush add per line on top of the Telemetry request they already handle). Also reported: the
 Python memory a default ``LogBatch`` holds with those lines, and the peak while serializing.
@@ -19,6 +19,12 @@ process's extra CPU time (``/proc``: the listener's HTTP and JSON, parsing, batc
 sending), summed over the invocations and divided by the lines; the added post-runtime time
 (median, on minus off); the extra peak RSS (VmHWM at the end, on minus off); and the logs that
 arrived upstream (all of them, or the figure is void).
+
+    .venv/bin/python tools/bench_logs.py --e2e --runs 5 --baseline main
+
+``--runs N`` repeats the end-to-end measurement; ``--baseline REV`` also measures that git
+revision of the extension (``git archive``) in every run, alternating which goes first, so a
+change is compared with its baseline under the same machine load (peak RSS varies run to run).
 """
 
 from __future__ import annotations
@@ -35,9 +41,8 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):  # run as a script: make ``sentry_ext`` and ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sentry_ext.envelope import Envelope  # noqa: E402
 from sentry_ext.function_logs import parse  # noqa: E402
-from sentry_ext.log_batch import LogBatch, LogContext, log_item  # noqa: E402
+from sentry_ext.log_batch import LogBatch, LogContext, log_envelope  # noqa: E402
 from tools.stats import median  # noqa: E402
 
 TARGET_US = 20.0  # issue 12: CPU per log line
@@ -91,7 +96,7 @@ def one_round(body: bytes, context: LogContext, min_level: str = "info") -> Dict
         lines = batch.take(100)
         if not lines:
             break
-        out += len(Envelope({"sent_at": "2026-11-28T06:32:56.000Z"}, [log_item(lines, context, lambda _rid: TRACE)]).serialize())
+        out += len(log_envelope(lines, context, lambda _rid: TRACE, {"sent_at": "2026-11-28T06:32:56.000Z"}))
     return {"parsed": parsed, "bytes": out}
 
 
@@ -113,7 +118,7 @@ def held_kib(body: bytes) -> Dict[str, float]:
             taken = batch.take(100)
             if not taken:
                 break
-            Envelope({}, [log_item(taken, context, lambda _rid: TRACE)]).serialize()
+            log_envelope(taken, context, lambda _rid: TRACE, {})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -196,13 +201,64 @@ def bench_function_logs(lines: int = 1000, invocations: int = 20, opt: Optional[
     }
 
 
+def compare_runs(runs: int, lines: int, invocations: int, baseline: Optional[str]) -> List[Dict[str, Any]]:
+    """``runs`` end-to-end measurements of this tree, each beside one of ``baseline`` (a git
+    revision) when given, alternating which of the two goes first."""
+    from tools.sandbox import make_opt
+
+    results: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-logs-trees-") as name:
+        opts = {"this tree": make_opt(Path(name) / "this")}
+        if baseline:
+            from tools.bench_remote import baseline_opt
+
+            opts["baseline " + baseline] = baseline_opt(Path(name) / "baseline", baseline)[0]
+        for run in range(max(1, runs)):
+            order = list(opts) if run % 2 == 0 else list(reversed(list(opts)))
+            for tree in order:
+                result = bench_function_logs(lines, invocations, opts[tree])
+                result.update(run=run + 1, tree=tree)
+                results.append(result)
+                print(_e2e_line(result), file=sys.stderr, flush=True)
+    return results
+
+
+def _e2e_line(e2e: Dict[str, Any]) -> str:
+    return "run %d, %s: CPU per log line %s µs, post-runtime +%s ms, peak RSS +%.2f MiB (on %.2f, off %.2f), " \
+           "logs arrived %d of %d, upstream bytes %s" % (
+               e2e["run"], e2e["tree"], _fmt(e2e["cpu_per_log_line_e2e_us"]), _fmt(e2e["log_post_runtime_extra_ms"]),
+               e2e["log_rss_extra_mib"], e2e["on"]["peak_rss_mib"], e2e["off"]["peak_rss_mib"],
+               e2e["on"]["logs_arrived"], e2e["lines_per_invocation"] * e2e["invocations"],
+               _forwarded_bytes(e2e["on"]["summary"]))
+
+
+def _forwarded_bytes(summary: Optional[str]) -> str:
+    """``bytes_forwarded`` from the extension's summary line (what went upstream), or "-"."""
+    for field in (summary or "").split():
+        if field.startswith("bytes_forwarded="):
+            return field.split("=", 1)[1]
+    return "-"
+
+
 def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--e2e", action="store_true", help="end to end in the emulator (off against on)")
     parser.add_argument("--invocations", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=1, help="end-to-end runs (with --e2e)")
+    parser.add_argument("--baseline", default=None, help="with --e2e: also run this git revision, alternating")
     opts = parser.parse_args(argv)
+    if opts.e2e and (opts.runs > 1 or opts.baseline):
+        results = compare_runs(opts.runs, opts.lines, opts.invocations, opts.baseline)
+        print("| run | tree | CPU per log line µs | post-runtime added ms | peak RSS added MiB | logs arrived | "
+              "bytes upstream (on) |\n|---|---|---|---|---|---|---|")
+        for e2e in results:
+            print("| %d | %s | %s | %s | %+.2f | %d | %s |" % (
+                e2e["run"], e2e["tree"], _fmt(e2e["cpu_per_log_line_e2e_us"]), _fmt(e2e["log_post_runtime_extra_ms"]),
+                e2e["log_rss_extra_mib"], e2e["on"]["logs_arrived"], _forwarded_bytes(e2e["on"]["summary"])))
+        print("%d invocations printing %d lines per run; %s" % (opts.invocations, opts.lines, sys.executable))
+        return 0
     if opts.e2e:
         e2e = bench_function_logs(opts.lines, opts.invocations)
         print(json.dumps(e2e, indent=2))
