@@ -358,6 +358,9 @@ class Invocations:
         if source is None:
             return None
         req.decided = True
+        # The lines serve only this decision's failure event: let them go (a request is kept long after).
+        lines = tuple(req.logs)
+        req.logs.clear()
         # Report first: it is the final word (and a timeout's report may show a memory kill).
         status, error_type = source.status, source.error_type
         if report is not None and done is not None and error_type is None:
@@ -368,7 +371,7 @@ class Invocations:
         if kind is None or kind not in self.kinds:
             return None
         return Failure(kind, req.request_id, status, error_type, req.cold_start, done, report, None, req.xray,
-                       req.sdk_trace, tuple(req.logs))
+                       req.sdk_trace, lines)
 
     def _decide_init(self) -> Optional[Failure]:
         if self._init_decided or self._init_status is None or "init" not in self.kinds:
