@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import socket
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from .bounded_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
 from .stats import Stats
@@ -79,27 +79,33 @@ class _Handler(BoundedHandler):
             self._refuse(503)
             return
         try:
-            body = self.rfile.read(length)
-            if len(body) != length:
+            complete, batch = self._read_batch(length)
+            if not complete:
                 self.close_connection = True  # the client vanished mid-body
                 return
-            batch = self._decode(body)
-            body = b""  # memory: the decoded batch is all that is needed from here on
             status = 400 if batch is None else self._deliver(batch)
         finally:
             self.server.release(length)
         self._answer(status)
 
-    def _decode(self, body: bytes) -> Optional[List[Any]]:
-        """The batch in ``body`` (a JSON array), or None (counted as refused)."""
+    def _read_batch(self, length: int) -> Tuple[bool, Optional[List[Any]]]:
+        """``(whole body read, the batch in it)``; the batch is None (counted as refused) if the
+        body is not a JSON array. Memory: the bytes go once decoded to text, the text once parsed."""
+        body = self.rfile.read(length)
+        if len(body) != length:
+            return False, None
+        if not body:
+            return True, []
         try:
-            batch = json.loads(body) if body else []
+            text = body.decode(json.detect_encoding(body), "surrogatepass")  # as json.loads(bytes) does
+            body = b""
+            batch = json.loads(text)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             batch = None
         if not isinstance(batch, list):
             self.server.stats.incr("telemetry_refused")
-            return None
-        return batch
+            return True, None
+        return True, batch
 
     def _deliver(self, batch: List[Any]) -> int:
         # Filtered in place: the hook gets the only list holding the records, and may empty it.
