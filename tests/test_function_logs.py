@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -22,7 +23,7 @@ from sentry_ext.envelope import Envelope
 from sentry_ext.function_logs import (LEVEL_NAMES, MAX_ATTRIBUTE_CHARS, MAX_BODY_CHARS, SEVERITY, TRUNCATED_ATTRIBUTE,
                                       LogLine, iso_to_epoch, level_of, parse)
 from sentry_ext.log_batch import (CONTENT_TYPE, DROP_REASON, LINE_OVERHEAD, MAX_LOGS_PER_ITEM, ORIGIN, LogBatch,
-                                  LogContext, log_item)
+                                  LogContext, log_envelope, log_item)
 from sentry_ext.ids import valid_trace_id
 from sentry_ext.discards import Discards, item_outcomes
 from tools.fake_upstream import log_item_problems, parse_envelope
@@ -471,6 +472,29 @@ def test_log_item_shape_is_valid_and_round_trips() -> None:
     assert json_attrs["order_id"] == (7, "integer") and json_attrs["ratio"] == (0.25, "double")
     assert json_attrs["ok"] == (False, "boolean") and json_attrs["logger.name"] == ("app", "string")
     assert json_attrs["faas.name"] == ("checkout", "string")  # a record cannot override the context
+
+
+@pytest.mark.parametrize("count", [1, 9, 10, 11, MAX_LOGS_PER_ITEM])
+def test_log_envelope_is_the_gzip_of_the_log_item_envelope(count: int) -> None:
+    """What the router sends: byte for byte the envelope of ``log_item``, as one gzip member
+    (compressed ten logs at a time, so counts around that step are checked)."""
+    lines = (mixed_lines() * 20)[:count]
+    def trace_of(rid: Optional[str]) -> str:
+        return TRACE if rid == REQ else "0" * 31 + "1"
+
+    headers = {"sent_at": "2026-11-28T06:32:56Z"}
+    body = log_envelope(lines, CONTEXT, trace_of, headers)
+    assert body[:3] == b"\x1f\x8b\x08"  # a gzip member (deflate)
+    member = zlib.decompressobj(31)
+    plain = member.decompress(body)
+    assert member.eof and member.unused_data == b""  # one whole member, nothing after it
+    assert plain == Envelope(headers, [log_item(lines, CONTEXT, trace_of)]).serialize()
+    (header, payload), = parse_envelope(plain).items
+    assert log_item_problems(header, payload) == [] and header["item_count"] == count
+    if count == MAX_LOGS_PER_ITEM:  # every log repeats its attributes: gzip takes most of it away
+        assert len(body) * 10 < len(plain)
+    with pytest.raises(ValueError):
+        log_envelope(lines + [line_of("x")] * (MAX_LOGS_PER_ITEM + 1 - count), CONTEXT, trace_of, headers)
 
 
 def test_log_item_context_without_optional_attributes() -> None:

@@ -173,6 +173,29 @@ def test_breadcrumbs_of_a_failure_are_the_requests_last_parsed_lines() -> None:
     assert isinstance(crumbs[0]["timestamp"], float)
 
 
+def test_a_decided_request_lets_its_lines_go() -> None:
+    """Memory: a request is remembered long after its end (64 of them), its lines only until the
+    failure decision they serve; a failure still gets them."""
+    h = Harness()
+    failures: List[Failure] = []
+    inv = Invocations(failures.append)
+
+    def report(rid: str, ms: int, status: str) -> Dict[str, Any]:
+        error = {"errorType": "Sandbox.Timedout"} if status == "timeout" else {}
+        return {"time": t(ms), "type": "platform.report", "record": dict(error, requestId=rid, status=status)}
+
+    for rid, status in ((A, "success"), (B, "timeout")):
+        batch = parse_batch([start(rid, 0), fn("[INFO]\t%s\t%s\tworking\n" % (t(1), rid), 1), done(rid, 2, status),
+                             report(rid, 3, status)])
+        inv.feed(batch, h.router.feed(batch))
+    (failure,) = failures
+    assert failure.request_id == B and [line[1:] for line in failure.log_lines] == [("info", "working")]
+    assert [len(inv._requests[rid].logs) for rid in (A, B)] == [0, 0]  # noqa: SLF001 (what is held)
+    late = parse_batch([fn("[INFO]\t%s\t%s\tafter its end\n" % (t(4), A), 4)])
+    inv.feed(late, h.router.feed(late))
+    assert len(inv._requests[A].logs) == 0  # noqa: SLF001
+
+
 def test_one_time_hint_when_the_sdk_sends_logs_too(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness()
     payload = json.dumps({"items": [{"timestamp": 1.0, "trace_id": SDK_TRACE, "level": "info", "body": "x"}]}).encode()
@@ -199,7 +222,9 @@ def test_pipeline_routes_logs_only_when_on_and_honours_log_item_rate_limits() ->
     off.on_telemetry([start(A), fn("hello\n", 1), done(A, 2)])
     assert off.log_router is None and len(off.queue) == 0
     on = _pipeline()
-    on.on_telemetry([start(A), fn("hello\n", 1), done(A, 2)])
+    batch = [start(A), fn("hello\n", 1), done(A, 2)]
+    on.on_telemetry(batch)
+    assert batch == []  # memory: the decoded batch is let go once parsed (the listener hands it over)
     req = on.queue.get(1.0)  # at once: it is queued
     assert req is not None and len(on.queue) == 1
     on.queue.done(req)

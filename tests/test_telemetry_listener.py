@@ -238,6 +238,11 @@ def test_oversized_malformed_and_deep_batches_are_refused(live: Live, monkeypatc
     assert status_of(post(live.port, path, json.dumps([deep, fine]).encode())) == 200
     assert live.batches[-1] == [fine]
     assert live.stats.get("telemetry_records_too_deep") == 1
+    # decoded as json.loads decodes bytes: UTF-8 (non-ASCII kept), or UTF-16/32 by their leading bytes
+    batch = [{"type": "function", "time": "t", "record": "naïve ☃ \U0001F600\n"}]
+    for encoding in ("utf-8", "utf-16", "utf-32-le"):
+        assert status_of(post(live.port, path, json.dumps(batch, ensure_ascii=False).encode(encoding))) == 200
+        assert live.batches[-1] == batch, encoding
     assert not live.invocations.wait("deep", time.monotonic(), ("start",))
 
 

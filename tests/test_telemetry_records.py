@@ -68,6 +68,14 @@ def test_every_documented_type_parses_into_its_record() -> None:
     assert records[-1].status == "failure" and records[-1].error_type == "Runtime.ExitError"
 
 
+def test_log_records_share_their_type_string() -> None:
+    """Memory: 1,000 records of a batch do not each keep the decoder's own "function" string."""
+    batch = json.loads(json.dumps([{"time": "t", "type": kind, "record": "x\n"} for kind in ("function", "extension") * 3]))
+    records = tr.parse_batch(batch)
+    assert [r.type for r in records] == ["function", "extension"] * 3
+    assert len({id(r.type) for r in records}) == 2
+
+
 def test_unknown_types_and_fields_are_ignored() -> None:
     batch = [
         {"time": "t", "type": "platform.somethingNew", "record": {"requestId": RID}},
