@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 KINDS = ("timeout", "oom", "exit", "init")
 KEEP_REQUESTS = 64
 KEEP_LOG_LINES = 20
+NO_LOG_LINES: Deque[Tuple[float, str, str]] = collections.deque(maxlen=0)  # appends to it are dropped
 LOG_LINE_CHARS = 512
 TIMEOUT_TYPES = frozenset({"Sandbox.Timedout", "Sandbox.Timeout"})
 _TRACE_FIELDS = ("release", "environment")
@@ -358,9 +359,10 @@ class Invocations:
         if source is None:
             return None
         req.decided = True
-        # The lines serve only this decision's failure event: let them go (a request is kept long after).
+        # The lines serve only this decision's failure event: let them go (a request is kept long
+        # after), deque and all: a shared one that keeps nothing takes its place.
         lines = tuple(req.logs)
-        req.logs.clear()
+        req.logs = NO_LOG_LINES
         # Report first: it is the final word (and a timeout's report may show a memory kill).
         status, error_type = source.status, source.error_type
         if report is not None and done is not None and error_type is None:

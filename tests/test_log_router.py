@@ -191,6 +191,7 @@ def test_a_decided_request_lets_its_lines_go() -> None:
     (failure,) = failures
     assert failure.request_id == B and [line[1:] for line in failure.log_lines] == [("info", "working")]
     assert [len(inv._requests[rid].logs) for rid in (A, B)] == [0, 0]  # noqa: SLF001 (what is held)
+    assert inv._requests[A].logs is inv._requests[B].logs  # noqa: SLF001 (one shared empty deque)
     late = parse_batch([fn("[INFO]\t%s\t%s\tafter its end\n" % (t(4), A), 4)])
     inv.feed(late, h.router.feed(late))
     assert len(inv._requests[A].logs) == 0  # noqa: SLF001
