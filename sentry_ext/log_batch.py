@@ -33,6 +33,7 @@ LINE_OVERHEAD = 512
 # state is ~150 KB instead of zlib's default ~270 KB, for the same output. Logs go in by tens (one
 # call per log costs ~0.3 µs more per log; the whole payload at once would be held whole).
 GZIP_LEVEL = 1
+MAX_CACHED_TAILS = 256  # per context: (level, request id) pairs whose JSON after the body is kept
 GZIP_MEM_LEVEL = 5
 LOGS_PER_COMPRESS = 10
 DROP_REASON = "queue_overflow"  # what sentry-python's log batcher reports for the same loss
@@ -63,7 +64,7 @@ def _attributes_json(attributes: Dict[str, Any]) -> str:
 class LogContext:
     """What every log of this function carries: resource attributes, release and environment."""
 
-    __slots__ = ("attributes", "_fragment", "_keys")
+    __slots__ = ("attributes", "_fragment", "_keys", "_tails")
 
     def __init__(self, function_name: Optional[str] = None, function_version: Optional[str] = None,
                  region: Optional[str] = None, release: Optional[str] = None, environment: Optional[str] = None,
@@ -81,22 +82,35 @@ class LogContext:
         self.attributes = attributes
         self._fragment = _attributes_json(attributes)
         self._keys = frozenset(attributes) | {"faas.invocation_id", "sentry.severity_number", "sentry.severity_text"}
+        self._tails: Dict[Tuple[str, Optional[str]], str] = {}  # (level, request id) -> the JSON after the body
 
     def log_json(self, line: LogLine, trace_id: str) -> str:
         """One log of the payload's ``items`` as JSON text."""
         level = line.level if line.level in SEVERITY else "info"
-        parts = [self._fragment, _SEVERITY_FRAGMENTS[level]]
-        if line.request_id:
-            parts.append('"faas.invocation_id":{"value":%s,"type":"string"}' % _encode(line.request_id))
-        if line.attributes:
-            extra = {k: v for k, v in line.attributes.items() if k not in self._keys}
-            if extra:
-                parts.append(_attributes_json(extra))
+        extra = {k: v for k, v in line.attributes.items() if k not in self._keys} if line.attributes else None
+        if extra:
+            tail = self._tail(level, line.request_id, _attributes_json(extra))
+        else:  # the usual line: its tail is the same for every line of its request and level
+            key = (level, line.request_id)
+            tail = self._tails.get(key)
+            if tail is None:
+                if len(self._tails) >= MAX_CACHED_TAILS:
+                    self._tails.clear()
+                tail = self._tails[key] = self._tail(level, line.request_id, None)
         timestamp = float(line.timestamp)
         if timestamp - timestamp != 0.0 or timestamp <= 0.0:  # nan/inf are not JSON; Sentry needs a time
             timestamp = time.time()
-        return '{"timestamp":%r,"trace_id":"%s","level":"%s","body":%s,"severity_number":%d,"attributes":{%s}}' % (
-            timestamp, trace_id, level, _encode(line.body), SEVERITY[level], ",".join(parts))
+        return '{"timestamp":%r,"trace_id":"%s","level":"%s","body":%s%s' % (
+            timestamp, trace_id, level, _encode(line.body), tail)
+
+    def _tail(self, level: str, request_id: Optional[str], extra: Optional[str]) -> str:
+        """A log's JSON after its body: severity number and attributes, and the closing brace."""
+        parts = [self._fragment, _SEVERITY_FRAGMENTS[level]]
+        if request_id:
+            parts.append('"faas.invocation_id":{"value":%s,"type":"string"}' % _encode(request_id))
+        if extra:
+            parts.append(extra)
+        return ',"severity_number":%d,"attributes":{%s}}' % (SEVERITY[level], ",".join(parts))
 
 
 _SEVERITY_FRAGMENTS = {
