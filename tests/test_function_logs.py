@@ -22,8 +22,8 @@ from awslambdaric.lambda_runtime_log_utils import JsonFormatter
 from sentry_ext.envelope import Envelope
 from sentry_ext.function_logs import (LEVEL_NAMES, MAX_ATTRIBUTE_CHARS, MAX_BODY_CHARS, SEVERITY, TRUNCATED_ATTRIBUTE,
                                       LogLine, iso_to_epoch, level_of, parse)
-from sentry_ext.log_batch import (CONTENT_TYPE, DROP_REASON, LINE_OVERHEAD, MAX_LOGS_PER_ITEM, ORIGIN, LogBatch,
-                                  LogContext, log_envelope, log_item)
+from sentry_ext.log_batch import (CONTENT_TYPE, DROP_REASON, LINE_OVERHEAD, MAX_CACHED_TAILS, MAX_LOGS_PER_ITEM,
+                                  ORIGIN, LogBatch, LogContext, log_envelope, log_item)
 from sentry_ext.ids import valid_trace_id
 from sentry_ext.discards import Discards, item_outcomes
 from tools.fake_upstream import log_item_problems, parse_envelope
@@ -495,6 +495,24 @@ def test_log_envelope_is_the_gzip_of_the_log_item_envelope(count: int) -> None:
         assert len(body) * 10 < len(plain)
     with pytest.raises(ValueError):
         log_envelope(lines + [line_of("x")] * (MAX_LOGS_PER_ITEM + 1 - count), CONTEXT, trace_of, headers)
+
+
+def test_log_json_reuses_a_requests_attributes_within_a_bound() -> None:
+    """The JSON after a body is kept per (level, request id) and reused; a line with attributes of
+    its own is never served a kept one; more request ids than the bound are still right."""
+    context = LogContext("checkout")
+    first, second = line_of("one"), line_of("two")
+    own = first._replace(attributes={"order_id": 7})
+    logs = [json.loads(context.log_json(line, TRACE)) for line in (first, own, second)]
+    assert [log["body"] for log in logs] == ["one", "one", "two"]
+    assert logs[0]["attributes"] == logs[2]["attributes"] and "order_id" not in logs[2]["attributes"]
+    assert logs[1]["attributes"]["order_id"] == {"value": 7, "type": "integer"}
+    for index in range(MAX_CACHED_TAILS + 5):
+        rid = "req-%d" % index
+        log = json.loads(context.log_json(line_of("x", request_id=rid)._replace(level="warn"), TRACE))
+        assert log["attributes"]["faas.invocation_id"]["value"] == rid and log["severity_number"] == 13
+        assert log["attributes"]["sentry.severity_text"]["value"] == "warn" and log["level"] == "warn"
+    assert len(context._tails) <= MAX_CACHED_TAILS  # noqa: SLF001 (bounded)
 
 
 def test_log_item_context_without_optional_attributes() -> None:
