@@ -33,7 +33,7 @@ LINE_OVERHEAD = 512
 # state is ~150 KB instead of zlib's default ~270 KB, for the same output. Logs go in by tens (one
 # call per log costs ~0.3 µs more per log; the whole payload at once would be held whole).
 GZIP_LEVEL = 1
-MAX_CACHED_TAILS = 256  # per context: (level, request id) pairs whose JSON after the body is kept
+MAX_CACHED_TAILS = 32  # per context: (level, request id) pairs whose JSON after the body (~0.8 KB) is kept
 GZIP_MEM_LEVEL = 5
 LOGS_PER_COMPRESS = 10
 DROP_REASON = "queue_overflow"  # what sentry-python's log batcher reports for the same loss
