@@ -5,6 +5,9 @@ The item is what sentry-python 2.x sends (``_log_batcher.py``): header ``{"type"
 ``{"version": 2, "items": [...]}``, each log ``{timestamp, trace_id, level, body, severity_number,
 attributes}`` with typed attributes ``{"value": ..., "type": "string|integer|double|boolean"}``,
 severity also as ``sentry.severity_number``/``sentry.severity_text`` attributes like the SDK.
+``log_envelope`` makes the whole envelope gzip'd (``Content-Encoding: gzip``), as queued and sent:
+each log repeats ~0.8 KB of attributes, so 100 logs take ~2-4 KB instead of ~90 KB in the queue
+and upstream.
 """
 
 from __future__ import annotations

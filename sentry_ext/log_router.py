@@ -11,7 +11,7 @@ and ``platform`` records in one stream, ordered by time). Each ``function`` reco
   the first ended) lines without a request id stay unattributed: never guessed.
 
 Lines wait in a bounded ``LogBatch`` (oldest dropped on overflow, counted as ``log_item`` /
-``log_byte`` in client reports) and go out as envelopes of at most 100 logs, built and handed to
+``log_byte`` in client reports) and go out as gzip'd envelopes of at most 100 logs, built and handed to
 ``submit`` (the queue, behind the mirrored rate limits) when a request's ``platform.runtimeDone``
 (or ``platform.report``) is reached in the stream (the lines after it in the same batch, of the
 next request, wait for that request's end), so in ``end`` mode they are queued before the drain that
