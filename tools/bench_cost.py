@@ -27,6 +27,8 @@ many envelopes were still queued when the last invocation ended ("left for SHUTD
 opens fewer connections by letting a backlog grow shows up there. ``--ours-env`` runs ours with
 extra settings, e.g. ``SENTRY_EXT_SENDERS=1 SENTRY_EXT_MAX_INFLIGHT=1`` (one connection): how many
 requests one connection delivers per thawed invocation.
+``--baseline REV`` adds ours at that git revision (``git archive``, in ``adaptive``) to both
+suites, interleaved with this tree: before and after in one run.
 
 ``--quick`` (the test suite's smoke run): 3 invocations, the baseline and ours in ``adaptive``.
 """
@@ -49,6 +51,7 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tools.bench_remote import baseline_opt  # noqa: E402
 from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
@@ -330,6 +333,8 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     parser.add_argument("--only", choices=["128mb", "cpu"], default=None, help="run only one of the two suites")
     parser.add_argument("--idle-close", type=float, default=IDLE_CLOSE_S,
                         help="the upstream closes connections idle this long, s (default %.1f; 0: never)" % IDLE_CLOSE_S)
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also run this git revision of ours in `adaptive` (e.g. main), interleaved")
     parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our extension (repeatable), e.g. SENTRY_EXT_MAX_INFLIGHT=1")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
@@ -353,6 +358,11 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         suffix = "".join(" %s=%s" % kv for kv in sorted(ours_env.items()))
         contenders += [Contender(mode, "ours, `%s`%s" % (mode, suffix), "ours", ours_opt, EXTENSION_NAME, mode, ours_env)
                        for mode in modes]
+        baseline_note = ""
+        if opts.baseline:
+            base_opt, baseline_note = baseline_opt(tmp / "baseline", opts.baseline)
+            contenders.append(Contender("baseline", "ours at `%s` (before), `adaptive`%s" % (
+                baseline_note.split()[0], suffix), "ours", base_opt, EXTENSION_NAME, "adaptive", ours_env))
         peer_skipped, peer_note = ("not requested (use --peer node)", "") if opts.peer != "node" else (None, "")
         if opts.peer == "node":
             peer_dir, peer_skipped, peer_note = peer_opt(tmp / "peer", opts.offline, say)
@@ -362,7 +372,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                 say("SKIPPING the Node extension peer: %s" % peer_skipped)
         labels = {c.key: c.label for c in contenders}
         data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds, "idle_close_s": idle,
-                                "peer_skipped": peer_skipped, "peer_note": peer_note}
+                                "peer_skipped": peer_skipped, "peer_note": peer_note, "baseline": baseline_note}
         why_not = CpuQuota.unavailable()
         if opts.only != "cpu" and why_not is not None:
             say("SKIPPING the 128 MB suite: %s" % why_not)
@@ -370,7 +380,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
             data["quota_skipped"] = why_not
         raw: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}
         cpu_raw: Dict[str, Dict[int, List[Dict[str, Any]]]] = {}
-        cpu_set = [c for c in contenders if c.key in ("adaptive", "peer")]
+        cpu_set = [c for c in contenders if c.key in ("adaptive", "baseline", "peer")]
         for round_no in range(opts.rounds):
             order = contenders if round_no % 2 == 0 else list(reversed(contenders))
             if opts.only != "cpu" and why_not is None:
