@@ -30,7 +30,7 @@ class Outcome(enum.Enum):
 
     OK = "ok"
     RETRY = "retry"                # network failure, timeout, 5xx: safe to send again
-    STALE = "stale"                # pooled connection died (e.g. closed during a freeze): resend at once
+    STALE = "stale"                # the connection died under us (closed during a freeze): resend at once
     SEND_ERROR = "send_error"      # 4xx other than 429: upstream refused this request for good
     RATE_LIMITED = "ratelimited"   # 429: upstream counted the drop itself
 
@@ -143,8 +143,14 @@ class Transport:
                                      retries=False, redirect=False, preload_content=True, timeout=timeout)
         except ReadTimeoutError as exc:
             return Result(Outcome.RETRY, error=_describe(exc), maybe_delivered=True)
-        except (ConnectTimeoutError, NewConnectionError, SSLError, ProxyError) as exc:
+        except (ConnectTimeoutError, NewConnectionError, ProxyError) as exc:
             return Result(Outcome.RETRY, error=_describe(exc))
+        except SSLError as exc:
+            # The upstream ended the TLS connection under us. A connection it closed while we were
+            # frozen fails so when it was opened just before the freeze and our request had not
+            # gone out yet: no pool check ran between the handshake and the first write. Like a
+            # pooled connection that died while frozen (ProtocolError below), not an upstream failure.
+            return Result(Outcome.STALE if closed_under_us(exc) else Outcome.RETRY, error=_describe(exc))
         except ProtocolError as exc:
             return Result(Outcome.STALE, error=_describe(exc))
         except HTTPError as exc:
@@ -170,6 +176,22 @@ class Transport:
             old.clear()
         else:
             old.close()
+
+
+def closed_under_us(exc: BaseException) -> bool:
+    """True if urllib3's ``exc`` comes from the peer ending the TLS connection (an EOF or a
+    close_notify), not from a failed verification or negotiation. During a handshake that is
+    ambiguous (a server dropping new connections looks the same); the forwarder resends a STALE
+    request at once only on its first attempt, and backs off after that."""
+    cause: Optional[BaseException] = exc
+    for _ in range(5):  # urllib3 wraps the ssl error once; the chain is short
+        if cause is None:
+            return False
+        if isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return True
+        inner = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
+        cause = inner or cause.__cause__ or cause.__context__
+    return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ TIME_LIMIT_S = 120
 
 sys.path.insert(0, str(ROOT))
 from helpers import run_quick_bench  # noqa: E402
+from tools.bench_cost import main as cost_main, summarize  # noqa: E402
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.tlsutil import openssl  # noqa: E402
 
@@ -45,8 +46,32 @@ def test_quick_cost_bench_runs_or_skips_with_the_reason(tmp_path: Path) -> None:
         for name in ("function_ms", "post_runtime_ms", "billed_ms"):
             assert figures[name]["p50"] is not None, (key, name)
         assert figures["init_ms"]["p50"] and figures["handshakes_per_invocation"] is not None
+        # every handshake (SHUTDOWN's too) per accepted request, and the backlog the last invocation left
+        assert figures["handshakes_per_request"] is not None and figures["left_for_shutdown"] is not None
     # the quota really held the sandbox: its processes were throttled
     assert all(run["throttled"].get("nr_throttled", 0) > 0 for runs in data["raw"]["cost"].values() for run in runs)
     assert "| setup | function p50 / p95 ms |" in bench["stdout"]
     assert data["command"].endswith("tools/bench.py --cost --quick --out %s" % out)
     assert not Path(data["cgroup"]).exists()  # removed afterwards
+
+
+def _run(handshakes_per_row: int, total: int, accepted: int, left: int) -> dict:
+    rows = [{"status": "success", "function_ms": 10.0, "post_runtime_ms": 0.0, "billed_ms": 10.0,
+             "init_ms": None, "handshakes": handshakes_per_row, "resumed": 0} for _ in range(4)]
+    return {"rows": rows, "failed": 0, "delivered": 12, "expected": 12, "handshakes_total": total,
+            "accepted_requests": accepted, "left_for_shutdown": left}
+
+
+def test_summary_counts_the_shutdown_drains_handshakes_and_backlog() -> None:
+    # A backlog left for SHUTDOWN makes handshakes per invocation look low (8 over 8 invocations);
+    # per accepted request, the SHUTDOWN drain's connections included (8 + 8 over 24), it does not.
+    out = summarize([_run(1, 8, 12, 6), _run(1, 8, 12, 4)])
+    assert out["handshakes_per_invocation"] == 1.0
+    assert out["handshakes_per_request"] == 16 / 24
+    assert out["left_for_shutdown"] == 5.0
+
+
+def test_ours_env_takes_extension_settings_only() -> None:
+    with pytest.raises(SystemExit) as exc:
+        cost_main(["--ours-env", "PATH=/tmp"])
+    assert exc.value.code == 2

@@ -3,15 +3,23 @@ last session resumed when a connection the upstream closed is replaced (a thaw a
 
 from __future__ import annotations
 
+import logging
+import ssl
 from pathlib import Path
+from typing import Any, List
 
 import pytest
+import urllib3
+from urllib3.exceptions import SSLError
 
 from helpers import KEY, PROJECT, envelope, wait_until
+from sentry_ext.buffer import BoundedQueue
 from sentry_ext.config import load
+from sentry_ext.forwarder import Forwarder
 from sentry_ext.request import Request
+from sentry_ext.stats import Stats
 from sentry_ext.tls import ResumingContext
-from sentry_ext.transport import Outcome, Transport
+from sentry_ext.transport import Outcome, Transport, closed_under_us
 from tools.fake_upstream import FakeUpstream
 from tools.tlsutil import openssl, self_signed, server_context
 
@@ -50,3 +58,66 @@ def test_an_unreadable_ca_bundle_leaves_urllib3_to_report_it(tmp_path: Path) -> 
         result = transport.send(_request())
         assert result.outcome == Outcome.RETRY and "No such file" in result.error
         assert upstream.requests == []
+
+
+def _freeze_after_first_handshake(monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream) -> List[int]:
+    """The first connection stops between its handshake and its request until the upstream has
+    closed it as idle: what a freeze that begins just after the handshake does. Returns a list
+    that holds one entry once that happened."""
+    frozen: List[int] = []
+    real_connect = urllib3.connection.HTTPSConnection.connect
+
+    def connect(conn: Any) -> None:
+        closes = upstream.idle_closes
+        real_connect(conn)
+        if not frozen:
+            assert wait_until(lambda: upstream.idle_closes > closes, 5.0)
+            frozen.append(1)
+
+    monkeypatch.setattr(urllib3.connection.HTTPSConnection, "connect", connect)
+    return frozen
+
+
+def test_a_connection_closed_between_handshake_and_request_is_stale(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # It fails on its first write with a TLS EOF (urllib3's SSLError), which is no upstream failure.
+    cert, key = self_signed(tmp_path)
+    with FakeUpstream(tls=server_context(cert, key), idle_close_s=0.05) as upstream:
+        transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(cert)}))
+        frozen = _freeze_after_first_handshake(monkeypatch, upstream)
+        result = transport.send(_request())
+        assert frozen and result.outcome == Outcome.STALE, result
+        assert "EOF" in result.error and upstream.requests == []
+        assert transport.send(_request()).outcome == Outcome.OK  # on a new connection
+        assert len(upstream.requests) == 1 and upstream.handshakes == 2
+
+
+def test_the_forwarder_resends_it_at_once_without_backing_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sentry_ext.forwarder")
+    cert, key = self_signed(tmp_path)
+    with FakeUpstream(tls=server_context(cert, key), idle_close_s=0.05) as upstream:
+        transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(cert)}))
+        frozen = _freeze_after_first_handshake(monkeypatch, upstream)
+        queue, stats = BoundedQueue(10, 1 << 20), Stats()
+        forwarder = Forwarder(queue, transport, stats, senders=1, max_attempts=3)
+        forwarder.start()
+        try:
+            assert queue.put(_request())
+            assert forwarder.flush(10.0)
+        finally:
+            forwarder.stop()
+        assert frozen and len(upstream.requests) == 1
+        assert stats.get("forwarded") == 1 and stats.get("retried") == 1
+        # not an upstream failure: no grace period and no warning (a freeze is routine); the retry
+        # path would have logged "upstream failed" before resending, so before the flush ended
+        assert forwarder.health.failures == 0
+        assert not [r for r in caplog.records if r.name == "sentry_ext.forwarder"], caplog.text
+
+
+def test_only_an_end_of_the_connection_counts_as_closed_under_us() -> None:
+    eof = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    assert closed_under_us(SSLError(eof))
+    assert closed_under_us(SSLError(ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed")))
+    assert not closed_under_us(SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed")))
+    assert not closed_under_us(SSLError("no underlying error"))

@@ -21,6 +21,15 @@ Two suites, every contender interleaved round by round in one run:
   (/proc) after 20 invocations less after 5, over 15: the thawed invocation's cost, not the burst's.
   ``--profile`` adds a py-spy profile (if installed) of our extension across invocations 2-20.
 
+Besides handshakes per invocation (counted from INVOKE to the end of its freeze), both suites
+report every handshake, the SHUTDOWN drain's included, per request the upstream accepted, and how
+many envelopes were still queued when the last invocation ended ("left for SHUTDOWN"): a rule that
+opens fewer connections by letting a backlog grow shows up there. ``--ours-env`` runs ours with
+extra settings, e.g. ``SENTRY_EXT_SENDERS=1 SENTRY_EXT_MAX_INFLIGHT=1`` (one connection): how many
+requests one connection delivers per thawed invocation.
+``--baseline REV`` adds ours at that git revision (``git archive``, in ``adaptive``) to both
+suites, interleaved with this tree: before and after in one run.
+
 ``--quick`` (the test suite's smoke run): 3 invocations, the baseline and ours in ``adaptive``.
 """
 
@@ -42,6 +51,7 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tools.bench_remote import baseline_opt  # noqa: E402
 from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
@@ -58,6 +68,7 @@ IDLE_CLOSE_S = 0.3
 FREEZE_S = 0.5
 CPU_RUNS = (5, 20)
 FIGURES = ("function_ms", "post_runtime_ms", "billed_ms")
+CPU_KEPT = ("left_for_shutdown", "delivered", "expected")  # from the CPU suite's 20-invocation runs
 
 #: (figure, comparison, bound, against): the issue's targets, as ratios to a contender of the same run.
 TARGETS = {
@@ -68,10 +79,12 @@ TARGETS = {
 
 
 class Contender:
-    """One setup: ``kind`` ours (with a flush ``mode``), sdk (no extension) or peer (Node)."""
+    """One setup: ``kind`` ours (with a flush ``mode`` and ``extra_env``), sdk (no extension) or peer (Node)."""
 
-    def __init__(self, key: str, label: str, kind: str, opt: Path, exe: Optional[str], mode: str = "") -> None:
+    def __init__(self, key: str, label: str, kind: str, opt: Path, exe: Optional[str], mode: str = "",
+                 extra_env: Optional[Dict[str, str]] = None) -> None:
         self.key, self.label, self.kind, self.opt, self.exe, self.mode = key, label, kind, opt, exe, mode
+        self.extra_env = extra_env or {}
 
     @property
     def handler(self) -> str:
@@ -94,7 +107,7 @@ def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, D
     if contender.kind == "peer":
         return {"env": {"SENTRY_DSN": dsn, "NODE_EXTRA_CA_CERTS": str(cert)},
                 "runtime_env": {"SENTRY_TUNNEL_URL": "http://127.0.0.1:%d/envelope" % PEER_PORT, "SENTRY_DSN": dsn}}
-    env = function_env(dsn, spool, SENTRY_EXT_FLUSH=contender.mode, SSL_CERT_FILE=str(cert))
+    env = function_env(dsn, spool, SENTRY_EXT_FLUSH=contender.mode, SSL_CERT_FILE=str(cert), **contender.extra_env)
     return {"env": env, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, env["SENTRY_EXT_PORT"])}}
 
 
@@ -131,18 +144,29 @@ def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocati
             runtime_cpu = cpu_ms(runtime_pid) if runtime_pid else None
             if spy is not None:
                 _stop_profile(spy)
+            before_shutdown = _delivered(upstream.requests)
             emu.shutdown()
+            handshakes = upstream.handshakes
             log = emu.output(contender.exe) if contender.exe else ""
             failed = [r for r in rows if r["status"] != "success"]
-        # distinct events and transactions: a request resent after a timeout on our side (it had
-        # reached the upstream: Sentry deduplicates by event id) or a client report is no delivery
-        accepted = [rec.envelope for rec in upstream.requests if rec.envelope is not None and rec.status == 200]
-        delivered = len({env.event_id for env in accepted if env.event_id})
-        extra = len(accepted) - delivered
+        requests = upstream.requests
+        accepted = sum(1 for rec in requests if rec.envelope is not None and rec.status == 200)
+        delivered = _delivered(requests)
     expected = 3 * invocations
+    # handshakes_total and left_for_shutdown: what the per-invocation rows leave out. Requests still
+    # queued after the last invocation go out in the SHUTDOWN drain, on connections of their own.
     return {"contender": contender.key, "invocations": invocations, "rows": rows, "ext_cpu_ms": ext_cpu,
-            "runtime_cpu_ms": runtime_cpu, "delivered": delivered, "expected": expected, "extra_requests": extra,
+            "runtime_cpu_ms": runtime_cpu, "delivered": delivered, "expected": expected,
+            "extra_requests": accepted - delivered, "handshakes_total": handshakes, "accepted_requests": accepted,
+            "left_for_shutdown": delivered - before_shutdown,
             "failed": len(failed), "log_tail": log[-3000:] if failed or delivered < expected else ""}
+
+
+def _delivered(requests: List[Any]) -> int:
+    """Distinct events and transactions accepted: a request resent after a timeout on our side (it
+    had reached the upstream: Sentry deduplicates by event id) or a client report is no delivery."""
+    return len({rec.envelope.event_id for rec in requests
+                if rec.envelope is not None and rec.status == 200 and rec.envelope.event_id})
 
 
 def _start_profile(pid: int, out: Path) -> Optional["subprocess.Popen[bytes]"]:
@@ -213,6 +237,12 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     out["init_ms"] = {"p50": percentile(inits, 50), "p95": percentile(inits, 95)}
     out["handshakes_per_invocation"] = sum(r["handshakes"] for r in rows) / len(rows) if rows else None
     out["resumed_per_invocation"] = sum(r["resumed"] for r in rows) / len(rows) if rows else None
+    # every handshake, the SHUTDOWN drain's included, per request the upstream accepted; and how
+    # many envelopes were still queued when the last invocation ended (mean per sandbox)
+    accepted = sum(run.get("accepted_requests", 0) for run in runs)
+    out["handshakes_per_request"] = (sum(run.get("handshakes_total", 0) for run in runs) / accepted
+                                     if accepted else None)
+    out["left_for_shutdown"] = sum(run.get("left_for_shutdown", 0) for run in runs) / len(runs) if runs else None
     return out
 
 
@@ -239,25 +269,28 @@ def build_report(data: Dict[str, Any]) -> str:
                  % (quota["quota_us"], quota["period_us"], DELAY_S * 1000, data.get("idle_close_s") or "never", FREEZE_S,
                     data["invocations"], data["rounds"]), "",
                  "| setup | function p50 / p95 ms | post-runtime p50 / p95 ms | billed p50 / p95 ms | Init p50 ms "
-                 "| TLS handshakes (resumed) per invocation | delivered |", "|---|---|---|---|---|---|---|"]
+                 "| TLS handshakes (resumed) per invocation | per request, SHUTDOWN included | left for SHUTDOWN "
+                 "| delivered |", "|---|---|---|---|---|---|---|---|---|"]
         for key, s in data["cost"].items():
-            lines.append("| %s | %s / %s | %s / %s | %s / %s | %s | %s (%s) | %d/%d |" % (
+            lines.append("| %s | %s / %s | %s / %s | %s / %s | %s | %s (%s) | %s | %s | %d/%d |" % (
                 labels[key], _fmt(s["function_ms"]["p50"]), _fmt(s["function_ms"]["p95"]),
                 _fmt(s["post_runtime_ms"]["p50"], 1), _fmt(s["post_runtime_ms"]["p95"], 1),
                 _fmt(s["billed_ms"]["p50"]), _fmt(s["billed_ms"]["p95"]), _fmt(s["init_ms"]["p50"]),
                 _fmt(s["handshakes_per_invocation"], 2), _fmt(s["resumed_per_invocation"], 2),
-                s["delivered"], s["expected"]))
+                _fmt(s["handshakes_per_request"], 2), _fmt(s["left_for_shutdown"], 1), s["delivered"], s["expected"]))
         out.append("\n".join(lines))
     elif data.get("quota_skipped"):
         out.append("128 MB suite: SKIPPING (%s)." % data["quota_skipped"])
     if data.get("cpu"):
         lines = ["CPU per invocation on whole cores (extension process, (CPU after %d − after %d invocations) / %d, "
                  "medians of %d run(s) each):" % (CPU_RUNS[1], CPU_RUNS[0], CPU_RUNS[1] - CPU_RUNS[0], data["rounds"]),
-                 "", "| extension | CPU per invocation ms | TLS handshakes (resumed) per invocation |", "|---|---|---|"]
+                 "", "| extension | CPU per invocation ms | TLS handshakes (resumed) per invocation "
+                 "| per request, SHUTDOWN included | left for SHUTDOWN | delivered |", "|---|---|---|---|---|---|"]
         for key, figure in data["cpu"].items():
-            lines.append("| %s | %s | %s (%s) |" % (labels[key], _fmt(figure["cpu_per_invocation_ms"], 2),
-                                                   _fmt(figure["handshakes_per_invocation"], 2),
-                                                   _fmt(figure["resumed_per_invocation"], 2)))
+            lines.append("| %s | %s | %s (%s) | %s | %s | %s/%s |" % (
+                labels[key], _fmt(figure["cpu_per_invocation_ms"], 2), _fmt(figure["handshakes_per_invocation"], 2),
+                _fmt(figure["resumed_per_invocation"], 2), _fmt(figure["handshakes_per_request"], 2),
+                _fmt(figure["left_for_shutdown"], 1), figure["delivered"], figure["expected"]))
         out.append("\n".join(lines))
     if data.get("profile"):
         out.append("Where ours spends it (py-spy, invocations 2-20, on-CPU samples): " + ", ".join(
@@ -300,9 +333,16 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     parser.add_argument("--only", choices=["128mb", "cpu"], default=None, help="run only one of the two suites")
     parser.add_argument("--idle-close", type=float, default=IDLE_CLOSE_S,
                         help="the upstream closes connections idle this long, s (default %.1f; 0: never)" % IDLE_CLOSE_S)
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also run this git revision of ours in `adaptive` (e.g. main), interleaved")
+    parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for our extension (repeatable), e.g. SENTRY_EXT_MAX_INFLIGHT=1")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/cost-<time>.json)")
     opts = parser.parse_args(args)
+    ours_env = dict(item.partition("=")[::2] for item in opts.ours_env)
+    if any(not name.startswith("SENTRY_EXT_") for name in ours_env):
+        parser.error("--ours-env takes SENTRY_EXT_* settings only")
     started = time.monotonic()
     info = machine()
     invocations = 3 if opts.quick else 20
@@ -315,7 +355,14 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         (empty_opt / "extensions").mkdir(parents=True)
         contenders = [Contender("sdk", "`sentry-sdk` straight to the upstream (no extension)", "sdk", empty_opt, None)]
         modes = ("adaptive",) if opts.quick else ("end", "background", "adaptive")
-        contenders += [Contender(mode, "ours, `%s`" % mode, "ours", ours_opt, EXTENSION_NAME, mode) for mode in modes]
+        suffix = "".join(" %s=%s" % kv for kv in sorted(ours_env.items()))
+        contenders += [Contender(mode, "ours, `%s`%s" % (mode, suffix), "ours", ours_opt, EXTENSION_NAME, mode, ours_env)
+                       for mode in modes]
+        baseline_note = ""
+        if opts.baseline:
+            base_opt, baseline_note = baseline_opt(tmp / "baseline", opts.baseline)
+            contenders.append(Contender("baseline", "ours at `%s` (before), `adaptive`%s" % (
+                baseline_note.split()[0], suffix), "ours", base_opt, EXTENSION_NAME, "adaptive", ours_env))
         peer_skipped, peer_note = ("not requested (use --peer node)", "") if opts.peer != "node" else (None, "")
         if opts.peer == "node":
             peer_dir, peer_skipped, peer_note = peer_opt(tmp / "peer", opts.offline, say)
@@ -325,7 +372,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                 say("SKIPPING the Node extension peer: %s" % peer_skipped)
         labels = {c.key: c.label for c in contenders}
         data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds, "idle_close_s": idle,
-                                "peer_skipped": peer_skipped, "peer_note": peer_note}
+                                "peer_skipped": peer_skipped, "peer_note": peer_note, "baseline": baseline_note}
         why_not = CpuQuota.unavailable()
         if opts.only != "cpu" and why_not is not None:
             say("SKIPPING the 128 MB suite: %s" % why_not)
@@ -333,7 +380,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
             data["quota_skipped"] = why_not
         raw: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}
         cpu_raw: Dict[str, Dict[int, List[Dict[str, Any]]]] = {}
-        cpu_set = [c for c in contenders if c.key in ("adaptive", "peer")]
+        cpu_set = [c for c in contenders if c.key in ("adaptive", "baseline", "peer")]
         for round_no in range(opts.rounds):
             order = contenders if round_no % 2 == 0 else list(reversed(contenders))
             if opts.only != "cpu" and why_not is None:
@@ -359,7 +406,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     if cpu_raw:
         data["cpu"] = {key: {"cpu_per_invocation_ms": cpu_per_invocation(by[CPU_RUNS[0]], by[CPU_RUNS[1]]),
                              **{k: v for k, v in summarize(by[CPU_RUNS[1]]).items()
-                                if k.endswith("per_invocation")}}
+                                if k.endswith(("per_invocation", "per_request")) or k in CPU_KEPT}}
                        for key, by in cpu_raw.items()}
     data["targets"] = _targets(data) if not opts.quick else {}
     if opts.profile:
