@@ -83,7 +83,11 @@ def read_headers(rfile: BinaryIO) -> Headers:
             return Headers(items)
         if line[:1] in (b" ", b"\t"):
             raise HeaderError(400, "obsolete header line folding")
-        name, sep, value = line.decode("iso-8859-1").partition(":")
+        text = line.decode("iso-8859-1")
+        if "\r" in text.rstrip("\r\n") or "\x00" in text:
+            # RFC 9110 5.5: reject, never pass on (http.client refuses a bare CR when forwarding)
+            raise HeaderError(400, "CR or NUL inside a header line")
+        name, sep, value = text.partition(":")
         name = name.strip()
         if not sep or not name or " " in name:
             raise HeaderError(400, "malformed header line")

@@ -122,6 +122,8 @@ def requests(draw) -> bytes:
 @example(b"POST /envelope HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n")
 @example(b"POST /envelope HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
 @example(b"GET /health\r\n")
+@example(b"POST /api/42/envelope/ HTTP/1.1\nX-Sentry-Auth: " + AUTH.encode() + b"\nUser-Agent: a\r\x11b\n"
+         b"Content-Length: %d\n\n" % len(envelope()) + envelope())  # a bare CR must never reach the upstream
 @example(b"POST /envelope HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n")
 @example(b"POST /envelope HTTP/1.1\r\nX: " + b"y" * 70000 + b"\r\n\r\n")
 def test_random_requests_get_an_answer_or_a_close(live, data: bytes) -> None:

@@ -44,6 +44,9 @@ def test_read_headers_multi_dict() -> None:
     (b"K: v\r\n folded\r\n\r\n", 400),
     (b"no colon here\r\n\r\n", 400),
     (b"Bad Name: v\r\n\r\n", 400),
+    (b"User-Agent: a\r\x11b\r\n\r\n", 400),  # a bare CR: http.client would refuse to forward it
+    (b"User-Agent: a\rb\n\n", 400),
+    (b"K: a\x00b\r\n\r\n", 400),
 ])
 def test_read_headers_rejects(data: bytes, status: int) -> None:
     with pytest.raises(HeaderError) as err:
