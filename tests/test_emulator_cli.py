@@ -89,6 +89,21 @@ def test_cli_json_with_a_layer_zip(user_function: Path, tmp_path: Path) -> None:
     assert "INFO registered" in summary["logs"][EXT] and "handled bob" in summary["logs"]["runtime"]
 
 
+@pytest.mark.parametrize("setting,relays", [("SENTRY_EXT_FLUSH=end", True), ("SENTRY_EXT_FLUSH=sometimes", False)])
+def test_cli_with_the_exec_wrapper_delivers_whether_the_extension_relays_or_is_inert(
+        user_function: Path, tmp_path: Path, setting: str, relays: bool) -> None:
+    """With --exec-wrapper the function keeps the real DSN, as in Lambda: the wrapper points the SDK
+    at the extension only when it relays; an inert extension leaves the SDK sending straight upstream."""
+    proc = run_script(CLI, ["--task-root", str(user_function), "--handler", "handler.main", "--invocations", "1",
+                            "--payload", '{"name": "eve"}', "--exec-wrapper",
+                            str(ROOT / "bin" / "sentry-lambda-wrapper"), "--env", setting, "--json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["upstream"] == {"requests": 1, "items": {"event": 1}}, summary["logs"]
+    assert ("inert:" in summary["logs"][EXT]) is not relays, summary["logs"][EXT]
+    assert ("SENTRY_DSN left unchanged" in summary["logs"]["runtime"]) is not relays, summary["logs"]["runtime"]
+
+
 def test_cli_names_a_runtime_interpreter_without_awslambdaric(user_function: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare-python"
     bare.write_text('#!/bin/sh\nexec "%s" -S "$@"\n' % sys.executable)  # no site-packages: no awslambdaric

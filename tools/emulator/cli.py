@@ -222,15 +222,18 @@ def _opt_dir(args: argparse.Namespace, tmp: Path) -> Iterator[Path]:
         yield make_opt(tmp)
 
 
-def _local_env(env: Dict[str, str], runtime_env: Dict[str, str], python: str, tmp: Path) -> None:
+def _local_env(env: Dict[str, str], runtime_env: Dict[str, str], python: str, tmp: Path,
+               exec_wrapper: Optional[str]) -> None:
     """Loopback defaults for what the user did not set: ports, telemetry host, spool, the extension's
-    Python, and the function's SDK pointed at the extension (the local form of ``SENTRY_DSN``)."""
+    Python, and, without an exec wrapper, the function's SDK pointed at the extension (the local form
+    of ``SENTRY_DSN``). With one the function keeps the real DSN, as in Lambda: the wrapper rewrites
+    it only if the extension relays, else the SDK sends straight to the upstream."""
     from tools.sandbox import function_env, local_dsn
 
     defaults = function_env(env.get("SENTRY_DSN", ""), tmp / "spool", python)
     for key, value in defaults.items():
         env.setdefault(key, value)
-    if "SENTRY_DSN" not in runtime_env and "@" in env["SENTRY_DSN"]:
+    if exec_wrapper is None and "SENTRY_DSN" not in runtime_env and "@" in env["SENTRY_DSN"]:
         runtime_env["SENTRY_DSN"] = local_dsn(env["SENTRY_DSN"], env["SENTRY_EXT_PORT"])
 
 
@@ -246,7 +249,7 @@ def run(args: argparse.Namespace, payload: Any, env: Dict[str, str], runtime_env
 
             upstream = stack.enter_context(FakeUpstream())
             env["SENTRY_DSN"] = upstream.dsn()
-        _local_env(env, runtime_env, python, tmp)
+        _local_env(env, runtime_env, python, tmp, args.exec_wrapper)
         opt = stack.enter_context(_opt_dir(args, tmp))
         emu = stack.enter_context(Emulator(
             opt_dir=opt, runtime_cmd=[python, "-m", "awslambdaric", args.handler], task_root=args.task_root,
