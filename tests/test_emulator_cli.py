@@ -5,6 +5,7 @@ without awslambdaric, ``--help``; ``python3 tools/demo.py``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -95,8 +96,9 @@ def test_cli_with_the_exec_wrapper_delivers_whether_the_extension_relays_or_is_i
     """With --exec-wrapper the function keeps the real DSN, as in Lambda: the wrapper points the SDK
     at the extension only when it relays; an inert extension leaves the SDK sending straight upstream."""
     proc = run_script(CLI, ["--task-root", str(user_function), "--handler", "handler.main", "--invocations", "1",
-                            "--payload", '{"name": "eve"}', "--exec-wrapper",
-                            str(ROOT / "bin" / "sentry-lambda-wrapper"), "--env", setting, "--json"], cwd=tmp_path)
+                            "--payload", '{"name": "eve"}', "--exec-wrapper",  # relative to the user's directory
+                            os.path.relpath(ROOT / "bin" / "sentry-lambda-wrapper", tmp_path), "--env", setting,
+                            "--json"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["upstream"] == {"requests": 1, "items": {"event": 1}}, summary["logs"]

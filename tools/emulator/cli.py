@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: this checkout's extension, bin/sentry-lambda-extension)")
     opt.add_argument("--layer", type=Path, default=None, metavar="ZIP",
                      help="a layer zip (python3 tools/build_layer.py), unpacked into a temporary /opt")
-    where.add_argument("--exec-wrapper", default=None, metavar="PATH",
+    where.add_argument("--exec-wrapper", default=None, metavar="PATH", type=_absolute,
                        help="AWS_LAMBDA_EXEC_WRAPPER for the runtime, e.g. "
                             "OPT/sentry-lambda-extension/bin/sentry-lambda-wrapper")
     where.add_argument("--env", action="append", metavar="KEY=VALUE",
@@ -220,6 +220,11 @@ def _opt_dir(args: argparse.Namespace, tmp: Path) -> Iterator[Path]:
         from tools.sandbox import make_opt
 
         yield make_opt(tmp)
+
+
+def _absolute(path: str) -> str:
+    """A path given on the command line, made absolute (the runtime starts in the task root)."""
+    return os.path.abspath(path)
 
 
 def _local_env(env: Dict[str, str], runtime_env: Dict[str, str], python: str, tmp: Path,
