@@ -64,8 +64,8 @@ class Pipeline:
         self.discards = Discards()
         self.reports = ReportScheduler(self.discards, self.queue, cfg.dsn, self.stats)
         self.ingest_limits = IngestLimiter(self.limits, self.discards, self.stats)
-        self.forwarder = Forwarder(self.queue, self.transport, self.stats, min(cfg.senders, cfg.max_inflight),
-                                   cfg.max_attempts, on_response=self._on_response, on_drop=self._on_drop,
+        self.forwarder = Forwarder(self.queue, self.transport, self.stats, cfg.senders, cfg.max_attempts,
+                                   on_response=self._on_response, on_drop=self._on_drop,
                                    max_inflight=cfg.max_inflight)
         self.server = IngestServer(ingest_sock, cfg, self.queue, self.stats, self._health_extra)
         self.server.before_queue = self._before_queue
