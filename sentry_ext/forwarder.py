@@ -70,7 +70,8 @@ class UpstreamHealth:
 
 class Forwarder:
     """Sender threads sharing one queue and one connection pool: ``senders`` of them at least,
-    up to ``max_inflight`` while a backlog and the round trip call for more."""
+    up to ``max_inflight`` while a backlog and the round trip call for more (never more than
+    ``max_inflight``: the controller lowers a larger ``senders`` to it)."""
 
     def __init__(self, queue: BoundedQueue, transport_: Transport, stats: Stats, senders: int,
                  max_attempts: int, on_response: Optional[ResponseHook] = None,
@@ -83,7 +84,7 @@ class Forwarder:
         self.on_drop = on_drop
         self.health = UpstreamHealth()
         self.rtt = RttEstimator()
-        self.controller = ConcurrencyController(senders, max(senders, max_inflight or senders))
+        self.controller = ConcurrencyController(senders, max_inflight or senders)
         self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
         self._lock = threading.Lock()

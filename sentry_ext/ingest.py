@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
-from .bounded_server import EVICT_AFTER_S, RESPONSE_REASONS, BoundedHandler, BoundedServer  # noqa: F401 - EVICT_AFTER_S for tests
+from .bounded_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
 from .buffer import BoundedQueue
 from .request import Request
 from .config import Config

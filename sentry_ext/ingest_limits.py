@@ -30,7 +30,7 @@ class IngestLimiter:
         self.stats = stats
         self.decode_limit = decode_limit
 
-    def __call__(self, req: Request, header: Optional[Dict[str, Any]] = None) -> Optional[Answer]:
+    def __call__(self, req: Request) -> Optional[Answer]:
         """A 429 answer if everything in ``req`` is limited; else None, with limited items cut from ``req.body``."""
         if not self.limits.any_active(req.public_key):
             return None  # the fast path: nothing decoded, nothing parsed

@@ -64,8 +64,8 @@ class Pipeline:
         self.discards = Discards()
         self.reports = ReportScheduler(self.discards, self.queue, cfg.dsn, self.stats)
         self.ingest_limits = IngestLimiter(self.limits, self.discards, self.stats)
-        self.forwarder = Forwarder(self.queue, self.transport, self.stats, min(cfg.senders, cfg.max_inflight),
-                                   cfg.max_attempts, on_response=self._on_response, on_drop=self._on_drop,
+        self.forwarder = Forwarder(self.queue, self.transport, self.stats, cfg.senders, cfg.max_attempts,
+                                   on_response=self._on_response, on_drop=self._on_drop,
                                    max_inflight=cfg.max_inflight)
         self.server = IngestServer(ingest_sock, cfg, self.queue, self.stats, self._health_extra)
         self.server.before_queue = self._before_queue
@@ -103,7 +103,7 @@ class Pipeline:
         self.invocations.note_envelope(header, functools.partial(aws_request_id, req))
         if self.log_router is not None:
             self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
-        return self.ingest_limits(req, header)
+        return self.ingest_limits(req)
 
     def on_telemetry(self, batch: Any) -> None:
         """One decoded Telemetry API batch (from the listener), emptied once parsed. Logs first: a
@@ -128,7 +128,7 @@ class Pipeline:
     def submit(self, req: Request) -> bool:
         """Queue a request the extension made, as ingest queues an SDK's: rate limits first, and a
         drop is counted for client reports. False if it was dropped."""
-        if self.ingest_limits(req, None) is not None:
+        if self.ingest_limits(req) is not None:
             return False  # rate limited: counted by the limiter
         if not self.queue.put(req):
             self.stats.drop("queue_overflow")

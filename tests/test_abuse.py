@@ -18,7 +18,7 @@ import pytest
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
 from helpers import PROJECT, auth, envelope, wait_until
-from sentry_ext.ingest import EVICT_AFTER_S
+from sentry_ext.bounded_server import EVICT_AFTER_S
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 

@@ -91,6 +91,16 @@ def test_concurrent_senders_overlap_round_trips(upstream: FakeUpstream, pipeline
     assert time.monotonic() - t0 < 0.9  # four in parallel, not 4 x 0.3 s
 
 
+def test_more_senders_than_max_inflight_run_max_inflight(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    # SENTRY_EXT_MAX_INFLIGHT caps the threads (the pool holds that many connections), whatever SENDERS says.
+    pipe = pipelines(SENTRY_EXT_SENDERS="8", SENTRY_EXT_MAX_INFLIGHT="2")
+    assert pipe.forwarder.senders == 2
+    assert (pipe.forwarder.controller.minimum, pipe.forwarder.controller.cap) == (2, 2)
+    send(pipe, 6)
+    assert pipe.flush(10)
+    assert pipe.forwarder.senders == 2 and pipe.stats.get("senders_peak") == 2
+
+
 def test_pool_options_are_pure_and_use_the_ca_bundle() -> None:
     cfg = load({"SENTRY_DSN": "https://k@example.com/1", "SSL_CERT_FILE": "/custom/ca.pem",
                 "SENTRY_EXT_CONNECT_TIMEOUT_MS": "1500", "SENTRY_EXT_SENDERS": "3",
