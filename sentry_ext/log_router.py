@@ -36,6 +36,7 @@ from .client_reports import envelope_request
 from .config import Config
 from .discards import Discards
 from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
+from .exec_model import MANAGED_INSTANCES
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
 from .ids import valid_trace_id
@@ -46,7 +47,6 @@ from .telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDo
 
 log = logging.getLogger(__name__)
 
-MANAGED_INSTANCES = "lambda-managed-instances"
 KEEP_TRACES = 64  # per-request trace ids remembered (requests of this sandbox, newest)
 MAX_IN_FLIGHT = 256  # request ids tracked as started and not yet done
 HINT_DECODE_LIMIT = 1024 * 1024  # bytes decoded to look for the SDK's own log items
