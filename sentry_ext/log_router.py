@@ -39,8 +39,8 @@ from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_bod
 from .exec_model import MANAGED_INSTANCES
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
-from .ids import valid_trace_id
-from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_envelope, new_trace_id
+from .ids import uuid4_hex, valid_trace_id
+from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_envelope
 from .request import Request
 from .stats import Stats
 from .telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDone, Start
@@ -218,7 +218,7 @@ class LogRouter:
         known = self._traces.get(request_id)
         if known is None:
             sdk = self._safe_sdk_trace(request_id).get("trace_id")
-            known = sdk if valid_trace_id(sdk) else new_trace_id()
+            known = sdk if valid_trace_id(sdk) else uuid4_hex()
             self._traces[request_id] = known
             while len(self._traces) > KEEP_TRACES:
                 self._traces.popitem(last=False)
