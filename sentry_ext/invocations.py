@@ -150,7 +150,6 @@ class Invocations:
         self._seen_any = False
         self._init_status: Optional[str] = None  # worst Init status seen
         self._init_error: Optional[str] = None
-        self._init_phase: Optional[str] = None
         self._init_report: Optional[InitReport] = None
         self._init_decided = False
         self._cond = threading.Condition()
@@ -322,7 +321,6 @@ class Invocations:
         if isinstance(record, (InitRuntimeDone, InitReport)):
             if record.status != "success":
                 self._init_status, self._init_error = record.status, record.error_type or self._init_error
-                self._init_phase = record.phase
             if isinstance(record, InitReport):
                 self._init_report = record
                 failure = self._decide_init()

@@ -122,11 +122,6 @@ _SEVERITY_FRAGMENTS = {
 }
 
 
-def new_trace_id() -> str:
-    """A fresh random trace id (from ``os.urandom``: safe after a SnapStart restore)."""
-    return uuid4_hex()
-
-
 _PAYLOAD_HEAD = b'{"version":2,"items":['
 _PAYLOAD_TAIL = b"]}"
 
@@ -149,7 +144,7 @@ def _log_jsons(lines: Iterable[LogLine], context: LogContext,
             if valid_trace_id(asked):
                 trace_id = asked
             else:
-                trace_id = fallback = fallback or new_trace_id()
+                trace_id = fallback = fallback or uuid4_hex()
             cache[line.request_id] = trace_id
         logs.append(context.log_json(line, trace_id).encode("utf-8", "replace"))  # "replace": lone surrogates
     return logs

@@ -36,17 +36,17 @@ from .client_reports import envelope_request
 from .config import Config
 from .discards import Discards
 from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
+from .exec_model import MANAGED_INSTANCES
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
-from .ids import valid_trace_id
-from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_envelope, new_trace_id
+from .ids import uuid4_hex, valid_trace_id
+from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_envelope
 from .request import Request
 from .stats import Stats
 from .telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDone, Start
 
 log = logging.getLogger(__name__)
 
-MANAGED_INSTANCES = "lambda-managed-instances"
 KEEP_TRACES = 64  # per-request trace ids remembered (requests of this sandbox, newest)
 MAX_IN_FLIGHT = 256  # request ids tracked as started and not yet done
 HINT_DECODE_LIMIT = 1024 * 1024  # bytes decoded to look for the SDK's own log items
@@ -218,7 +218,7 @@ class LogRouter:
         known = self._traces.get(request_id)
         if known is None:
             sdk = self._safe_sdk_trace(request_id).get("trace_id")
-            known = sdk if valid_trace_id(sdk) else new_trace_id()
+            known = sdk if valid_trace_id(sdk) else uuid4_hex()
             self._traces[request_id] = known
             while len(self._traces) > KEEP_TRACES:
                 self._traces.popitem(last=False)

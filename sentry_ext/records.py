@@ -13,25 +13,34 @@ class Record:
     over those fields, and a dataclass-like repr."""
 
     __slots__: Tuple[str, ...] = ()
+    _fields: Tuple[str, ...] = ()  # every field, inherited ones first: set once per class
 
-    @classmethod
-    def fields(cls) -> Tuple[str, ...]:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
         names: Tuple[str, ...] = ()
         for klass in reversed(cls.__mro__):
             names += tuple(klass.__dict__.get("__slots__", ()))
-        return names
+        cls._fields = names
+
+    @classmethod
+    def fields(cls) -> Tuple[str, ...]:
+        return cls._fields
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        names = self.fields()
+        # Telemetry records are made per record (per log line): the class's field names are
+        # computed once, and all-positional construction, the usual one, sets them straight.
+        names = self._fields
         if len(args) + len(kwargs) != len(names):
             raise TypeError("%s takes %d fields (%s)" % (type(self).__name__, len(names), ", ".join(names)))
-        values = dict(zip(names, args))
-        for name, value in kwargs.items():
-            if name not in names or name in values:
-                raise TypeError("%s: unexpected or repeated field %r" % (type(self).__name__, name))
-            values[name] = value
-        for name in names:
-            object.__setattr__(self, name, values[name])
+        if kwargs:
+            values = dict(zip(names, args))
+            for name, value in kwargs.items():
+                if name not in names or name in values:
+                    raise TypeError("%s: unexpected or repeated field %r" % (type(self).__name__, name))
+                values[name] = value
+            args = tuple(values[name] for name in names)
+        for name, value in zip(names, args):
+            object.__setattr__(self, name, value)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

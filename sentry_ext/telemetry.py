@@ -127,19 +127,22 @@ class _Handler(BoundedHandler):
 
 
 def within_depth(value: Any, limit: int) -> bool:
-    """True if ``value`` nests lists and objects at most ``limit`` deep (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    """True if ``value`` nests lists and objects at most ``limit`` deep (iterative: no recursion).
+
+    Runs on every record: it walks one level of containers at a time and keeps only containers,
+    so a scalar (most of a record) costs one ``isinstance`` and no allocation."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return False
-        stack.extend((child, depth + 1) for child in children)
+        below = []
+        for item in level:
+            for child in (item.values() if isinstance(item, dict) else item):
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
+        depth += 1
     return True
 
 

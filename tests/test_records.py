@@ -32,6 +32,9 @@ def test_fields_construction_equality_and_repr() -> None:
         Point(1)
     with pytest.raises(TypeError):
         Point(1, x=2)
+    with pytest.raises(TypeError):
+        Point(1, w=2)
+    assert Point3(z=3, y=2, x=1) == Point3(1, 2, 3) and Point3(1, z=3, y=2).fields() == ("x", "y", "z")
     with pytest.raises(AttributeError):
         p.other = 1  # type: ignore[attr-defined]  # slots: no stray attributes
 

@@ -252,6 +252,9 @@ def test_depth_check_is_iterative() -> None:
         value = [value]
     assert not within_depth(value, 32)
     assert within_depth([{"a": [1, {"b": 2}]}], 4) and not within_depth([{"a": [1, {"b": 2}]}], 3)
+    # The deepest branch counts, wherever it is; scalars are depth 0, an empty container depth 1.
+    assert not within_depth({"a": 1, "b": [[]], "c": {}}, 2) and within_depth({"a": 1, "b": [[]], "c": {}}, 3)
+    assert within_depth("text", 0) and not within_depth([], 0) and within_depth([], 1)
 
 
 def test_slow_clients_are_cut_off(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
