@@ -36,9 +36,8 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.bench_logs import bench_function_logs, bench_log_lines  # noqa: E402
-from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
-                                 fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
-                                 wait_port)
+from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, fresh_layer_zip,  # noqa: E402
+                                 loadavg, machine, opt_floor, opt_layer, peer_opt, wait_port)
 from tools.ext_api_stub import ExtApiStub  # noqa: E402
 from tools.netutil import free_port  # noqa: E402
 from tools.procfs import cpu_ms, status_kib  # noqa: E402
@@ -530,14 +529,9 @@ class Lineup:
         self.peer_skipped: Optional[str] = "not requested (use --peer node)"
         self.peer_note = ""
         if opts.peer == "node":
-            ext_dir, self.peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
-            if ext_dir is None:
-                self.peer_skipped = self.peer_note
-            elif not port_free(PEER_PORT):
-                self.peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
-            else:
-                self.peer = Contender("peer", "Sentry Node extension", opt_peer(tmp / "peer", ext_dir), PEER_NAME, "peer")
-                self.peer_skipped = None
+            peer_dir, self.peer_skipped, self.peer_note = peer_opt(tmp / "peer", opts.offline, say)
+            if peer_dir is not None:
+                self.peer = Contender("peer", "Sentry Node extension", peer_dir, PEER_NAME, "peer")
             if self.peer_skipped:
                 say("SKIPPING the Node extension peer: %s" % self.peer_skipped)
         say("layer: %s; interpreter: %s" % (self.layer_origin, python))
