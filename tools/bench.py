@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 
 from tools.bench_logs import bench_function_logs, bench_log_lines  # noqa: E402
 from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, fresh_layer_zip,  # noqa: E402
-                                 loadavg, machine, opt_floor, opt_layer, peer_opt, wait_port)
+                                 loadavg, machine, opt_floor, opt_layer, peer_opt, say, wait_port)
 from tools.ext_api_stub import ExtApiStub  # noqa: E402
 from tools.netutil import free_port  # noqa: E402
 from tools.procfs import cpu_ms, status_kib  # noqa: E402
@@ -116,10 +116,6 @@ class Contender:
         if self.kind == "peer":
             return {"SENTRY_DSN": upstream_dsn}, PEER_PORT
         return {}, None
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -------------------------------------------------------------------------------- cold start

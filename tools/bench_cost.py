@@ -52,7 +52,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.bench_remote import baseline_opt  # noqa: E402
-from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
+from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt, say  # noqa: E402
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
@@ -95,10 +95,6 @@ class Contender:
         # The sample function sends a message, an error and (AwsLambdaIntegration) a transaction;
         # the tunnel function posts as many envelopes for the Node extension.
         return {"envelopes": 3} if self.kind == "peer" else {"messages": 1}
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, Dict[str, str]]:

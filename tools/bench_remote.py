@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
+from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt, say  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import status_kib  # noqa: E402
@@ -68,10 +68,6 @@ class Contender:
 
     def __init__(self, key: str, label: str, opt: Path, exe: str, kind: str) -> None:
         self.key, self.label, self.opt, self.exe, self.kind = key, label, opt, exe, kind
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def baseline_opt(base: Path, rev: str) -> Tuple[Path, str]:

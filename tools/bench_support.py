@@ -293,6 +293,11 @@ def machine() -> Dict[str, Any]:
     }
 
 
+def say(msg: str) -> None:
+    """A progress line of a benchmark, on stderr (stdout carries the report)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def loadavg() -> Optional[float]:
     """The 1-minute load average (other work on the machine skews every figure)."""
     try:
