@@ -1,5 +1,6 @@
-"""Building blocks of ``tools/bench.py``: an Extensions API stub that timestamps calls, /proc
-readers, launched extension processes, and the /opt directories of every contender.
+"""Building blocks of ``tools/bench.py`` (and bench_remote/bench_cost): launched extension processes,
+the /opt directories of every contender (the Node peer's included), the machine's description and
+progress lines. The Extensions API stub is ``tools/ext_api_stub.py``, the /proc readers ``tools/procfs.py``.
 
 Only loopback is used, and only processes started here are ever signalled (each leads its own
 process group, and is signalled through that group while it is unreaped).
