@@ -45,6 +45,7 @@ from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import status_kib  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, make_opt  # noqa: E402
+from tools.soak import parse_summary  # noqa: E402
 from tools.stats import median  # noqa: E402
 from tools.tlsutil import self_signed, server_context  # noqa: E402
 
@@ -146,7 +147,7 @@ def run_burst(contender: Contender, tmp: Path, cert: Path, key: Path, delay_s: f
         if rec.envelope is not None and rec.status == 200 and rec.envelope.event_id in ids:
             arrivals[rec.envelope.event_id].append(rec.t)
     before = sum(1 for t in arrivals.values() if result.freeze_t is not None and min(t) <= result.freeze_t)
-    spooled = _summary_counter(log, "spooled") if contender.kind != "peer" else None
+    spooled = parse_summary(log).get("spooled", 0) if contender.kind != "peer" else None
     return {
         "contender": contender.key, "delay_ms": round(delay_s * 1000), "burst": burst,
         "status": result.status, "second_status": second.status, "accepted": accepted,
@@ -166,13 +167,6 @@ def run_burst(contender: Contender, tmp: Path, cert: Path, key: Path, delay_s: f
 
 def _summary_line(log: str) -> str:
     return log[log.rindex("summary:"):].splitlines()[0] if "summary:" in log else ""
-
-
-def _summary_counter(log: str, name: str) -> int:
-    for part in _summary_line(log).split():
-        if part.startswith(name + "="):
-            return int(part.split("=", 1)[1])
-    return 0
 
 
 def loopback_ingest(contenders: List[Contender], tmp: Path, runs: int, quick: bool) -> Dict[str, Any]:
