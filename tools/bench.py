@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,8 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 
 from tools.bench_logs import bench_function_logs, bench_log_lines  # noqa: E402
 from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, fresh_layer_zip,  # noqa: E402
-                                 loadavg, machine, opt_floor, opt_layer, peer_opt, say, wait_port)
+                                 command_line, loadavg, machine, opt_floor, opt_layer, peer_opt, save_results, say,
+                                 wait_port)
 from tools.ext_api_stub import ExtApiStub  # noqa: E402
 from tools.netutil import free_port  # noqa: E402
 from tools.procfs import cpu_ms, status_kib  # noqa: E402
@@ -687,8 +687,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     figures = our_figures(details)
     machine_info["loadavg_end"] = loadavg()
     data: Dict[str, Any] = {
-        "command": " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python,
-                             "tools/bench.py"] + args),
+        "command": command_line("tools/bench.py", args),
         "machine": machine_info,
         "quick": settings.quick,
         "settings": {"cold_runs": settings.cold_runs, "ingest_runs": settings.ingest_runs,
@@ -705,9 +704,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     report = build_report(data)
-    out = opts.out or ROOT / "bench-results" / ("bench-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"), "-quick" if opts.quick else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str))
+    out = save_results(data, opts.out, "bench", opts.quick)
     print_summary(data, report, out)
     return 0
 

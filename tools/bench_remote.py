@@ -40,7 +40,8 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt, say  # noqa: E402
+from tools.bench_support import (PEER_NAME, PEER_PORT, command_line, loadavg, machine, peer_opt,  # noqa: E402
+                                 save_results, say)
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import status_kib  # noqa: E402
@@ -284,8 +285,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
             say("loopback ingest burst: %d run(s) each of %s ..." % (opts.loopback_runs, ", ".join(c.key for c in ours_like)))
             loopback = loopback_ingest(ours_like, tmp, opts.loopback_runs, False)
     data: Dict[str, Any] = {
-        "command": " ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT))
-                             else sys.executable, script] + args),
+        "command": command_line(script, args),
         "machine": info, "quick": opts.quick, "labels": labels, "baseline": baseline_note,
         "peer_note": peer_note, "peer_skipped": peer_skipped if opts.peer == "node" else None,
         "remote": remote, "loopback": loopback,
@@ -295,9 +295,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     report = build_report(data)
-    out = opts.out or ROOT / "bench-results" / ("remote-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"), "-quick" if opts.quick else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str))
+    out = save_results(data, opts.out, "remote", opts.quick)
     m = data["machine"]
     print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s.%s%s\nCommand: `%s` (%.0f s)\n"
           % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"], loadavg(),

@@ -19,7 +19,7 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from tools.sandbox import EXTENSION_NAME, LAUNCHER, ROOT
 
@@ -292,6 +292,22 @@ def machine() -> Dict[str, Any]:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "loadavg": loadavg(),
     }
+
+
+def command_line(script: str, args: Sequence[str]) -> str:
+    """How the run was started, for its report: this interpreter (relative to the checkout when it
+    is inside it), ``script`` and ``args``."""
+    python = sys.executable
+    return " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python, script] + list(args))
+
+
+def save_results(data: Dict[str, Any], out: Optional[Path], kind: str, quick: bool) -> Path:
+    """Write ``data`` as JSON to ``out``, by default ``bench-results/<kind>-<time>[-quick].json``; the path."""
+    out = out or ROOT / "bench-results" / ("%s-%s%s.json" % (kind, time.strftime("%Y%m%d-%H%M%S"),
+                                                            "-quick" if quick else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=str))
+    return out
 
 
 def say(msg: str) -> None:
