@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.bench_logs import bench_function_logs, bench_log_lines  # noqa: E402
-from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, find_peer,  # noqa: E402
-                                 fresh_layer_zip, loadavg, machine, opt_floor, opt_layer, opt_peer, port_free,
+from tools.bench_support import (PEER_NAME, PEER_PORT, Launched, base_env, fresh_layer_zip,  # noqa: E402
+                                 command_line, loadavg, machine, opt_floor, opt_layer, peer_opt, save_results, say,
                                  wait_port)
 from tools.ext_api_stub import ExtApiStub  # noqa: E402
 from tools.netutil import free_port  # noqa: E402
@@ -117,10 +116,6 @@ class Contender:
         if self.kind == "peer":
             return {"SENTRY_DSN": upstream_dsn}, PEER_PORT
         return {}, None
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -------------------------------------------------------------------------------- cold start
@@ -530,14 +525,9 @@ class Lineup:
         self.peer_skipped: Optional[str] = "not requested (use --peer node)"
         self.peer_note = ""
         if opts.peer == "node":
-            ext_dir, self.peer_note = find_peer(ROOT / "build" / "peer", opts.offline, say)
-            if ext_dir is None:
-                self.peer_skipped = self.peer_note
-            elif not port_free(PEER_PORT):
-                self.peer_skipped = "port %d (the Node extension's fixed port) is in use" % PEER_PORT
-            else:
-                self.peer = Contender("peer", "Sentry Node extension", opt_peer(tmp / "peer", ext_dir), PEER_NAME, "peer")
-                self.peer_skipped = None
+            peer_dir, self.peer_skipped, self.peer_note = peer_opt(tmp / "peer", opts.offline, say)
+            if peer_dir is not None:
+                self.peer = Contender("peer", "Sentry Node extension", peer_dir, PEER_NAME, "peer")
             if self.peer_skipped:
                 say("SKIPPING the Node extension peer: %s" % self.peer_skipped)
         say("layer: %s; interpreter: %s" % (self.layer_origin, python))
@@ -697,8 +687,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     figures = our_figures(details)
     machine_info["loadavg_end"] = loadavg()
     data: Dict[str, Any] = {
-        "command": " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python,
-                             "tools/bench.py"] + args),
+        "command": command_line("tools/bench.py", args),
         "machine": machine_info,
         "quick": settings.quick,
         "settings": {"cold_runs": settings.cold_runs, "ingest_runs": settings.ingest_runs,
@@ -715,9 +704,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     report = build_report(data)
-    out = opts.out or ROOT / "bench-results" / ("bench-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"), "-quick" if opts.quick else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str))
+    out = save_results(data, opts.out, "bench", opts.quick)
     print_summary(data, report, out)
     return 0
 

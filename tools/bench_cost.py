@@ -36,7 +36,6 @@ suites, interleaved with this tree: before and after in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -52,12 +51,13 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.bench_remote import baseline_opt  # noqa: E402
-from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
+from tools.bench_support import (PEER_NAME, PEER_PORT, command_line, loadavg, machine, peer_opt,  # noqa: E402
+                                 save_results, say)
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import cpu_ms, status_kib  # noqa: E402
-from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
 from tools.stats import percentile  # noqa: E402
 from tools.tlsutil import self_signed, server_context  # noqa: E402
 
@@ -95,10 +95,6 @@ class Contender:
         # The sample function sends a message, an error and (AwsLambdaIntegration) a transaction;
         # the tunnel function posts as many envelopes for the Node extension.
         return {"envelopes": 3} if self.kind == "peer" else {"messages": 1}
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, Dict[str, str]]:
@@ -411,16 +407,11 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     data["targets"] = _targets(data) if not opts.quick else {}
     if opts.profile:
         data["profile"] = profile_breakdown(opts.profile)
-    data.update(machine=info, command=" ".join([os.path.relpath(sys.executable, ROOT)
-                                                if sys.executable.startswith(str(ROOT)) else sys.executable]
-                                               + [script] + args),
+    data.update(machine=info, command=command_line(script, args),
                 raw={"cost": raw, "cpu": {k: {str(n): v for n, v in by.items()} for k, by in cpu_raw.items()}},
                 elapsed_s=round(time.monotonic() - started, 1))
     report = build_report(data)
-    out = opts.out or ROOT / "bench-results" / ("cost-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"),
-                                                                  "-quick" if opts.quick else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str))
+    out = save_results(data, opts.out, "cost", opts.quick)
     m = data["machine"]
     print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s.%s\nCommand: `%s` (%.0f s)\n"
           % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"], loadavg(),

@@ -40,11 +40,13 @@ from typing import Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_support import PEER_NAME, PEER_PORT, loadavg, machine, peer_opt  # noqa: E402
+from tools.bench_support import (PEER_NAME, PEER_PORT, command_line, loadavg, machine, peer_opt,  # noqa: E402
+                                 save_results, say)
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import status_kib  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT, SAMPLE_FUNCTION, function_env, make_opt  # noqa: E402
+from tools.soak import parse_summary  # noqa: E402
 from tools.stats import median  # noqa: E402
 from tools.tlsutil import self_signed, server_context  # noqa: E402
 
@@ -68,10 +70,6 @@ class Contender:
 
     def __init__(self, key: str, label: str, opt: Path, exe: str, kind: str) -> None:
         self.key, self.label, self.opt, self.exe, self.kind = key, label, opt, exe, kind
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def baseline_opt(base: Path, rev: str) -> Tuple[Path, str]:
@@ -150,7 +148,7 @@ def run_burst(contender: Contender, tmp: Path, cert: Path, key: Path, delay_s: f
         if rec.envelope is not None and rec.status == 200 and rec.envelope.event_id in ids:
             arrivals[rec.envelope.event_id].append(rec.t)
     before = sum(1 for t in arrivals.values() if result.freeze_t is not None and min(t) <= result.freeze_t)
-    spooled = _summary_counter(log, "spooled") if contender.kind != "peer" else None
+    spooled = parse_summary(log).get("spooled", 0) if contender.kind != "peer" else None
     return {
         "contender": contender.key, "delay_ms": round(delay_s * 1000), "burst": burst,
         "status": result.status, "second_status": second.status, "accepted": accepted,
@@ -170,13 +168,6 @@ def run_burst(contender: Contender, tmp: Path, cert: Path, key: Path, delay_s: f
 
 def _summary_line(log: str) -> str:
     return log[log.rindex("summary:"):].splitlines()[0] if "summary:" in log else ""
-
-
-def _summary_counter(log: str, name: str) -> int:
-    for part in _summary_line(log).split():
-        if part.startswith(name + "="):
-            return int(part.split("=", 1)[1])
-    return 0
 
 
 def loopback_ingest(contenders: List[Contender], tmp: Path, runs: int, quick: bool) -> Dict[str, Any]:
@@ -294,8 +285,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
             say("loopback ingest burst: %d run(s) each of %s ..." % (opts.loopback_runs, ", ".join(c.key for c in ours_like)))
             loopback = loopback_ingest(ours_like, tmp, opts.loopback_runs, False)
     data: Dict[str, Any] = {
-        "command": " ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT))
-                             else sys.executable, script] + args),
+        "command": command_line(script, args),
         "machine": info, "quick": opts.quick, "labels": labels, "baseline": baseline_note,
         "peer_note": peer_note, "peer_skipped": peer_skipped if opts.peer == "node" else None,
         "remote": remote, "loopback": loopback,
@@ -305,9 +295,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     report = build_report(data)
-    out = opts.out or ROOT / "bench-results" / ("remote-%s%s.json" % (time.strftime("%Y%m%d-%H%M%S"), "-quick" if opts.quick else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str))
+    out = save_results(data, opts.out, "remote", opts.quick)
     m = data["machine"]
     print("%s\n\nMachine: %s × %s, %s MiB, Python %s, Linux %s, %s, load average %s → %s.%s%s\nCommand: `%s` (%.0f s)\n"
           % (report, m["nproc"], m["cpu"], m["mem_mib"], m["python"], m["kernel"], m["date"], m["loadavg"], loadavg(),

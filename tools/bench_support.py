@@ -1,5 +1,6 @@
-"""Building blocks of ``tools/bench.py``: an Extensions API stub that timestamps calls, /proc
-readers, launched extension processes, and the /opt directories of every contender.
+"""Building blocks of ``tools/bench.py`` (and bench_remote/bench_cost): launched extension processes,
+the /opt directories of every contender (the Node peer's included), the machine's description and
+progress lines. The Extensions API stub is ``tools/ext_api_stub.py``, the /proc readers ``tools/procfs.py``.
 
 Only loopback is used, and only processes started here are ever signalled (each leads its own
 process group, and is signalled through that group while it is unreaped).
@@ -18,7 +19,7 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from tools.sandbox import EXTENSION_NAME, LAUNCHER, ROOT
 
@@ -291,6 +292,27 @@ def machine() -> Dict[str, Any]:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "loadavg": loadavg(),
     }
+
+
+def command_line(script: str, args: Sequence[str]) -> str:
+    """How the run was started, for its report: this interpreter (relative to the checkout when it
+    is inside it), ``script`` and ``args``."""
+    python = sys.executable
+    return " ".join([os.path.relpath(python, ROOT) if python.startswith(str(ROOT)) else python, script] + list(args))
+
+
+def save_results(data: Dict[str, Any], out: Optional[Path], kind: str, quick: bool) -> Path:
+    """Write ``data`` as JSON to ``out``, by default ``bench-results/<kind>-<time>[-quick].json``; the path."""
+    out = out or ROOT / "bench-results" / ("%s-%s%s.json" % (kind, time.strftime("%Y%m%d-%H%M%S"),
+                                                            "-quick" if quick else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=str))
+    return out
+
+
+def say(msg: str) -> None:
+    """A progress line of a benchmark, on stderr (stdout carries the report)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def loadavg() -> Optional[float]:

@@ -116,10 +116,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if ok else 1
 
 
-def _ms(value: Optional[float]) -> str:
-    return "-" if value is None else "%.1f" % value
-
-
 def _extension_events(upstream: FakeUpstream, request_id: str) -> List[Dict[str, Any]]:
     """Events the extension made about ``request_id`` (its SDK name and the request id tag)."""
     events = []

@@ -17,7 +17,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from tools.emulator.server import ApiServer
 from tools.emulator.state import (ACCOUNT_ID, FUNCTION_VERSION, LONG_POLL_MAX_S, MAX_WAIT_ROUNDS, REGION,
-                                  EmulatorError, Invocation, InvokeResult, Sandbox, ShutdownResult)
+                                  EmulatorError, Invocation, InvokeResult, Sandbox, ShutdownResult, epoch_ms)
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,19 @@ class EmulatorBase:
                 return predicate()
             self._cond.wait(min(remaining, 0.5))
         return predicate()
+
+    def _new_invocation(self, body: bytes) -> Invocation:
+        """A new invocation of ``body``: its request id, trace id and deadline (``timeout_s`` from now)."""
+        now = time.monotonic()
+        return Invocation(
+            request_id=str(uuid.uuid4()),
+            payload=body,
+            deadline_ms=epoch_ms() + int(self.timeout_s * 1000),
+            deadline_mono=now + self.timeout_s,
+            trace_id="Root=1-%08x-%s;Parent=%s;Sampled=0" % (int(time.time()), uuid.uuid4().hex[:24], uuid.uuid4().hex[:16]),
+            arn=self.function_arn,
+            t_deliver=now,
+        )
 
     def _record_call(self, who: str, what: str) -> None:
         self._calls.append((time.monotonic(), who, what))

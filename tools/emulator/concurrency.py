@@ -11,14 +11,12 @@ reported (``status: timeout``) without resetting the sandbox: its worker keeps r
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tools.emulator.base import EmulatorBase
-from tools.emulator.state import FUNCTION_VERSION, EmulatorError, Invocation, InvokeResult, Sandbox, epoch_ms
+from tools.emulator.state import FUNCTION_VERSION, EmulatorError, Invocation, InvokeResult, Sandbox, payload_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +63,7 @@ class Concurrency(EmulatorBase):
 
     def _start_one(self, sb: Sandbox, payload: Union[Dict[str, Any], bytes, None]) -> Invocation:
         """Queue one invocation for whichever worker asks next (lock held); emits platform.start."""
-        body = bytes(payload) if isinstance(payload, (bytes, bytearray)) else json.dumps(
-            payload if payload is not None else {}).encode()
-        now = time.monotonic()
-        inv = Invocation(
-            request_id=str(uuid.uuid4()),
-            payload=body,
-            deadline_ms=epoch_ms() + int(self.timeout_s * 1000),
-            deadline_mono=now + self.timeout_s,
-            trace_id="Root=1-%08x-%s;Parent=%s;Sampled=0" % (int(time.time()), uuid.uuid4().hex[:24], uuid.uuid4().hex[:16]),
-            arn=self.function_arn,
-            t_deliver=now,
-        )
+        inv = self._new_invocation(payload_bytes(payload))
         self._inflight[inv.request_id] = inv
         sb.phase = "invoke"
         self._emit(sb, "platform.start", {"requestId": inv.request_id, "version": FUNCTION_VERSION})

@@ -269,6 +269,9 @@ class FunctionLogs(EmulatorBase):
 
     def _emit_function(self, sb: Sandbox, stamp: float, raw: Any) -> None:
         """One ``function`` record to the subscribers of function events (lock held)."""
+        subs = [sub for sub in sb.subscribers if not sub.stopped and "function" in sub.types]
+        if not subs:
+            return
         record: Any
         if isinstance(raw, tuple):  # a frame
             ftype, message = raw
@@ -283,13 +286,10 @@ class FunctionLogs(EmulatorBase):
             record = raw.decode("utf-8", "replace")
         if isinstance(record, str):
             record = record[:MAX_RECORD_CHARS]
-        data = None
-        for sub in sb.subscribers:
-            if not sub.stopped and "function" in sub.types:
-                if data is None:
-                    data = json.dumps({"time": iso_time(stamp), "type": "function", "record": record},
-                                      separators=(",", ":")).encode()
-                sub.enqueue(data)
+        data = json.dumps({"time": iso_time(stamp), "type": "function", "record": record},
+                          separators=(",", ":")).encode()
+        for sub in subs:
+            sub.enqueue(data)
 
     def _sync_function_logs(self, sb: Sandbox) -> None:
         """Wait (lock held but released while waiting, bounded) until what the runtime's log pipes

@@ -11,12 +11,12 @@ import math
 import signal
 import sys
 import time
-import uuid
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from tools import procfs
 from tools.emulator.processes import KILL_WAIT_S, ProcessControl
-from tools.emulator.state import FUNCTION_VERSION, EmulatorError, Ext, Invocation, InvokeResult, Sandbox, ShutdownResult, epoch_ms
+from tools.emulator.state import (FUNCTION_VERSION, EmulatorError, Ext, Invocation, InvokeResult, Sandbox, ShutdownResult,
+                                  epoch_ms, payload_bytes)
 from tools.emulator.telemetry import TelemetryApi
 
 logger = logging.getLogger(__name__)
@@ -171,10 +171,7 @@ class Lifecycle(ProcessControl, TelemetryApi):
         with self._lock:
             sb = self._sandbox
         assert sb is not None
-        if isinstance(payload, (bytes, bytearray)):
-            body = bytes(payload)
-        else:
-            body = json.dumps(payload if payload is not None else {}).encode()
+        body = payload_bytes(payload)
         self._thaw()
         with self._cond:
             inv, invoke_exts = self._deliver_invoke(sb, body)
@@ -195,33 +192,21 @@ class Lifecycle(ProcessControl, TelemetryApi):
     def _deliver_invoke(self, sb: Sandbox, body: bytes) -> Tuple[Invocation, List[Ext]]:
         """Start an invocation (lock held): queue it for the runtime and INVOKE for the extensions
         registered for it; the extensions it went to."""
-        request_id = str(uuid.uuid4())
-        start_mono = time.monotonic()
-        deadline_ms = epoch_ms() + int(self.timeout_s * 1000)
-        trace_id = "Root=1-%08x-%s;Parent=%s;Sampled=0" % (int(time.time()), uuid.uuid4().hex[:24], uuid.uuid4().hex[:16])
         invoke_exts: List[Ext] = []
         sb.phase = "invoke"
-        inv = Invocation(
-            request_id=request_id,
-            payload=body,
-            deadline_ms=deadline_ms,
-            deadline_mono=start_mono + self.timeout_s,
-            trace_id=trace_id,
-            arn=self.function_arn,
-            t_deliver=time.monotonic(),
-        )
+        inv = self._new_invocation(body)
         sb.invocation = inv
-        self._emit(sb, "platform.start", {"requestId": request_id, "version": FUNCTION_VERSION,
-                                          "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_id}})
+        self._emit(sb, "platform.start", {"requestId": inv.request_id, "version": FUNCTION_VERSION,
+                                          "tracing": {"type": "X-Amzn-Trace-Id", "value": inv.trace_id}})
         sb.rt.done = False
         sb.rt.queue.append(inv)
         event = json.dumps(
             {
                 "eventType": "INVOKE",
-                "deadlineMs": deadline_ms,
-                "requestId": request_id,
+                "deadlineMs": inv.deadline_ms,
+                "requestId": inv.request_id,
                 "invokedFunctionArn": self.function_arn,
-                "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_id},
+                "tracing": {"type": "X-Amzn-Trace-Id", "value": inv.trace_id},
             }
         ).encode()
         for ext in sb.extensions.values():

@@ -153,9 +153,10 @@ class ProcessControl(FunctionLogs):
             self._keep_output(proc, line)
 
     def _keep_output(self, proc: Proc, line: bytes) -> None:
-        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-        # the extension prefixes its own lines with "[name]" already: do not prefix them twice
-        logger.debug("%s", text if text.startswith("[%s]" % proc.name) else "[%s] %s" % (proc.name, text))
+        if logger.isEnabledFor(logging.DEBUG):  # every output line comes here: decode it only to log it
+            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            # the extension prefixes its own lines with "[name]" already: do not prefix them twice
+            logger.debug("%s", text if text.startswith("[%s]" % proc.name) else "[%s] %s" % (proc.name, text))
         with self._out_lock:
             buf = self._outputs.setdefault(proc.name, bytearray())
             buf += line

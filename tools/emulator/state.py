@@ -8,8 +8,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import json
 import time
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple, Union
 
 if TYPE_CHECKING:
     from tools.emulator.processes import Proc
@@ -86,6 +87,13 @@ def iso_now() -> str:
 
 def epoch_ms() -> int:
     return int(time.time() * 1000)
+
+
+def payload_bytes(payload: Union[Dict[str, Any], bytes, None]) -> bytes:
+    """The body of an invocation: ``payload`` as is if bytes, else as JSON (None is ``{}``)."""
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    return json.dumps(payload if payload is not None else {}).encode()
 
 
 
