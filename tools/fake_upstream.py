@@ -430,6 +430,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.settimeout(idle if idle is not None and idle > 0 else None)
             self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
         except socket.timeout:
+            try:  # closed before it is counted: whoever waits on the count finds the connection closed
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             upstream._note_idle_close()
             return
         except OSError:
