@@ -162,11 +162,10 @@ def test_a_5xx_storm_drops_are_counted_and_reported_once_upstream_is_back(upstre
     ids = ["%032x" % i for i in range(4)]
     send(pipe, ids)
     assert wait_until(lambda: pipe.stats.dropped("send_error") == 4, 5), pipe.stats.snapshot()
-    if hasattr(pipe, "discards"):
-        # a sender records a drop for the client report just after it counts it: the flush below
-        # only sends what is recorded by then
-        assert wait_until(lambda: pipe.discards.snapshot(KEY).get(("send_error", "error")) == 4, 5), \
-            pipe.discards.snapshot(KEY)
+    # a sender records a drop for the client report just after it counts it: the flush below
+    # only sends what is recorded by then
+    assert wait_until(lambda: pipe.discards.snapshot(KEY).get(("send_error", "error")) == 4, 5), \
+        pipe.discards.snapshot(KEY)
     assert all(t.is_alive() for t in pipe.forwarder._threads)
     upstream.default = Reply()
     pipe.forwarder.health.success()  # skip the remaining grace period
@@ -174,11 +173,11 @@ def test_a_5xx_storm_drops_are_counted_and_reported_once_upstream_is_back(upstre
     send(pipe, ["f" * 32])
     assert assert_bounded_flush(pipe, 3.0)
     assert "f" * 32 in delivered(upstream)
-    if hasattr(pipe, "discards"):  # client reports (sentry_ext/discards.py)
-        assert upstream.wait_for(lambda _: any(e.get("reason") == "send_error" for e in reports(upstream)), 5), \
-            [r.item_types for r in upstream.requests]
-        lost = sum(e["quantity"] for e in reports(upstream) if e["reason"] == "send_error" and e["category"] == "error")
-        assert lost == 4
+    # the drops reach Sentry as a client report (sentry_ext/discards.py)
+    assert upstream.wait_for(lambda _: any(e.get("reason") == "send_error" for e in reports(upstream)), 5), \
+        [r.item_types for r in upstream.requests]
+    lost = sum(e["quantity"] for e in reports(upstream) if e["reason"] == "send_error" and e["category"] == "error")
+    assert lost == 4
 
 
 # -- faulty replies under the emulator: invocations end on time --------------------------
