@@ -32,3 +32,17 @@ def event_ids(result: InvokeResult) -> List[str]:
 
 def ext_log(emu: Emulator) -> str:
     return emu.output(EXTENSION_NAME)
+
+
+EXTENSION_SDK = "sentry.lambda.extension"  # the ``sdk.name`` of the events the extension makes itself
+
+
+def extension_events(upstream: FakeUpstream) -> List[Dict[str, Any]]:
+    """The events the extension made itself (failure events), as the upstream received them."""
+    return [json.loads(p) for _, _, p in upstream.items("event")
+            if json.loads(p).get("sdk", {}).get("name") == EXTENSION_SDK]
+
+
+def telemetry_types(emu: Emulator) -> List[str]:
+    """The types of the Telemetry API records the emulator sent, in order."""
+    return [json.loads(item)["type"] for item in emu._sandbox.telemetry_log]

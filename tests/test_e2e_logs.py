@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from e2e import ext_log, make_emulator
+from e2e import EXTENSION_SDK, ext_log, extension_events, make_emulator
 from tools.fake_upstream import FakeUpstream
 
 
@@ -25,7 +25,7 @@ def sdk_trace_ids(upstream: FakeUpstream, request_id: str) -> List[str]:
     for kind in ("event", "transaction"):
         for _, _, payload in upstream.items(kind):
             event = json.loads(payload)
-            if event.get("sdk", {}).get("name") != "sentry.lambda.extension" and request_id in json.dumps(event):
+            if event.get("sdk", {}).get("name") != EXTENSION_SDK and request_id in json.dumps(event):
                 ids.add(event["contexts"]["trace"]["trace_id"])
     return sorted(ids)
 
@@ -80,8 +80,7 @@ def test_a_timeout_event_carries_the_last_lines_as_breadcrumbs(tmp_path: Path, u
         result = emu.invoke({"say": "gamma", "capture": False, "sleep_s": 5})
         log = ext_log(emu)
     assert result.status == "timeout", log
-    (event,) = [json.loads(p) for _, _, p in upstream.items("event")
-                if json.loads(p).get("sdk", {}).get("name") == "sentry.lambda.extension"]
+    (event,) = extension_events(upstream)
     crumbs = [(c["level"], c["message"].splitlines()[0]) for c in event["breadcrumbs"]["values"]]
     assert sorted(crumbs) == [("error", "error gamma"), ("info", "print gamma"), ("warning", "warning gamma")], log
     # the lines went out as logs too, at SHUTDOWN or with the timeout's runtimeDone

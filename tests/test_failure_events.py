@@ -10,16 +10,11 @@ from typing import Any, Dict, List
 
 import pytest
 
-from e2e import EXTENSION_NAME, ext_log, make_emulator
+from e2e import EXTENSION_NAME, EXTENSION_SDK, ext_log, extension_events, make_emulator
 from tools.emulator import Emulator, InitFailed, InvokeResult, ShutdownResult
 from tools.fake_upstream import FakeUpstream
 
 BROKEN_FUNCTION = Path(__file__).resolve().parent / "fixtures" / "broken_function"
-
-
-def extension_events(upstream: FakeUpstream) -> List[Dict[str, Any]]:
-    return [json.loads(p) for _, _, p in upstream.items("event")
-            if json.loads(p).get("sdk", {}).get("name") == "sentry.lambda.extension"]
 
 
 def one_event(upstream: FakeUpstream, log: str) -> Dict[str, Any]:
@@ -33,7 +28,7 @@ def sdk_trace_ids(upstream: FakeUpstream, request_id: str) -> List[str]:
     ids = []
     for _, _, payload in upstream.items("event"):
         event = json.loads(payload)
-        if event.get("sdk", {}).get("name") != "sentry.lambda.extension" and request_id in json.dumps(event):
+        if event.get("sdk", {}).get("name") != EXTENSION_SDK and request_id in json.dumps(event):
             ids.append(event["contexts"]["trace"]["trace_id"])
     return ids
 

@@ -11,16 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
+from e2e import EXTENSION_NAME, event_ids, ext_log, extension_events, make_emulator, telemetry_types
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 
 MANAGED = "lambda-managed-instances"
 SLEEP_S = 1.0
-
-
-def telemetry_types(emu: Emulator) -> List[str]:
-    return [json.loads(item)["type"] for item in emu._sandbox.telemetry_log]
 
 
 def test_overlapping_invocations_deliver_every_event(tmp_path: Path, upstream: FakeUpstream) -> None:
@@ -128,11 +124,9 @@ def test_overlapping_timeouts_each_get_their_own_failure_event(tmp_path: Path, u
 
         def made() -> Dict[str, List[str]]:
             by_request: Dict[str, List[str]] = {}
-            for _, _, payload in upstream.items("event"):
-                event = json.loads(payload)
-                if event.get("sdk", {}).get("name") == "sentry.lambda.extension":
-                    by_request.setdefault(event["tags"]["aws_lambda.request_id"], []).append(
-                        event["exception"]["values"][0]["type"])
+            for event in extension_events(upstream):
+                by_request.setdefault(event["tags"]["aws_lambda.request_id"], []).append(
+                    event["exception"]["values"][0]["type"])
             return by_request
 
         assert upstream.wait_for(lambda _: set(made()) >= timed_out, 10), (made(), ext_log(emu))

@@ -7,11 +7,11 @@ import json
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 
-from e2e import event_ids, ext_log, make_emulator
+from e2e import event_ids, ext_log, make_emulator, telemetry_types
 from helpers import wait_until
 from sentry_ext.exec_model import RestoreWatch
 from tools.fake_upstream import FakeUpstream
@@ -20,10 +20,6 @@ from tools.fake_upstream import FakeUpstream
 def health(port: str) -> Dict[str, Any]:
     with urllib.request.urlopen("http://127.0.0.1:%s/health" % port, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def telemetry_types(emu: Any) -> List[str]:
-    return [json.loads(item)["type"] for item in emu._sandbox.telemetry_log]
 
 
 @pytest.mark.parametrize("network", ["forgotten", "idle_closed"])
