@@ -88,6 +88,18 @@ def post(port: int, path: str, body: bytes, headers: Optional[Dict[str, str]] = 
             conn.close()
 
 
+def health(port: int) -> Dict[str, Any]:
+    """GET /health on ``port``: asserts it answers 200 and returns the parsed JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send raw bytes, return everything the server answers until it closes or goes quiet."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

@@ -3,23 +3,9 @@ over half full, ok otherwise."""
 
 from __future__ import annotations
 
-import http.client
-import json
-
-from helpers import PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
+from helpers import PROJECT, StartPipeline, auth, envelope, health, port_of, post, wait_until
 from sentry_ext.health import assess
 from tools.fake_upstream import FakeUpstream, Reply
-
-
-def health(port: int) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/health")
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return json.loads(resp.read())
-    finally:
-        conn.close()
 
 
 def test_assess() -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import time
 from typing import Callable
 
 import pytest
 
-from helpers import KEY, PROJECT, StartPipeline, port_of
+from helpers import KEY, PROJECT, StartPipeline, health, port_of
 from sentry_ext import main
 from sentry_ext.config import load
 from sentry_ext.lambda_api import LambdaApiError
@@ -39,11 +37,7 @@ def test_broken_telemetry_falls_back_instead_of_waiting_for_the_deadline(extensi
     ext.on_invoke(invoke_event("r1", 30))
     assert time.monotonic() - t0 < 2
     assert ext.flush_control.mode == "background"
-    conn = http.client.HTTPConnection("127.0.0.1", port_of(ext.pipeline), timeout=5)
-    conn.request("GET", "/health")
-    health = json.loads(conn.getresponse().read())
-    conn.close()
-    assert health["flush_mode"] == "background"  # one mode, not a copy per thread
+    assert health(port_of(ext.pipeline))["flush_mode"] == "background"  # one mode, not a copy per thread
 
 
 def test_end_mode_waits_for_runtime_done_then_flushes(extension: Callable[..., main.Extension]) -> None:

@@ -3,23 +3,16 @@ events, although the upstream connections the extension pooled during Init lead 
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
 from e2e import event_ids, ext_log, make_emulator, telemetry_types
-from helpers import wait_until
+from helpers import health, wait_until
 from sentry_ext.exec_model import RestoreWatch
 from tools.fake_upstream import FakeUpstream
-
-
-def health(port: str) -> Dict[str, Any]:
-    with urllib.request.urlopen("http://127.0.0.1:%s/health" % port, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 @pytest.mark.parametrize("network", ["forgotten", "idle_closed"])
@@ -29,7 +22,7 @@ def test_a_restored_snapshot_delivers_its_first_invocations_events(tmp_path: Pat
     up = FakeUpstream(idle_close_s=0.5 if network == "idle_closed" else None).start()
     try:
         emu = make_emulator(tmp_path, up, init_type="snap-start", runtime_env={"SAMPLE_INIT_MESSAGE": "1"})
-        port = emu.env["SENTRY_EXT_PORT"]
+        port = int(emu.env["SENTRY_EXT_PORT"])
 
         def delivered_before_snapshot() -> None:
             # The message captured at import went upstream over a pooled connection before the snapshot.
