@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from helpers import KEY, PROJECT, auth, port_of, post, wait_until
 from sentry_ext.config import load
 from sentry_ext.envelope import Envelope
 from sentry_ext.failure_events import build_event, build_request
@@ -237,8 +238,6 @@ def timeout_batch(rid: str) -> List[Dict[str, Any]]:
 
 
 def test_failure_events_obey_mirrored_rate_limits_and_count_when_dropped(pipelines: Any, upstream: Any) -> None:
-    from helpers import KEY
-
     pipe = pipelines()
     pipe.on_telemetry(timeout_batch("delivered"))
     assert pipe.flush(5)
@@ -252,8 +251,6 @@ def test_failure_events_obey_mirrored_rate_limits_and_count_when_dropped(pipelin
 
 
 def test_a_full_queue_drops_the_failure_event_and_counts_it(pipelines: Any) -> None:
-    from helpers import KEY
-
     pipe = pipelines(start=False, SENTRY_EXT_QUEUE_MAX_ITEMS="1")
     pipe.queue.put(build_request(Failure("exit", "x", "error", "Runtime.ExitError", False), pipe.cfg))
     pipe.on_telemetry(timeout_batch("overflow"))
@@ -276,8 +273,6 @@ def test_an_sdk_envelope_before_its_invoke_belongs_to_the_request_it_names(pipel
     """background mode: Lambda hands INVOKE to the runtime and the extension at once, and the SDK's
     envelopes of the second request can reach the ingest before the lifecycle loop read its INVOKE
     (while the first request, whose runtimeDone is not in yet, still looks current)."""
-    from helpers import PROJECT, auth, port_of, post, wait_until
-
     pipe = pipelines(SENTRY_EXT_LOGS="on")
     headers = dict(auth(), **{"Content-Encoding": "gzip"})
     path = "/api/%s/envelope/" % PROJECT

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from e2e import event_ids, ext_log, make_emulator, telemetry_types
-from helpers import health, wait_until
+from helpers import KEY, PROJECT, FakeClock, auth, envelope, health, port_of, post, stop, wait_until
 from sentry_ext.exec_model import RestoreWatch
 from tools.fake_upstream import FakeUpstream
 
@@ -58,27 +58,25 @@ def test_a_restored_snapshot_delivers_its_first_invocations_events(tmp_path: Pat
 
 
 def test_restore_watch_sees_the_first_event_of_a_snap_start_sandbox_and_clock_jumps() -> None:
-    wall, mono = [1000.0], [50.0]
-    watch = RestoreWatch("snap-start", jump_s=2.0, wall=lambda: wall[0], mono=lambda: mono[0])
+    wall, mono = FakeClock(1000.0), FakeClock(50.0)
+    watch = RestoreWatch("snap-start", jump_s=2.0, wall=wall, mono=mono)
     watch.before_wait()
     assert watch.after_wait() == "first event after the SnapStart snapshot"
     watch.before_wait()
-    wall[0] += 30
-    mono[0] += 30  # a freeze moves both clocks alike
+    wall.now += 30
+    mono.now += 30  # a freeze moves both clocks alike
     assert watch.after_wait() is None
     watch.before_wait()
-    wall[0] += 3600
-    mono[0] += 0.5  # a snapshot suspends the monotonic clock
+    wall.now += 3600
+    mono.now += 0.5  # a snapshot suspends the monotonic clock
     assert "3599.5 s" in (watch.after_wait() or "")
-    on_demand = RestoreWatch("on-demand", wall=lambda: wall[0], mono=lambda: mono[0])
+    on_demand = RestoreWatch("on-demand", wall=wall, mono=mono)
     on_demand.before_wait()
     assert on_demand.after_wait() is None
 
 
 def test_after_restore_forgets_connections_and_monotonic_deadlines(pipelines: Any, upstream: FakeUpstream) -> None:
     import random
-
-    from helpers import auth, envelope, port_of, post
 
     pipe = pipelines()
     assert post(port_of(pipe), "/api/42/envelope/", envelope("b" * 32), auth())[0] == 200
@@ -98,8 +96,6 @@ def test_after_restore_forgets_connections_and_monotonic_deadlines(pipelines: An
 
 
 def test_a_snap_start_pipeline_keeps_no_upstream_connection_until_the_restore(pipelines: Any) -> None:
-    from helpers import auth, envelope, port_of, post
-
     def pooled(pipe: Any) -> int:
         return sum(conn is not None for conn in list(pipe.transport.pool.pool.queue))
 
@@ -115,7 +111,6 @@ def test_a_snap_start_pipeline_keeps_no_upstream_connection_until_the_restore(pi
 
 def test_a_restore_while_the_pipeline_is_still_starting_is_handled_once_it_has(upstream: FakeUpstream,
                                                                                 monkeypatch: Any) -> None:
-    from helpers import KEY, PROJECT, stop
     from sentry_ext import main
     from sentry_ext.config import load
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import Errors, exchange, wait_until
+from helpers import KEY, PROJECT, Errors, exchange, make_pipeline, stop, wait_until
 from sentry_ext import main, telemetry, telemetry_endpoint
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
@@ -129,8 +129,6 @@ def test_a_wrong_path_is_answered_without_reading_the_body(live: Live) -> None:
 
 
 def test_spoofed_records_on_wrong_paths_end_no_wait_and_make_no_event(upstream: FakeUpstream) -> None:
-    from helpers import KEY, PROJECT, make_pipeline, stop
-
     ext = main.Extension(load({"SENTRY_DSN": upstream.dsn(KEY, PROJECT)}), "test-ext")
     pipeline = make_pipeline(upstream.dsn(KEY, PROJECT), start=False, flush_control=ext.flush_control)
     pipeline.listener = TelemetryListener(bind_listener("127.0.0.1", 0), pipeline.on_telemetry, pipeline.stats)
