@@ -143,6 +143,21 @@ def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = 5
         return out, False
 
 
+def proc_status(pid: int) -> Dict[str, int]:
+    """Threads and VmRSS (KiB) of process ``pid``, from /proc."""
+    out = {}
+    with open("/proc/%d/status" % pid) as fh:
+        for line in fh:
+            if line.startswith(("Threads:", "VmRSS:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def attr(log: Dict[str, Any], name: str) -> Any:
+    """The value of attribute ``name`` of a log (an item of a ``log`` envelope item), or None."""
+    return log["attributes"].get(name, {}).get("value")
+
+
 class Errors(logging.Handler):
     """Collects ERROR records of the extension's loggers (an internal error is a bug found)."""
 

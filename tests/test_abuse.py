@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
-from helpers import PROJECT, auth, envelope, wait_until
+from helpers import PROJECT, auth, envelope, proc_status, wait_until
 from sentry_ext.bounded_server import EVICT_AFTER_S
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
@@ -26,15 +26,6 @@ MAX_CONNECTIONS = 64  # the default
 CLIENT_TIMEOUT_MS = 1500
 LATENCY_TARGET_S = 0.5  # one valid post, end to end on loopback (normally ~1 ms)
 FLOOD = 220
-
-
-def proc_status(pid: int) -> Dict[str, int]:
-    out = {}
-    with open("/proc/%d/status" % pid) as fh:
-        for line in fh:
-            if line.startswith(("Threads:", "VmRSS:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    return out
 
 
 class Live:

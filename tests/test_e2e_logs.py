@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import List
 
 import pytest
 
 from e2e import EXTENSION_SDK, ext_log, extension_events, make_emulator
+from helpers import attr
 from tools.fake_upstream import FakeUpstream
-
-
-def attr(log: Dict[str, Any], name: str) -> Any:
-    return log["attributes"].get(name, {}).get("value")
 
 
 def sdk_trace_ids(upstream: FakeUpstream, request_id: str) -> List[str]:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from helpers import KEY, attr
 from sentry_ext.config import load
 from sentry_ext.discards import Discards
 from sentry_ext.envelope import Envelope
@@ -25,7 +26,6 @@ from sentry_ext.telemetry_records import parse_batch
 from tools.fake_upstream import log_item_problems
 
 DSN = "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42"
-KEY = "0123456789abcdef0123456789abcdef"
 A, B = "8476a536-e9f4-11e8-9739-2dfe598c3fcd", "9576a536-e9f4-11e8-9739-2dfe598c3fce"
 SDK_TRACE = "771a43a4192642f0b136d5159a501700"
 
@@ -85,10 +85,6 @@ def sent_envelope(req: Request) -> Envelope:
     """A log envelope the router made: gzip'd, and its header names that."""
     assert req.headers["content-encoding"] == "gzip" and req.headers["content-type"] == "application/x-sentry-envelope"
     return Envelope.parse(gzip.decompress(req.body))
-
-
-def attr(log: Dict[str, Any], name: str) -> Any:
-    return log["attributes"].get(name, {}).get("value")
 
 
 def test_lines_are_attributed_by_id_or_time_and_sent_at_runtime_done() -> None:

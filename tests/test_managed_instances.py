@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, extension_events, make_emulator, telemetry_types
+from helpers import attr
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 
@@ -152,7 +153,6 @@ def test_overlapping_invocations_with_function_logs_each_answer_in_time(tmp_path
         emu.shutdown()
         log = ext_log(emu)
     for word, result in zip(words, results):
-        mine = [e for e in upstream.logs()
-                if (e["attributes"].get("faas.invocation_id") or {}).get("value") == result.request_id]
+        mine = [e for e in upstream.logs() if attr(e, "faas.invocation_id") == result.request_id]
         bodies = sorted(e["body"].splitlines()[0] for e in mine if e["level"] in ("warn", "error"))
         assert bodies == ["error " + word, "warning " + word], log

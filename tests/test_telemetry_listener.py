@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import KEY, PROJECT, Errors, exchange, make_pipeline, stop, wait_until
+from helpers import KEY, PROJECT, Errors, exchange, make_pipeline, proc_status, stop, wait_until
 from sentry_ext import main, telemetry, telemetry_endpoint
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
@@ -388,7 +388,6 @@ def test_the_real_process_stays_bounded_and_keeps_hearing_lambda_under_a_flood(t
     announcing 2 MiB and stalling, 40 spoofed runtimeDone batches on guessed paths. Threads and
     RSS stay bounded, and every invocation still ends by its own runtimeDone, not the fallback."""
     from e2e import EXTENSION_NAME, ext_log, make_emulator
-    from test_abuse import proc_status
 
     with make_emulator(tmp_path, upstream, freeze=False) as emu:
         emu.start()
