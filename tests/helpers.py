@@ -202,14 +202,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 def stop(pipeline: Pipeline) -> None:
-    """Stop sender threads and the server; the serve loop notices within its poll interval."""
+    """Stop sender threads, the server and the telemetry listener (if any); their serve loops
+    notice within their poll interval."""
     pipeline.forwarder.stop()
     threading.Thread(target=_shutdown, args=(pipeline,), daemon=True).start()
 
 
 def _shutdown(pipeline: Pipeline) -> None:
-    pipeline.server.shutdown()
-    pipeline.server.server_close()
+    for server in (pipeline.server, pipeline.listener):
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 def run_quick_bench(suite: str, out: Path, time_limit_s: float = 120) -> Dict[str, Any]:

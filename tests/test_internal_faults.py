@@ -160,8 +160,6 @@ def test_telemetry_listener_survives_an_exception_in_its_consumer(upstream: Fake
         assert pipeline.invocations.wait("req-1", time.monotonic() + 2)
     finally:
         stop(pipeline)
-        if pipeline.listener is not None:
-            threading.Thread(target=pipeline.listener.shutdown, daemon=True).start()
 
 
 # -- main loop -----------------------------------------------------------------------------

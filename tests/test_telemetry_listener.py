@@ -156,7 +156,6 @@ def test_spoofed_records_on_wrong_paths_end_no_wait_and_make_no_event(upstream: 
         assert pipeline.stats.get("failure_events") == 0 and upstream.requests == []  # no fake timeout event
     finally:
         stop(pipeline)
-        threading.Thread(target=pipeline.listener.shutdown, daemon=True).start()
 
 
 # -- bind address --------------------------------------------------------------------------
