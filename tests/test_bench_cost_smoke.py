@@ -7,19 +7,16 @@ numbers are not targets, but every envelope must arrive and every figure must be
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TIME_LIMIT_S = 120
+from helpers import run_quick_bench
+from tools.bench_cost import main as cost_main, summarize
+from tools.cgroup_cpu import CpuQuota, lambda_quota_us
+from tools.tlsutil import openssl
 
-sys.path.insert(0, str(ROOT))
-from helpers import run_quick_bench  # noqa: E402
-from tools.bench_cost import main as cost_main, summarize  # noqa: E402
-from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
-from tools.tlsutil import openssl  # noqa: E402
+TIME_LIMIT_S = 120
 
 
 def test_lambda_quota_is_memory_over_1769_of_a_cpu() -> None:

@@ -6,17 +6,14 @@ are not targets, but nothing may be lost or duplicated.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TIME_LIMIT_S = 120
+from helpers import run_quick_bench
+from tools.tlsutil import openssl
 
-sys.path.insert(0, str(ROOT))
-from helpers import run_quick_bench  # noqa: E402
-from tools.tlsutil import openssl  # noqa: E402
+TIME_LIMIT_S = 120
 
 
 @pytest.mark.skipif(openssl() is None, reason="no openssl command for the upstream's certificate")

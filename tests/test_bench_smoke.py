@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.bench import FIGURE_KEYS, TARGETS
+
 ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT_S = 120  # --quick takes ~15-40 s; the slack is for a loaded CI machine
-
-sys.path.insert(0, str(ROOT))
-from tools.bench import FIGURE_KEYS, TARGETS  # noqa: E402
 
 
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
