@@ -23,6 +23,14 @@ def two_pythons() -> List[Interpreter]:
     return found[:2]
 
 
+def one_python() -> Interpreter:
+    """The first Lambda Python found on this machine (the test is skipped if there is none)."""
+    here = next((i for i in (find_python(m) for m in LAMBDA_PYTHONS) if i is not None), None)
+    if here is None:
+        pytest.skip("no Lambda Python on this machine")
+    return here
+
+
 def test_merged_bytecode_equals_one_build_with_both_pythons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = two_pythons()
     a = build_layer.build(out_dir=tmp_path / "a", bytecode=first.minor)
@@ -62,10 +70,7 @@ def test_merge_refuses_a_zip_built_from_other_sources(tmp_path: Path) -> None:
 
 def test_all_pythons_fails_naming_the_missing_version_and_the_fixes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    here = find_python(LAMBDA_PYTHONS[0]) or next(
-        (i for i in (find_python(m) for m in LAMBDA_PYTHONS) if i is not None), None)
-    if here is None:
-        pytest.skip("no Lambda Python on this machine")
+    here = one_python()
     monkeypatch.setattr(build_layer, "LAMBDA_PYTHONS", (here.minor, "3.99"))
     out = tmp_path / "dist"
     assert build_layer.main(["--all-pythons", "--out", str(out)]) == 1
@@ -84,10 +89,7 @@ def test_all_pythons_fails_naming_the_missing_version_and_the_fixes(
 
 
 def test_uv_managed_pythons_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    here = find_python(LAMBDA_PYTHONS[0]) or next(
-        (i for i in (find_python(m) for m in LAMBDA_PYTHONS) if i is not None), None)
-    if here is None:
-        pytest.skip("no Lambda Python on this machine")
+    here = one_python()
     # a uv install directory holding (a link to) a real interpreter, nothing else on the search path
     bin_dir = tmp_path / "uv" / ("cpython-%s.0-linux-x86_64-gnu" % here.minor) / "bin"
     bin_dir.mkdir(parents=True)
