@@ -21,6 +21,7 @@ from sentry_ext.request import Request
 from sentry_ext.spool import Spool
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port
+from tools.tlsutil import openssl, self_signed, server_context
 
 DELAY_S = 0.08
 
@@ -205,11 +206,9 @@ def test_threads_grow_with_a_backlog_and_retire_when_idle_and_a_handful_uses_few
     assert upstream.connections_opened == opened  # warm connections are reused
 
 
-@pytest.mark.skipif(__import__("tools.tlsutil", fromlist=["openssl"]).openssl() is None, reason="no openssl command")
+@pytest.mark.skipif(openssl() is None, reason="no openssl command")
 def test_https_upstream_trusted_through_ssl_cert_file_one_handshake_per_connection(
         tmp_path: Path, pipelines: StartPipeline) -> None:
-    from tools.tlsutil import self_signed, server_context
-
     cert, key = self_signed(tmp_path)
     with FakeUpstream(tls=server_context(cert, key), delay_s=DELAY_S) as up:
         assert up.dsn().startswith("https://")
