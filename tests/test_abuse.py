@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import select
 import socket
@@ -22,6 +23,7 @@ from sentry_ext.bounded_server import EVICT_AFTER_S
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 
+log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 64  # the default
 CLIENT_TIMEOUT_MS = 1500
 LATENCY_TARGET_S = 0.5  # one valid post, end to end on loopback (normally ~1 ms)
@@ -188,7 +190,7 @@ def test_idle_keep_alive_flood_is_capped_and_valid_traffic_is_still_served(live:
     finally:
         _close_all(idle + busy)
     assert _threads_settle(live, base["Threads"] + 1, 5), (base, live.status())
-    print("flood: base %s, valid post max %.1f ms" % (base, max(times) * 1000))
+    log.info("flood: base %s, valid post max %.1f ms", base, max(times) * 1000)
 
 
 def test_idle_connections_time_out(live: Live) -> None:

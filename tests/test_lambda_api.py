@@ -32,12 +32,18 @@ class OneShotServer:
                 conn.settimeout(5)
                 data = b""
                 while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
+                    chunk = conn.recv(65536)
+                    if not chunk:  # the client went away mid-request
+                        break
+                    data += chunk
                 head, _, body = data.partition(b"\r\n\r\n")
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         while len(body) < int(line.split(b":")[1]):
-                            body += conn.recv(65536)
+                            chunk = conn.recv(65536)
+                            if not chunk:
+                                break
+                            body += chunk
                 self.requests.append(head + b"\r\n\r\n" + body)
                 conn.sendall(response)
         self.sock.close()

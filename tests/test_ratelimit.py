@@ -146,6 +146,6 @@ def test_store_is_thread_safe_under_concurrent_updates() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert not errors
+        t.join(30)
+    assert not any(t.is_alive() for t in threads) and not errors
     assert limits.active(KEY) == {"error": NOW + 799}
