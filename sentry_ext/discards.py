@@ -66,9 +66,8 @@ def request_outcomes(req: Request, limit: int = DECODE_LIMIT) -> List[Tuple[str,
     endpoint = endpoint_of(req.upstream_path)
     if endpoint != "envelope":
         return [(endpoint_category(endpoint) or "error", 1)]
-    encoding = (req.headers.get("content-encoding") or "").strip().lower()
     try:
-        envelope = Envelope.parse(decode_body(req.body, encoding, limit))
+        envelope = Envelope.parse(decode_body(req.body, req.encoding, limit))
     except EnvelopeError:
         return [("default", 1)]
     pairs: List[Tuple[str, int]] = []

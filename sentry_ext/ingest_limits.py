@@ -61,7 +61,7 @@ class IngestLimiter:
                 self.discards.record_request(req, REASON)
                 return self._refuse(req, [category])
             return None
-        encoding = (req.headers.get("content-encoding") or "").strip().lower()
+        encoding = req.encoding
         if encoding not in INSPECTABLE_ENCODINGS:
             return None  # br/zstd: the stdlib cannot look inside, only envelope-wide limits apply
         try:

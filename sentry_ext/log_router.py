@@ -142,7 +142,7 @@ class LogRouter:
         no trace: how the SDK sends logs) are looked into, and only until the hint is given."""
         if self._hinted or header is None or "event_id" in header or "trace" in header:
             return  # not an envelope, or one with an event or a trace (the SDK's logs have neither)
-        encoding = (req.headers.get("content-encoding") or "").strip().lower()
+        encoding = req.encoding
         if encoding not in INSPECTABLE_ENCODINGS:
             return
         try:

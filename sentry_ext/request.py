@@ -26,3 +26,8 @@ class Request(Record):
     @property
     def size(self) -> int:
         return len(self.body) + 256
+
+    @property
+    def encoding(self) -> str:
+        """The body's content-encoding, normalised ("" when there is none): what decoding it needs."""
+        return (self.headers.get("content-encoding") or "").strip().lower()

@@ -23,9 +23,8 @@ _AWS_REQUEST_ID = re.compile(rb'"aws_request_id"\s*:\s*"([^"\\]{1,64})"')
 
 def aws_request_id(req: Request) -> Optional[str]:
     """The AWS request id the envelope's events name (the first one), or None."""
-    encoding = (req.headers.get("content-encoding") or "").strip().lower()
     try:
-        body = decode_body(req.body, encoding, DECODE_LIMIT)
+        body = decode_body(req.body, req.encoding, DECODE_LIMIT)
     except EnvelopeError:
         return None
     match = _AWS_REQUEST_ID.search(body)
