@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import sys
 import textwrap
 import time
@@ -316,3 +317,16 @@ def test_cli_runs_invocations_and_prints_summary(task_root: Path, files: Dict[st
     assert [inv["status"] for inv in summary["invocations"]] == ["success", "success"]
     assert summary["shutdown"]["exit_codes"] == {EXT: 0}
     assert summary["init_ms"] > 0
+
+
+def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    """A port handed to a sandbox must not be taken by a bind to port 0 or an outgoing connection
+    before the extension binds it: free_port() draws below the kernel's ephemeral range."""
+    from tools.netutil import _ephemeral_floor, free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port < _ephemeral_floor() for port in ports), ports
+    for port in ports[:20]:  # each was free: it can be bound now
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

@@ -3,8 +3,9 @@ request-body reader of the emulator's, the fake upstream's and the API stub's HT
 
 from __future__ import annotations
 
+import random
 import socket
-from typing import Any, BinaryIO, List, Optional
+from typing import Any, BinaryIO, List, Optional, Set
 
 #: Defaults of the body reader (callers with other limits pass their own).
 MAX_CHUNKS = 100_000
@@ -12,8 +13,39 @@ MAX_LINE = 8192
 MAX_TRAILER_LINES = 100
 
 
+#: Where free_port() draws from: below the kernel's ephemeral range, so that between the moment it
+#: hands a port out and the moment its user binds it, no bind to port 0 (another server of the
+#: test) and no outgoing connection can take it (seen: the emulator's API server got the port
+#: chosen for the extension, which then found it taken and went inert).
+PORT_FLOOR = 15000
+_handed_out: Set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    """A TCP port that was free on 127.0.0.1 a moment ago, outside the ephemeral range and not
+    handed out before by this process; a port from the kernel (port 0) if none is found."""
+    top = _ephemeral_floor() - 1
+    for _ in range(200):
+        if top <= PORT_FLOOR:
+            break
+        port = random.randint(PORT_FLOOR, top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
