@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .dsn import Dsn, DsnError
+from .protocol.dsn import Dsn, DsnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing: this module loads before the first /event/next (start-up budget: main.py)

@@ -26,10 +26,12 @@ import sys
 import threading
 import time
 
-from . import __version__, exec_model, handshake, logs, telemetry_endpoint
+from . import __version__
+from .awslambda import exec_model, handshake, telemetry_address
+from .util import logs
 from .config import Config, load
-from .flush import BACKGROUND, FlushControl, FlushDecision
-from .lambda_api import LambdaApi, LambdaApiError
+from .delivery.flush import BACKGROUND, FlushControl, FlushDecision
+from .awslambda.extensions_api import LambdaApi, LambdaApiError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -160,14 +162,14 @@ class Extension:
                          name="sentry-ext-init", daemon=True).start()
 
     def _subscribe_telemetry(self) -> Optional[socket.socket]:
-        """Bind the listener (see telemetry_endpoint) and subscribe it on a fresh secret path."""
+        """Bind the listener (see telemetry_address) and subscribe it on a fresh secret path."""
         cfg = self.cfg
         try:
-            sock, self._telemetry_note = telemetry_endpoint.bind(cfg.telemetry_host, cfg.telemetry_port, bind_listener)
+            sock, self._telemetry_note = telemetry_address.bind(cfg.telemetry_host, cfg.telemetry_port, bind_listener)
         except OSError as exc:
             self._fallback("cannot listen on port %d for telemetry (%s)" % (cfg.telemetry_port, exc))
             return None
-        self.telemetry_path = telemetry_endpoint.new_path()
+        self.telemetry_path = telemetry_address.new_path()
         try:
             status, body = self.api.subscribe_telemetry(cfg.telemetry_host, cfg.telemetry_port, self.telemetry_path,
                                                         exec_model.telemetry_schema(cfg.init_type), cfg.telemetry_types)
@@ -192,7 +194,7 @@ class Extension:
     def _start_pipeline(self, ingest_sock: socket.socket, telemetry_sock: Optional[socket.socket]) -> None:
         # Let the main thread put its first /event/next on the wire before the heavy imports.
         self._first_poll_sent.wait(1.0)
-        from . import lean_imports
+        from .util import lean_imports
 
         lean_imports.install()  # before logging, urllib3 and http.server load (lean_imports.py)
         logs.setup(self.cfg.log_level)
@@ -200,7 +202,7 @@ class Extension:
         if self._telemetry_note:
             log.debug("%s", self._telemetry_note)
         try:
-            from .headers import speed_up_http_client
+            from .util.headers import speed_up_http_client
             from .pipeline import Pipeline
 
             speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster

@@ -11,31 +11,31 @@ import socket
 import time
 from typing import Any, Dict, Optional
 
-from . import lean_imports
+from .util import lean_imports
 
 lean_imports.install()  # before urllib3 and http.server load (lean_imports.py)
 
-from .buffer import BoundedQueue  # noqa: E402
-from .client_reports import ReportScheduler  # noqa: E402
+from .delivery.queue import BoundedQueue  # noqa: E402
+from .protocol.client_reports import ReportScheduler  # noqa: E402
 from .config import Config  # noqa: E402
-from .discards import Discards  # noqa: E402
-from .exec_model import SNAP_START  # noqa: E402
-from .failure_events import build_request  # noqa: E402
-from .flush import FlushControl  # noqa: E402
-from .forwarder import Forwarder  # noqa: E402
-from .health import assess  # noqa: E402
-from .ingest import IngestServer  # noqa: E402
-from .ingest_limits import IngestLimiter  # noqa: E402
-from .invocations import Failure, Invocations  # noqa: E402
-from .log_router import LogRouter  # noqa: E402
-from .ratelimit import RateLimits  # noqa: E402
-from .request import Request  # noqa: E402
-from .sdk_request import aws_request_id  # noqa: E402
-from .spool import Spool  # noqa: E402
-from .stats import Stats  # noqa: E402
-from .telemetry import TelemetryListener  # noqa: E402
-from .telemetry_records import parse_batch  # noqa: E402
-from .transport import Result, Transport  # noqa: E402
+from .protocol.discards import Discards  # noqa: E402
+from .awslambda.exec_model import SNAP_START  # noqa: E402
+from .insight.failure_events import build_request  # noqa: E402
+from .delivery.flush import FlushControl  # noqa: E402
+from .delivery.forwarder import Forwarder  # noqa: E402
+from .ingest.health import assess  # noqa: E402
+from .ingest.server import IngestServer  # noqa: E402
+from .ingest.limits import IngestLimiter  # noqa: E402
+from .insight.invocations import Failure, Invocations  # noqa: E402
+from .insight.log_router import LogRouter  # noqa: E402
+from .protocol.rate_limits import RateLimits  # noqa: E402
+from .delivery.request import Request  # noqa: E402
+from .ingest.request_id import aws_request_id  # noqa: E402
+from .delivery.spool import Spool  # noqa: E402
+from .util.stats import Stats  # noqa: E402
+from .awslambda.telemetry_listener import TelemetryListener  # noqa: E402
+from .awslambda.telemetry_records import parse_batch  # noqa: E402
+from .delivery.transport import Result, Transport  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from sentry_ext.config import load
-from sentry_ext.flush import FlushControl
+from sentry_ext.delivery.flush import FlushControl
 from sentry_ext.main import bind_listener
 from sentry_ext.pipeline import Pipeline
 

@@ -19,7 +19,7 @@ import pytest
 
 from e2e import EXTENSION_NAME, event_ids, ext_log, make_emulator
 from helpers import PROJECT, auth, envelope, proc_status, wait_until
-from sentry_ext.bounded_server import EVICT_AFTER_S
+from sentry_ext.util.http_server import EVICT_AFTER_S
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 

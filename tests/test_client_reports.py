@@ -1,4 +1,4 @@
-"""Client reports: discard counting (sentry_ext/discards.py) and the report envelopes (client_reports.py)."""
+"""Client reports: discard counting (sentry_ext/protocol/discards.py) and the report envelopes (client_reports.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Dict, List, Tuple
 import pytest
 
 from helpers import KEY, FakeClock
-from sentry_ext.buffer import BoundedQueue
-from sentry_ext.client_reports import ReportScheduler, report_request
-from sentry_ext.discards import MAX_REPORT_BYTES, Discards, request_outcomes
-from sentry_ext.dsn import Dsn
-from sentry_ext.envelope import Envelope
-from sentry_ext.request import Request
-from sentry_ext.stats import Stats
+from sentry_ext.delivery.queue import BoundedQueue
+from sentry_ext.protocol.client_reports import ReportScheduler, report_request
+from sentry_ext.protocol.discards import MAX_REPORT_BYTES, Discards, request_outcomes
+from sentry_ext.protocol.dsn import Dsn
+from sentry_ext.protocol.envelope import Envelope
+from sentry_ext.delivery.request import Request
+from sentry_ext.util.stats import Stats
 
 
 def build(*items: Tuple[dict, bytes], header: bytes = b'{"event_id":"aa"}') -> bytes:

@@ -2,7 +2,7 @@
 
 - vermin fails the suite on syntax or stdlib use newer than 3.9 in ``sentry_ext``, ``tools``, ``bin``;
 - a real Python 3.9, when this machine has one, compiles every file (what vermin cannot see);
-- ``sentry_ext.transport`` is exercised with urllib3 1.26 (what a pip-installed extension may meet
+- ``sentry_ext.delivery.transport`` is exercised with urllib3 1.26 (what a pip-installed extension may meet
   next to botocore on Python < 3.10); the layer vendors urllib3 2.6, so there it does not arise.
 """
 

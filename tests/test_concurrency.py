@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import List
 
 from helpers import FakeClock
-from sentry_ext.concurrency import ConcurrencyController
-from sentry_ext.rtt import RttEstimator
+from sentry_ext.delivery.concurrency import ConcurrencyController
+from sentry_ext.delivery.rtt import RttEstimator
 
 
 def test_grows_under_backlog_with_a_distant_upstream_and_never_exceeds_the_cap() -> None:
@@ -76,7 +76,7 @@ def test_no_growth_while_the_cpu_is_the_limit() -> None:
 
 
 def test_cpu_share_over_windows_with_injected_clocks() -> None:
-    from sentry_ext.concurrency import CpuShare
+    from sentry_ext.delivery.concurrency import CpuShare
 
     wall, cpu = FakeClock(1000.0), FakeClock(1000.0)
     share = CpuShare(window_s=0.02, clock=wall, cpu=cpu)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentry_ext.dsn import Dsn, DsnError, parse_auth_header, query_auth
+from sentry_ext.protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
 
 
 def test_parse_full_dsn() -> None:

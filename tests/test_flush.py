@@ -9,7 +9,7 @@ import pytest
 
 from helpers import FakeClock
 from sentry_ext.config import load
-from sentry_ext.flush import FlushControl, FlushDecision
+from sentry_ext.delivery.flush import FlushControl, FlushDecision
 
 END, BACKGROUND = FlushDecision.END, FlushDecision.BACKGROUND
 
@@ -53,7 +53,7 @@ def test_adaptive_goes_background_from_the_third_frequent_invocation() -> None:
 
 
 def test_adaptive_logs_each_switch_once() -> None:
-    logger = logging.getLogger("sentry_ext.flush")  # the package logger may not propagate: listen here
+    logger = logging.getLogger("sentry_ext.delivery.flush")  # the package logger may not propagate: listen here
     records: List[logging.LogRecord] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append  # type: ignore[method-assign]

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.config import load
-from sentry_ext.transport import pool_options, proxy_bypassed
+from sentry_ext.delivery.transport import pool_options, proxy_bypassed
 from tools.fake_upstream import FakeUpstream, Reply
 
 
@@ -143,7 +143,7 @@ def test_http_proxy_gets_absolute_urls_and_no_proxy_bypasses_it(upstream: FakeUp
 def test_default_retry_budget_rides_out_a_multi_second_outage() -> None:
     import random
 
-    from sentry_ext.forwarder import UpstreamHealth
+    from sentry_ext.delivery.forwarder import UpstreamHealth
 
     clock = [1000.0]
     health = UpstreamHealth(rng=random.Random(0), clock=lambda: clock[0])

@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from awslambdaric.lambda_runtime_log_utils import JsonFormatter
-from sentry_ext.envelope import Envelope
-from sentry_ext.function_logs import (LEVEL_NAMES, MAX_ATTRIBUTE_CHARS, MAX_BODY_CHARS, SEVERITY, TRUNCATED_ATTRIBUTE,
+from sentry_ext.protocol.envelope import Envelope
+from sentry_ext.insight.function_logs import (LEVEL_NAMES, MAX_ATTRIBUTE_CHARS, MAX_BODY_CHARS, SEVERITY, TRUNCATED_ATTRIBUTE,
                                       LogLine, iso_to_epoch, level_of, parse)
-from sentry_ext.log_batch import (CONTENT_TYPE, DROP_REASON, LINE_OVERHEAD, MAX_CACHED_TAILS, MAX_LOGS_PER_ITEM,
+from sentry_ext.insight.log_batch import (CONTENT_TYPE, DROP_REASON, LINE_OVERHEAD, MAX_CACHED_TAILS, MAX_LOGS_PER_ITEM,
                                   ORIGIN, LogBatch, LogContext, log_envelope, log_item)
-from sentry_ext.ids import valid_trace_id
-from sentry_ext.discards import Discards, item_outcomes
+from sentry_ext.util.ids import valid_trace_id
+from sentry_ext.protocol.discards import Discards, item_outcomes
 from tools.fake_upstream import log_item_problems, parse_envelope
 
 REQ = "8f5b1c9e-4e0b-4f6b-9d55-0a1b2c3d4e5f"

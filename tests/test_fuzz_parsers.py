@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sentry_ext import envelope as envmod
-from sentry_ext import ratelimit
-from sentry_ext.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from sentry_ext.envelope import Envelope, EnvelopeError, Item, first_line, parse_header
-from sentry_ext.spool import MAGIC, SpoolError, decode
+from sentry_ext.protocol import envelope as envmod
+from sentry_ext.protocol import rate_limits as ratelimit
+from sentry_ext.protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
+from sentry_ext.protocol.envelope import Envelope, EnvelopeError, Item, first_line, parse_header
+from sentry_ext.delivery.spool import MAGIC, SpoolError, decode
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,7 +229,7 @@ def test_query_auth_finds_the_key(key: str, others: list) -> None:
     assert query_auth(query) == key
 
 
-# -- rate limits (sentry_ext/ratelimit.py) -------------------------------------------------
+# -- rate limits (sentry_ext/protocol/rate_limits.py) -------------------------------------------------
 
 
 rl_fields = st.one_of(st.sampled_from(["60", "1.5", "-1", "nan", "inf", "1e999", "", "x", "0", "99999999999"]),
@@ -340,7 +340,7 @@ def test_spool_decode_raises_only_spool_error(data: bytes) -> None:
 
 
 def test_a_corrupt_spool_file_is_deleted_not_fatal(tmp_path) -> None:
-    from sentry_ext.spool import Spool
+    from sentry_ext.delivery.spool import Spool
 
     bad = tmp_path / "spool-1-1.sle"
     bad.write_bytes(MAGIC + b'{"length":0,"headers":{},"path":"/api/1/","key":"k","received_at":1,"attempts":"x"}\n\n')

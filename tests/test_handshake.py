@@ -1,4 +1,4 @@
-"""The extension's record for the exec wrapper (sentry_ext/handshake.py), end to end: whatever makes
+"""The extension's record for the exec wrapper (sentry_ext/awslambda/handshake.py), end to end: whatever makes
 the extension inert, the function's Init succeeds and its real sentry-sdk, wrapped, sends straight
 to Sentry; an active extension gets the SDK pointed at it, with the organisation id kept."""
 
@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional, Tuple
 import pytest
 
 from helpers import KEY
-from sentry_ext import handshake
+from sentry_ext.awslambda import handshake
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port
@@ -258,7 +258,7 @@ def test_pipeline_failing_after_an_active_record_turns_it_inert_and_refuses_the_
     to load: the record turns inert and the port refuses at once rather than hanging the SDK."""
     from sentry_ext import pipeline
     from sentry_ext.config import load
-    from sentry_ext.lambda_api import LambdaApi
+    from sentry_ext.awslambda.extensions_api import LambdaApi
     from sentry_ext.main import Extension
 
     port = free_port()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentry_ext.headers import HeaderError, parse_http_client_headers, read_headers
+from sentry_ext.util.headers import HeaderError, parse_http_client_headers, read_headers
 
 PIECES = [b"a", b"B", b":", b" ", b"\t", b"\r\n", b"\n", b"\r", b"-", b"x", b"\xe9", b"From ", b"\x00", b"Content-Type"]
 

@@ -4,7 +4,7 @@ over half full, ok otherwise."""
 from __future__ import annotations
 
 from helpers import PROJECT, StartPipeline, auth, envelope, health, port_of, post, wait_until
-from sentry_ext.health import assess
+from sentry_ext.ingest.health import assess
 from tools.fake_upstream import FakeUpstream, Reply
 
 

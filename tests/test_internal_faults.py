@@ -14,7 +14,7 @@ import pytest
 
 from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, stop, wait_until
 from sentry_ext.config import load
-from sentry_ext.lambda_api import LambdaApi
+from sentry_ext.awslambda.extensions_api import LambdaApi
 from sentry_ext.main import Extension, bind_listener
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream

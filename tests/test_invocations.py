@@ -1,5 +1,5 @@
-"""Records in, decisions out: sentry_ext.invocations on parsed records, and the events
-sentry_ext.failure_events makes of its decisions."""
+"""Records in, decisions out: sentry_ext.insight.invocations on parsed records, and the events
+sentry_ext.insight.failure_events makes of its decisions."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 
 from helpers import KEY, PROJECT, auth, port_of, post, wait_until
 from sentry_ext.config import load
-from sentry_ext.envelope import Envelope
-from sentry_ext.failure_events import build_event, build_request
-from sentry_ext.invocations import Failure, Invocations, classify
-from sentry_ext.function_logs import parse
-from sentry_ext.telemetry_records import FunctionLog, parse_batch
+from sentry_ext.protocol.envelope import Envelope
+from sentry_ext.insight.failure_events import build_event, build_request
+from sentry_ext.insight.invocations import Failure, Invocations, classify
+from sentry_ext.insight.function_logs import parse
+from sentry_ext.awslambda.telemetry_records import FunctionLog, parse_batch
 
 RID = "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
 TRACE = "771a43a4192642f0b136d5159a501700"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sentry_ext.lean_imports import certifi_bundle, defer_package_init
+from sentry_ext.util.lean_imports import certifi_bundle, defer_package_init
 from tools.fake_upstream import FakeUpstream
 from tools.tlsutil import openssl, self_signed, server_context
 
@@ -24,13 +24,13 @@ SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from sentry_ext import main
-from sentry_ext import lean_imports, logs
+from sentry_ext.util import lean_imports, logs
 lean_imports.install()
 logs.setup("INFO")
 from sentry_ext.config import load
-from sentry_ext.headers import speed_up_http_client
+from sentry_ext.util.headers import speed_up_http_client
 from sentry_ext.pipeline import Pipeline
-from sentry_ext.request import Request
+from sentry_ext.delivery.request import Request
 speed_up_http_client()
 cfg = load({"SENTRY_DSN": sys.argv[2], "SSL_CERT_FILE": sys.argv[3], "SENTRY_EXT_SPOOL_DIR": sys.argv[4]})
 pipeline = Pipeline(cfg, main.bind_listener("127.0.0.1", 0), None)

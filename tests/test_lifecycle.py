@@ -10,7 +10,7 @@ import pytest
 from helpers import KEY, PROJECT, StartPipeline, health, port_of
 from sentry_ext import main
 from sentry_ext.config import load
-from sentry_ext.lambda_api import LambdaApiError
+from sentry_ext.awslambda.extensions_api import LambdaApiError
 from tools.fake_upstream import FakeUpstream
 
 

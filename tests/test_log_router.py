@@ -1,4 +1,4 @@
-"""Function logs plumbing: Telemetry records in, log envelopes out (sentry_ext.log_router), the
+"""Function logs plumbing: Telemetry records in, log envelopes out (sentry_ext.insight.log_router), the
 breadcrumbs it gives failure events, and its place in the pipeline (rate limits, client reports)."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import pytest
 
 from helpers import KEY, attr
 from sentry_ext.config import load
-from sentry_ext.discards import Discards
-from sentry_ext.envelope import Envelope
-from sentry_ext.failure_events import build_event
-from sentry_ext.invocations import Failure, Invocations
-from sentry_ext.log_batch import LogBatch
-from sentry_ext.log_router import DUPLICATES_HINT, LogRouter
+from sentry_ext.protocol.discards import Discards
+from sentry_ext.protocol.envelope import Envelope
+from sentry_ext.insight.failure_events import build_event
+from sentry_ext.insight.invocations import Failure, Invocations
+from sentry_ext.insight.log_batch import LogBatch
+from sentry_ext.insight.log_router import DUPLICATES_HINT, LogRouter
 from sentry_ext.pipeline import Pipeline
-from sentry_ext.request import Request
-from sentry_ext.stats import Stats
-from sentry_ext.telemetry_records import parse_batch
+from sentry_ext.delivery.request import Request
+from sentry_ext.util.stats import Stats
+from sentry_ext.awslambda.telemetry_records import parse_batch
 from tools.fake_upstream import log_item_problems
 
 DSN = "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42"
@@ -200,7 +200,7 @@ def test_one_time_hint_when_the_sdk_sends_logs_too(caplog: pytest.LogCaptureFixt
                                                                "length": len(payload)}).encode() + b"\n" + payload
     gz = Request("/api/42/envelope/", {"content-encoding": "gzip"}, gzip.compress(body), KEY)
     event = Request("/api/42/envelope/", {}, b'{"event_id":"' + b"a" * 32 + b'"}\n{"type":"event"}\n{}\n', KEY)
-    with caplog.at_level(logging.WARNING, logger="sentry_ext.log_router"):
+    with caplog.at_level(logging.WARNING, logger="sentry_ext.insight.log_router"):
         h.router.note_sdk_envelope(event, {"event_id": "a" * 32})
         assert DUPLICATES_HINT not in caplog.text
         for _ in range(3):

@@ -76,12 +76,12 @@ def test_managed_instances_refuse_invoke_registrations_and_old_telemetry_schemas
 
 def test_end_mode_means_background_on_managed_instances() -> None:
     from sentry_ext.config import load
-    from sentry_ext.flush import FlushControl
+    from sentry_ext.delivery.flush import FlushControl
 
     cfg = load({"SENTRY_DSN": "https://%s@o1.ingest.sentry.io/42" % ("a" * 32), "SENTRY_EXT_FLUSH": "end",
                 "AWS_LAMBDA_INITIALIZATION_TYPE": MANAGED})
     assert FlushControl.from_config(cfg).mode == "background"
-    from sentry_ext import exec_model
+    from sentry_ext.awslambda import exec_model
 
     assert exec_model.register_events(cfg.init_type) == ("SHUTDOWN",)
     assert exec_model.telemetry_schema(cfg.init_type) == "2025-01-29"

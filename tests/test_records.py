@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sentry_ext.records import FrozenRecord, Record
-from sentry_ext.request import Request
-from sentry_ext.telemetry_records import Start
+from sentry_ext.util.records import FrozenRecord, Record
+from sentry_ext.delivery.request import Request
+from sentry_ext.awslambda.telemetry_records import Start
 
 
 class Point(Record):
@@ -57,7 +57,7 @@ def test_request_defaults() -> None:
 def test_failure_event_ids_are_version_4_uuids() -> None:
     import uuid
 
-    from sentry_ext.ids import uuid4_hex
+    from sentry_ext.util.ids import uuid4_hex
 
     ids = {uuid4_hex() for _ in range(100)}
     assert len(ids) == 100

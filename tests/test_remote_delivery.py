@@ -17,8 +17,8 @@ import pytest
 from e2e import EXTENSION_NAME, ext_log, make_emulator
 from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.pipeline import Pipeline
-from sentry_ext.request import Request
-from sentry_ext.spool import Spool
+from sentry_ext.delivery.request import Request
+from sentry_ext.delivery.spool import Spool
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port
 from tools.tlsutil import openssl, self_signed, server_context

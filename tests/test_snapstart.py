@@ -11,7 +11,7 @@ import pytest
 
 from e2e import event_ids, ext_log, make_emulator, telemetry_types
 from helpers import KEY, PROJECT, FakeClock, auth, envelope, health, port_of, post, stop, wait_until
-from sentry_ext.exec_model import RestoreWatch
+from sentry_ext.awslambda.exec_model import RestoreWatch
 from tools.fake_upstream import FakeUpstream
 
 

@@ -4,8 +4,8 @@ import os
 import time
 from pathlib import Path
 
-from sentry_ext.request import Request
-from sentry_ext.spool import MAGIC, Spool, decode
+from sentry_ext.delivery.request import Request
+from sentry_ext.delivery.spool import MAGIC, Spool, decode
 
 
 def make(i: int, key: str = "k", age: float = 0.0) -> Request:
@@ -51,7 +51,7 @@ def test_corrupt_foreign_and_expired(tmp_path: Path) -> None:
 def test_decode_rejects_bad_records() -> None:
     import pytest
 
-    from sentry_ext.spool import SpoolError
+    from sentry_ext.delivery.spool import SpoolError
     for data in (b"", MAGIC + b"{}\n", MAGIC + b'{"length":1,"headers":{},"path":"/x","key":"k","received_at":1}\nab',
                  MAGIC + b"no newline"):
         with pytest.raises(SpoolError):

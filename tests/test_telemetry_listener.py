@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import KEY, PROJECT, Errors, exchange, make_pipeline, proc_status, stop, wait_until
-from sentry_ext import main, telemetry, telemetry_endpoint
+from sentry_ext import main
+from sentry_ext.awslambda import telemetry_listener as telemetry, telemetry_address as telemetry_endpoint
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
-from sentry_ext.stats import Stats
-from sentry_ext.invocations import Failure, Invocations
-from sentry_ext.telemetry import TelemetryListener, within_depth
-from sentry_ext.telemetry_records import parse_batch
+from sentry_ext.util.stats import Stats
+from sentry_ext.insight.invocations import Failure, Invocations
+from sentry_ext.awslambda.telemetry_listener import TelemetryListener, within_depth
+from sentry_ext.awslambda.telemetry_records import parse_batch
 from tools.fake_upstream import FakeUpstream
 
 ANSWER_WITHIN_S = 5.0

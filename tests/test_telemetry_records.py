@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sentry_ext import telemetry_records as tr
+from sentry_ext.awslambda import telemetry_records as tr
 
 RID = "6d0f25a3-60bb-4a63-b1a8-1b6e9e2b4f1c"
 XRAY = "Root=1-674800d7-3b1c2f5e6a7d8e9f01234567;Parent=53995c3f42cd8ad8;Sampled=1"
@@ -122,7 +122,7 @@ def test_fields_are_checked_and_capped() -> None:
 def test_random_batches_never_raise_nor_reach_the_bookkeeping_unchecked() -> None:
     import random
 
-    from sentry_ext.invocations import Invocations
+    from sentry_ext.insight.invocations import Invocations
 
     rng = random.Random(1128)
     types = list(tr.PLATFORM) + ["function", "extension", "platform.unknown", "", None, 5]

@@ -13,13 +13,13 @@ import urllib3
 from urllib3.exceptions import SSLError
 
 from helpers import KEY, PROJECT, envelope, wait_until
-from sentry_ext.buffer import BoundedQueue
+from sentry_ext.delivery.queue import BoundedQueue
 from sentry_ext.config import load
-from sentry_ext.forwarder import Forwarder
-from sentry_ext.request import Request
-from sentry_ext.stats import Stats
-from sentry_ext.tls import ResumingContext
-from sentry_ext.transport import Outcome, Transport, closed_under_us
+from sentry_ext.delivery.forwarder import Forwarder
+from sentry_ext.delivery.request import Request
+from sentry_ext.util.stats import Stats
+from sentry_ext.delivery.tls import ResumingContext
+from sentry_ext.delivery.transport import Outcome, Transport, closed_under_us
 from tools.fake_upstream import FakeUpstream
 from tools.tlsutil import openssl, self_signed, server_context
 
@@ -94,7 +94,7 @@ def test_a_connection_closed_between_handshake_and_request_is_stale(tmp_path: Pa
 
 def test_the_forwarder_resends_it_at_once_without_backing_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="sentry_ext.forwarder")
+    caplog.set_level(logging.WARNING, logger="sentry_ext.delivery.forwarder")
     cert, key = self_signed(tmp_path)
     with FakeUpstream(tls=server_context(cert, key), idle_close_s=0.05) as upstream:
         transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(cert)}))
@@ -112,7 +112,7 @@ def test_the_forwarder_resends_it_at_once_without_backing_off(tmp_path: Path, mo
         # not an upstream failure: no grace period and no warning (a freeze is routine); the retry
         # path would have logged "upstream failed" before resending, so before the flush ended
         assert forwarder.health.failures == 0
-        assert not [r for r in caplog.records if r.name == "sentry_ext.forwarder"], caplog.text
+        assert not [r for r in caplog.records if r.name == "sentry_ext.delivery.forwarder"], caplog.text
 
 
 def test_only_an_end_of_the_connection_counts_as_closed_under_us() -> None:

@@ -173,7 +173,7 @@ def test_a_5xx_storm_drops_are_counted_and_reported_once_upstream_is_back(upstre
     send(pipe, ["f" * 32])
     assert assert_bounded_flush(pipe, 3.0)
     assert "f" * 32 in delivered(upstream)
-    # the drops reach Sentry as a client report (sentry_ext/discards.py)
+    # the drops reach Sentry as a client report (sentry_ext/protocol/discards.py)
     assert upstream.wait_for(lambda _: any(e.get("reason") == "send_error" for e in reports(upstream)), 5), \
         [r.item_types for r in upstream.requests]
     lost = sum(e["quantity"] for e in reports(upstream) if e["reason"] == "send_error" and e["category"] == "error")

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from helpers import KEY
-from sentry_ext.dsn import Dsn, DsnError
+from sentry_ext.protocol.dsn import Dsn, DsnError
 from tools.emulator import Emulator
 from tools.fake_upstream import FakeUpstream
 from tools.netutil import free_port

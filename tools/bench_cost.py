@@ -188,15 +188,15 @@ def _stop_profile(spy: "subprocess.Popen[bytes]") -> None:
 PROFILE_PARTS = (
     ("TLS connect (new upstream connection)", ("HTTPSConnection.connect", "HTTPConnection._new_conn")),
     ("upstream request and reply", ("Transport.send",)),
-    ("SDK posts (ingest)", ("sentry_ext/ingest.py",)),
-    ("Telemetry API batches", ("sentry_ext/telemetry.py", "sentry_ext/invocations.py",
-                               "sentry_ext/telemetry_records.py")),
+    ("SDK posts (ingest)", ("sentry_ext/ingest/",)),
+    ("Telemetry API batches", ("sentry_ext/awslambda/telemetry_listener.py", "sentry_ext/insight/invocations.py",
+                               "sentry_ext/awslambda/telemetry_records.py")),
     ("lifecycle (INVOKE, /event/next, drain)", ("sentry_ext/main.py",)),
-    ("sender threads (queue, wake-ups)", ("sentry_ext/forwarder.py", "sentry_ext/buffer.py")),
+    ("sender threads (queue, wake-ups)", ("sentry_ext/delivery/forwarder.py", "sentry_ext/delivery/queue.py")),
 )
 #: Leaf frames where a sampled thread was blocked, not running (py-spy's idle detection misses some).
 PROFILE_WAITS = ("Condition.wait", "select (selectors.py", "SocketIO.readinto", "SSLSocket.read ", "Event.wait",
-                 "Thread.join", "_read_response (sentry_ext/lambda_api.py", "socket.accept")
+                 "Thread.join", "_read_response (sentry_ext/awslambda/extensions_api.py", "socket.accept")
 
 
 def profile_breakdown(path: Path) -> Optional[Dict[str, float]]:

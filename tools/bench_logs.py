@@ -41,8 +41,8 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):  # run as a script: make ``sentry_ext`` and ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sentry_ext.function_logs import parse  # noqa: E402
-from sentry_ext.log_batch import LogBatch, LogContext, log_envelope  # noqa: E402
+from sentry_ext.insight.function_logs import parse  # noqa: E402
+from sentry_ext.insight.log_batch import LogBatch, LogContext, log_envelope  # noqa: E402
 from tools.stats import median  # noqa: E402
 
 TARGET_US = 20.0  # issue 12: CPU per log line

@@ -12,11 +12,11 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
-from .buffer import BoundedQueue
+from .queue import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
 from .request import Request
 from .rtt import RttEstimator
-from .stats import Stats
+from ..util.stats import Stats
 from .transport import Outcome, Result, Transport
 
 log = logging.getLogger(__name__)

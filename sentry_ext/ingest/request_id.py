@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from .envelope import EnvelopeError, decode_body
-from .request import Request
-from .telemetry_records import request_id
+from ..protocol.envelope import EnvelopeError, decode_body
+from ..delivery.request import Request
+from ..awslambda.telemetry_records import request_id
 
 DECODE_LIMIT = 1024 * 1024  # decoded bytes looked through (a larger body: not looked into)
 _AWS_REQUEST_ID = re.compile(rb'"aws_request_id"\s*:\s*"([^"\\]{1,64})"')

@@ -13,14 +13,14 @@ import collections
 import enum
 import time
 
-from . import logs
-from .exec_model import is_managed
+from ..util import logs
+from ..awslambda.exec_model import is_managed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Deque
 
-    from .config import Config
+    from ..config import Config
 
 log = logs.get("sentry_ext.flush")  # imports logging at its first use
 END = "end"

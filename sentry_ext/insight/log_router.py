@@ -32,18 +32,18 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
-from .client_reports import envelope_request
-from .config import Config
-from .discards import Discards
-from .envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
-from .exec_model import MANAGED_INSTANCES
+from ..protocol.client_reports import envelope_request
+from ..config import Config
+from ..protocol.discards import Discards
+from ..protocol.envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
+from ..awslambda.exec_model import MANAGED_INSTANCES
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
-from .ids import uuid4_hex, valid_trace_id
+from ..util.ids import uuid4_hex, valid_trace_id
 from .log_batch import MAX_LOGS_PER_ITEM, LogBatch, LogContext, log_envelope
-from .request import Request
-from .stats import Stats
-from .telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDone, Start
+from ..delivery.request import Request
+from ..util.stats import Stats
+from ..awslambda.telemetry_records import FunctionLog, InitStart, Record, Report, RuntimeDone, Start
 
 log = logging.getLogger(__name__)
 

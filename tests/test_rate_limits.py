@@ -8,7 +8,7 @@ from typing import List
 import pytest
 
 from helpers import FakeClock
-from sentry_ext.ratelimit import RateLimits, parse_rate_limits, parse_retry_after
+from sentry_ext.protocol.rate_limits import RateLimits, parse_rate_limits, parse_retry_after
 
 NOW = 1_700_000_000.0
 KEY = "k" * 32

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from .lambda_api import TELEMETRY_SCHEMA
+from .extensions_api import TELEMETRY_SCHEMA
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .request import Request
+from ..delivery.request import Request
 from .envelope import Envelope, EnvelopeError, Item, decode_body, endpoint_category, endpoint_of
 
 log = logging.getLogger(__name__)

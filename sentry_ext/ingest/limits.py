@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .discards import DECODE_LIMIT, Discards, item_outcomes
-from .envelope import (INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, Item, decode_body, encode_body,
+from ..protocol.discards import DECODE_LIMIT, Discards, item_outcomes
+from ..protocol.envelope import (INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, Item, decode_body, encode_body,
                        endpoint_category, endpoint_of)
-from .ratelimit import RateLimits, limited
-from .request import Request
-from .stats import Stats
+from ..protocol.rate_limits import RateLimits, limited
+from ..delivery.request import Request
+from ..util.stats import Stats
 
 log = logging.getLogger(__name__)
 

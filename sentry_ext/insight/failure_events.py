@@ -8,12 +8,12 @@ import json
 import time
 from typing import Any, Dict, List, Optional
 
-from . import __version__
-from .client_reports import envelope_request
-from .config import Config
-from .ids import random_hex, uuid4_hex
+from .. import __version__
+from ..protocol.client_reports import envelope_request
+from ..config import Config
+from ..util.ids import random_hex, uuid4_hex
 from .invocations import Failure
-from .request import Request
+from ..delivery.request import Request
 
 SDK = {"name": "sentry.lambda.extension", "version": __version__}
 MECHANISM = "aws_lambda_extension"

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Union
 
-from .records import FrozenRecord
+from ..util.records import FrozenRecord
 
 MAX_RECORDS = 10000  # Lambda's largest buffering.maxItems: more in one batch is not Lambda
 MAX_LOG_CHARS = 262144  # Lambda cuts a function log record at 256 KiB

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Dict, Optional
 
-from .records import Record
+from ..util.records import Record
 
 
 class Request(Record):

@@ -31,8 +31,8 @@ import time
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from .function_logs import LogLine
-from .ids import valid_trace_id
-from .telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
+from ..util.ids import valid_trace_id
+from ..awslambda.telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
                                 Start, request_id as valid_request_id, tracing_value)
 
 log = logging.getLogger(__name__)

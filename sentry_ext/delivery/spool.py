@@ -15,7 +15,7 @@ import os
 import time
 from typing import List, Optional, Tuple
 
-from .records import Record
+from ..util.records import Record
 from .request import Request
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,12 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from . import __version__
-from .buffer import BoundedQueue
+from .. import __version__
+from ..delivery.queue import BoundedQueue
 from .discards import Discards
 from .dsn import Dsn
-from .request import Request
-from .stats import Stats
+from ..delivery.request import Request
+from ..util.stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import logging
 import socket
 from typing import Any, Callable, List, Optional, Tuple
 
-from .bounded_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
-from .stats import Stats
-from .telemetry_endpoint import new_path
+from ..util.http_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
+from ..util.stats import Stats
+from .telemetry_address import new_path
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from sentry_ext.lambda_api import LambdaApi, LambdaApiError, telemetry_subscription
+from sentry_ext.awslambda.extensions_api import LambdaApi, LambdaApiError, telemetry_subscription
 
 
 class OneShotServer:

@@ -9,14 +9,14 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import __version__
-from .bounded_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
-from .buffer import BoundedQueue
-from .request import Request
-from .config import Config
-from .dsn import Dsn, DsnError, parse_auth_header, query_auth
-from .envelope import EnvelopeError, first_line, parse_header
-from .stats import Stats
+from .. import __version__
+from ..util.http_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
+from ..delivery.queue import BoundedQueue
+from ..delivery.request import Request
+from ..config import Config
+from ..protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
+from ..protocol.envelope import EnvelopeError, first_line, parse_header
+from ..util.stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import threading
 import time
 
-from sentry_ext.buffer import BoundedQueue
-from sentry_ext.request import Request
+from sentry_ext.delivery.queue import BoundedQueue
+from sentry_ext.delivery.request import Request
 
 
 def req(n: int = 10) -> Request:
@@ -96,8 +96,8 @@ def test_spread_mode_keeps_few_in_flight_until_a_backlog_or_a_drain() -> None:
 
 
 def test_forwarder_spreads_only_while_nothing_waits_on_it() -> None:
-    from sentry_ext.forwarder import Forwarder
-    from sentry_ext.stats import Stats
+    from sentry_ext.delivery.forwarder import Forwarder
+    from sentry_ext.util.stats import Stats
 
     q = BoundedQueue(max_items=100, max_bytes=1_000_000)
     fw = Forwarder(q, None, Stats(), senders=1, max_attempts=1)  # type: ignore[arg-type]  # never sends here

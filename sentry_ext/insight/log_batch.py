@@ -19,10 +19,10 @@ import time
 import zlib
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
-from . import __version__
-from .envelope import Item
+from .. import __version__
+from ..protocol.envelope import Item
 from .function_logs import SEVERITY, LogLine
-from .ids import uuid4_hex, valid_trace_id
+from ..util.ids import uuid4_hex, valid_trace_id
 
 MAX_LOGS_PER_ITEM = 100  # the protocol's limit per envelope
 DEFAULT_MAX_ITEMS = 1000  # sentry-python's MAX_BEFORE_DROP

@@ -7,8 +7,8 @@ import logging
 import ssl
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from . import lean_imports
-from .lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle
+from ..util import lean_imports
+from ..util.lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle
 
 lean_imports.install()  # before urllib3: keeps importlib.metadata out (lean_imports.py)
 
@@ -16,8 +16,8 @@ import urllib3  # noqa: E402
 from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
 
-from .config import Config  # noqa: E402
-from .records import Record  # noqa: E402
+from ..config import Config  # noqa: E402
+from ..util.records import Record  # noqa: E402
 from .request import Request  # noqa: E402
 from .tls import client_context  # noqa: E402
 
