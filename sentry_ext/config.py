@@ -19,6 +19,9 @@ FLUSH_MODES = ("end", "background", "adaptive")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOGS_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal")  # Sentry's levels (and "warning")
 MIB = 1024 * 1024
+ARCHITECTURES = ("x86_64", "arm64")
+# Lambda sets no variable for it: the machine the extension runs on is the function's.
+ARCHITECTURE = "arm64" if os.uname().machine.lower() in ("aarch64", "arm64") else "x86_64"
 
 # (field, environment variable(s), default, check, meaning). ``check`` is ``(lo, hi)`` for an
 # integer in that range, a tuple of choices (matched case-insensitively), or None for text. With
@@ -63,6 +66,10 @@ SETTINGS = (
     ("function_version", "AWS_LAMBDA_FUNCTION_VERSION", "", None, "set by Lambda: the function's version"),
     ("region", "AWS_REGION", "", None, "set by Lambda: the function's region"),
     ("memory_mb", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, (0, 1048576), "set by Lambda: the memory size in MB"),
+    ("metrics", "SENTRY_EXT_METRICS", "on", ("on", "off"), "Lambda's report figures as trace metrics"),
+    ("unfinished_transactions", "SENTRY_EXT_UNFINISHED_TRANSACTIONS", "on", ("on", "off"),
+     "a transaction for an invocation the SDK never finished"),
+    ("architecture", "SENTRY_EXT_ARCHITECTURE", ARCHITECTURE, ARCHITECTURES, "the function's architecture (cost)"),
 )
 FAILURE_KINDS = ("timeout", "oom", "exit", "init")  # SENTRY_EXT_REPORT_FAILURES: "on", "off" or a list of these
 # Fields the loader derives from several variables (documented in the README all the same).
@@ -126,6 +133,9 @@ class Config:
     function_version: str
     region: str
     memory_mb: int
+    metrics: str
+    unfinished_transactions: str
+    architecture: str
 
     def __init__(self, **values: Any) -> None:
         missing = [name for name in _REQUIRED if name not in values]

@@ -28,6 +28,9 @@ from .ingest.server import IngestServer  # noqa: E402
 from .ingest.limits import IngestLimiter  # noqa: E402
 from .insight.invocations import Failure, Invocations  # noqa: E402
 from .insight.log_router import LogRouter  # noqa: E402
+from .insight.metrics import ReportMetrics  # noqa: E402
+from .insight.transactions import build_request as build_transaction  # noqa: E402
+from .insight.unfinished import Unfinished, UnfinishedTracker  # noqa: E402
 from .protocol.rate_limits import RateLimits  # noqa: E402
 from .delivery.request import Request  # noqa: E402
 from .ingest.request_id import aws_request_id  # noqa: E402
@@ -77,6 +80,11 @@ class Pipeline:
         # Function logs (SENTRY_EXT_LOGS=on): the same records in, log envelopes out.
         self.log_router = LogRouter(cfg, self.submit, self.discards, self.stats,
                                     self.invocations.sdk_trace) if cfg.logs == "on" else None
+        # What the SDK cannot send: a transaction for an invocation it never finished, Lambda's
+        # report figures as trace metrics (None: turned off, no work at all).
+        self.unfinished = (UnfinishedTracker(self._report_unfinished)
+                           if cfg.unfinished_transactions == "on" else None)
+        self.metrics = ReportMetrics(cfg, self.submit, self.invocations.sdk_trace) if cfg.metrics == "on" else None
         self.listener = (TelemetryListener(telemetry_sock, self.on_telemetry, self.stats, telemetry_path)
                          if telemetry_sock else None)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_age_s, cfg.dsn.public_key)
@@ -103,6 +111,8 @@ class Pipeline:
         self.invocations.note_envelope(header, functools.partial(aws_request_id, req))
         if self.log_router is not None:
             self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
+        if self.unfinished is not None:  # did the SDK send this request's transaction itself?
+            self.unfinished.note_envelope(req, header, functools.partial(aws_request_id, req))
         return self.ingest_limits(req)
 
     def on_telemetry(self, batch: Any) -> None:
@@ -114,16 +124,33 @@ class Pipeline:
             batch.clear()  # memory: the decoded JSON (~0.25 MiB per 1,000 records) is not needed past here
         lines = self.log_router.feed(records) if self.log_router is not None else None
         self.invocations.feed(records, lines)
+        if self.unfinished is not None:
+            self.unfinished.feed(records)
+        if self.metrics is not None:
+            self.metrics.feed(records)
 
     def invoked(self, event: Dict[str, Any], background: bool = False) -> None:
         """An INVOKE event (every flush mode): the request running from now on. ``background``:
         no drain will wait on this invocation, so few upstream connections will do."""
         self.invocations.invoked(event.get("requestId"), event.get("tracing"))
+        if self.unfinished is not None:
+            self.unfinished.invoked(event)
         self.forwarder.set_spread(background)
 
     def _report_failure(self, failure: Failure) -> None:
         self.stats.incr("failure_events")
         self.submit(build_request(failure, self.cfg))
+
+    def _report_unfinished(self, item: Unfinished) -> None:
+        self.stats.incr("unfinished_transactions")
+        self.submit(build_transaction(item, self.invocations.sdk_trace(item.request_id), self.cfg))
+
+    def _finish_insight(self, reason: Optional[str]) -> None:
+        """At SHUTDOWN: transactions of the invocations still undecided, the pending trace metrics."""
+        if self.unfinished is not None:
+            self.unfinished.settle_all(reason)
+        if self.metrics is not None:
+            self.metrics.flush()
 
     def submit(self, req: Request) -> bool:
         """Queue a request the extension made, as ingest queues an SDK's: rate limits first, and a
@@ -168,6 +195,8 @@ class Pipeline:
     def flush(self, timeout: float) -> bool:
         """Deliver everything queued and in flight, pending client reports included, within ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
+        if self.metrics is not None:
+            self.metrics.flush()  # the figures of the reports since the last drain: one envelope
         reported = self.reports.send() if self.discards.has_pending else True
         done = self.forwarder.flush(timeout)
         if done and not reported and self.reports.send():
@@ -189,6 +218,8 @@ class Pipeline:
             self.stats.incr("runtime_done_missed")
             return True
         self.invocations.settle(request_id)  # a crash's event rides this drain
+        if self.unfinished is not None:
+            self.unfinished.settle(request_id)  # and its transaction
         t_done = time.monotonic()
         flushed = self.flush(min(deadline - t_done, self.cfg.flush_timeout_ms / 1000.0))
         elapsed_ms = (time.monotonic() - t_done) * 1000
@@ -233,6 +264,7 @@ class Pipeline:
             now = time.monotonic()
             self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
         self.invocations.settle_all()
+        self._finish_insight(reason)
         if self.log_router is not None:
             self.log_router.flush()  # lines no runtimeDone has sent yet
         dropped_before = sum(self.stats.snapshot()["dropped"].values())
