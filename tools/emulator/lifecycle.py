@@ -127,6 +127,8 @@ class Lifecycle(ProcessControl, TelemetryApi):
                 )
             init_ms = (time.monotonic() - sb.init_start_t) * 1000.0
             self.last_init_ms = init_ms
+            if self.init_type == "on-demand":  # a restored sandbox reports its restore instead; provisioned none
+                sb.report_once["initDurationMs"] = round(init_ms, 3)
             self._emit(
                 sb,
                 "platform.initReport",
@@ -330,11 +332,13 @@ class Lifecycle(ProcessControl, TelemetryApi):
                 "billedDurationMs": int(math.ceil(duration_ms)),
                 "memorySizeMB": self.memory_mb,
                 "maxMemoryUsedMB": used_mb,
+                **sb.report_once,
             },
             "tracing": {"type": "X-Amzn-Trace-Id", "value": inv.trace_id},
         }
         if status != "success" and inv.error_type:
             report["errorType"] = inv.error_type
+        sb.report_once = {}
         self._emit(sb, "platform.report", report)
         return InvokeResult(
             request_id=inv.request_id,

@@ -111,6 +111,7 @@ class SnapStart(EmulatorBase):
             self._emit(sb, "platform.restoreRuntimeDone", dict(record))
             record["metrics"] = {"durationMs": round(duration_ms, 3)}
             self._emit(sb, "platform.restoreReport", record)
+            sb.report_once = {"restoreDurationMs": round(duration_ms, 3)} if status == "success" else {}
         if status != "success":
             self._kill_sandbox(sb)
             raise EmulatorError("restore %s: %s\n%s" % (status, sb.rt.init_error or self._crash(sb) or "no invocation/next",

@@ -152,6 +152,9 @@ class Sandbox:
         self.invocation: Optional[Invocation] = None
         self.telemetry_log: Deque[bytes] = collections.deque(maxlen=TELEMETRY_LOG_MAX)
         self.subscribers: List[Subscriber] = []
+        # Figures the next platform.report carries once: initDurationMs after an on-demand Init,
+        # restoreDurationMs after a SnapStart restore (as Lambda reports a cold start).
+        self.report_once: Dict[str, float] = {}
 
     @property
     def dead(self) -> bool:
