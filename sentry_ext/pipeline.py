@@ -123,11 +123,13 @@ class Pipeline:
         if isinstance(batch, list):
             batch.clear()  # memory: the decoded JSON (~0.25 MiB per 1,000 records) is not needed past here
         lines = self.log_router.feed(records) if self.log_router is not None else None
-        self.invocations.feed(records, lines)
+        # Before ``invocations``: whoever waits on it for a record finds that record's transaction
+        # and trace metrics already queued or pending.
         if self.unfinished is not None:
             self.unfinished.feed(records)
         if self.metrics is not None:
             self.metrics.feed(records)
+        self.invocations.feed(records, lines)
 
     def invoked(self, event: Dict[str, Any], background: bool = False) -> None:
         """An INVOKE event (every flush mode): the request running from now on. ``background``:
@@ -145,12 +147,18 @@ class Pipeline:
         self.stats.incr("unfinished_transactions")
         self.submit(build_transaction(item, self.invocations.sdk_trace(item.request_id), self.cfg))
 
-    def _finish_insight(self, reason: Optional[str]) -> None:
-        """At SHUTDOWN: transactions of the invocations still undecided, the pending trace metrics."""
+    def _finish_insight(self, reason: Optional[str], deadline: float) -> None:
+        """At SHUTDOWN: transactions of the invocations still undecided; the pending trace metrics,
+        with the last request's report (it may still be on its way: wait briefly, as for logs)."""
         if self.unfinished is not None:
             self.unfinished.settle_all(reason)
-        if self.metrics is not None:
-            self.metrics.flush()
+        if self.metrics is None:
+            return
+        rid = self.invocations.current_request_id()
+        now = time.monotonic()
+        if rid is not None and self.invocations.wait(rid, now, ("start",)):  # telemetry works
+            self.invocations.wait(rid, now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3), ("report",))
+        self.metrics.flush()
 
     def submit(self, req: Request) -> bool:
         """Queue a request the extension made, as ingest queues an SDK's: rate limits first, and a
@@ -264,7 +272,7 @@ class Pipeline:
             now = time.monotonic()
             self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
         self.invocations.settle_all()
-        self._finish_insight(reason)
+        self._finish_insight(reason, deadline)
         if self.log_router is not None:
             self.log_router.flush()  # lines no runtimeDone has sent yet
         dropped_before = sum(self.stats.snapshot()["dropped"].values())
