@@ -63,14 +63,18 @@ def estimated_cost(billed_ms: float, memory_mb: float, architecture: str) -> flo
     return PRICE_PER_REQUEST + (billed_ms / 1000.0) * (memory_mb / 1024.0) * price
 
 
-def _attr(value: Any) -> Dict[str, Any]:
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _attr(name: str, value: Any) -> str:
+    """``"name":{"value":...,"type":...}`` of one typed attribute, as JSON text."""
     if isinstance(value, bool):
-        return {"value": value, "type": "boolean"}
-    if isinstance(value, int):
-        return {"value": value, "type": "integer"}
-    if isinstance(value, float):
-        return {"value": value, "type": "double"}
-    return {"value": str(value), "type": "string"}
+        typed = '{"value":%s,"type":"boolean"}' % ("true" if value else "false")
+    elif isinstance(value, int):
+        typed = '{"value":%d,"type":"integer"}' % value
+    else:
+        typed = '{"value":%s,"type":"string"}' % _encode(str(value))
+    return "%s:%s" % (_encode(name), typed)
 
 
 class ReportMetrics:
@@ -85,7 +89,7 @@ class ReportMetrics:
         self._clock = clock
         self._max_items = max(1, max_items)
         self._lock = threading.Lock()
-        self._pending: List[Dict[str, Any]] = []
+        self._pending: List[str] = []
         self._oldest = 0.0
         self._priced = cfg.init_type != MANAGED_INSTANCES
         base = {"aws_lambda.function_name": cfg.function_name or "unknown-function",
@@ -95,7 +99,8 @@ class ReportMetrics:
             base["aws_lambda.function_version"] = cfg.function_version
         if cfg.region:
             base["aws_lambda.region"] = cfg.region
-        self._base = {key: _attr(value) for key, value in base.items()}
+        # What every figure repeats, encoded once (CPU: a report's figures share their attributes' text).
+        self._base = ",".join(_attr(key, value) for key, value in base.items())
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -107,36 +112,40 @@ class ReportMetrics:
                 self.add(record)
 
     def items(self, report: Report, now: Optional[float] = None) -> List[Dict[str, Any]]:
-        """The trace metric items of one report."""
+        """The trace metric items of one report, as dicts."""
+        return [json.loads(text) for text in self.item_texts(report, now)]
+
+    def item_texts(self, report: Report, now: Optional[float] = None) -> List[str]:
+        """The trace metric items of one report, as JSON text (their attributes encoded once)."""
         trace = self.sdk_trace(report.request_id)
         trace_id = trace_id_for(trace, report.tracing)
         stamp = iso_to_epoch(report.time) or (time.time() if now is None else now)
         memory_mb = report.memory_size_mb or self.cfg.memory_mb or None
-        attributes = dict(self._base)
-        attributes["aws_lambda.request_id"] = _attr(report.request_id)
-        attributes["aws_lambda.cold_start"] = _attr(report.init_duration_ms is not None
-                                                    or report.restore_duration_ms is not None)
+        parts = [self._base, _attr("aws_lambda.request_id", report.request_id),
+                 _attr("aws_lambda.cold_start", report.init_duration_ms is not None
+                       or report.restore_duration_ms is not None)]
         if memory_mb:
-            attributes["aws_lambda.memory_size_mb"] = _attr(int(memory_mb))
+            parts.append(_attr("aws_lambda.memory_size_mb", int(memory_mb)))
         for key, name in (("release", "sentry.release"), ("environment", "sentry.environment")):
             value = trace.get(key) or getattr(self.cfg, key)
             if value:
-                attributes[name] = _attr(value)
+                parts.append(_attr(name, value))
+        head = '{"timestamp":%r,"trace_id":%s,"name":"' % (float(stamp), _encode(trace_id))
+        tail = ',"attributes":{%s}}' % ",".join(parts)
         out = []
         for field, name, unit in FIGURES:
             value = getattr(report, field)
-            if value is not None:
-                out.append({"timestamp": stamp, "trace_id": trace_id, "name": PREFIX + name, "type": "distribution",
-                            "value": value, "unit": unit, "attributes": attributes})
+            if value is not None:  # finite and non-negative: telemetry_records checked it
+                out.append('%s%s%s","type":"distribution","value":%r,"unit":"%s"%s'
+                           % (head, PREFIX, name, float(value), unit, tail))
         if self._priced and report.billed_duration_ms is not None and memory_mb:
-            out.append({"timestamp": stamp, "trace_id": trace_id, "name": COST_NAME, "type": "counter",
-                        "value": estimated_cost(report.billed_duration_ms, memory_mb, self.cfg.architecture),
-                        "unit": COST_UNIT, "attributes": attributes})
+            cost = estimated_cost(report.billed_duration_ms, memory_mb, self.cfg.architecture)
+            out.append('%s%s","type":"counter","value":%r,"unit":"%s"%s' % (head, COST_NAME, cost, COST_UNIT, tail))
         return out
 
     def add(self, report: Report) -> None:
         """Queue the figures of ``report``; a full or old batch leaves now."""
-        new = self.items(report)
+        new = self.item_texts(report)
         if not new:
             return
         now = self._clock()
@@ -168,11 +177,10 @@ class ReportMetrics:
         return self.submit(req)
 
 
-def metrics_request(items: List[Dict[str, Any]], cfg: Config) -> Request:
-    """One envelope (gzip'd) with one ``trace_metric`` item holding ``items``."""
+def metrics_request(items: List[str], cfg: Config) -> Request:
+    """One envelope (gzip'd) with one ``trace_metric`` item holding ``items`` (JSON texts)."""
     assert cfg.dsn is not None
-    payload = json.dumps({"version": 2, "items": items}, separators=(",", ":"), ensure_ascii=False,
-                         allow_nan=False).encode("utf-8")
+    payload = ('{"version":2,"items":[%s]}' % ",".join(items)).encode("utf-8")
     item_header = {"type": "trace_metric", "item_count": len(items), "content_type": CONTENT_TYPE,
                    "length": len(payload)}
     header = {"sent_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
