@@ -238,7 +238,7 @@ def timeout_batch(rid: str) -> List[Dict[str, Any]]:
 
 
 def test_failure_events_obey_mirrored_rate_limits_and_count_when_dropped(pipelines: Any, upstream: Any) -> None:
-    pipe = pipelines()
+    pipe = pipelines(SENTRY_EXT_UNFINISHED_TRANSACTIONS="off")  # the failure events alone (test_unfinished.py)
     pipe.on_telemetry(timeout_batch("delivered"))
     assert pipe.flush(5)
     (event,) = [json.loads(p) for _, _, p in upstream.items("event")]
@@ -251,7 +251,7 @@ def test_failure_events_obey_mirrored_rate_limits_and_count_when_dropped(pipelin
 
 
 def test_a_full_queue_drops_the_failure_event_and_counts_it(pipelines: Any) -> None:
-    pipe = pipelines(start=False, SENTRY_EXT_QUEUE_MAX_ITEMS="1")
+    pipe = pipelines(start=False, SENTRY_EXT_QUEUE_MAX_ITEMS="1", SENTRY_EXT_UNFINISHED_TRANSACTIONS="off")
     pipe.queue.put(build_request(Failure("exit", "x", "error", "Runtime.ExitError", False), pipe.cfg))
     pipe.on_telemetry(timeout_batch("overflow"))
     assert pipe.discards.snapshot(KEY) == {("queue_overflow", "error"): 1}

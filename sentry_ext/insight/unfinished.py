@@ -37,8 +37,9 @@ KEEP_REQUESTS = 64
 OVERLAP_LOOKBACK = 8  # recent requests looked at for one still running beside the current one
 RESET_REASONS = ("timeout", "failure")
 PREFIX_BYTES = 16384  # decoded bytes of a compressed SDK body looked through for a transaction item
-# Item header lines as sentry-python and sentry-javascript write them (compact JSON, type first).
-_TRANSACTION_ITEM = b'\n{"type":"transaction"'
+# Item header lines as sentry-python and sentry-javascript write them (compact JSON, type first),
+# and as Python's json.dumps does by default.
+_TRANSACTION_ITEMS = (b'\n{"type":"transaction"', b'\n{"type": "transaction"')
 _DSC_FIELDS = ("trace_id", "sample_rate", "sampled", "release", "environment")
 
 
@@ -48,7 +49,7 @@ def holds_transaction(req: Request) -> Optional[bool]:
     header: a compressed body is decoded only as far as ``PREFIX_BYTES``."""
     encoding = req.encoding
     if encoding in ("", "identity"):
-        return _TRANSACTION_ITEM in req.body
+        return _found(req.body)
     if encoding not in ("gzip", "x-gzip", "deflate"):
         return None
     body = req.body
@@ -58,9 +59,13 @@ def holds_transaction(req: Request) -> Optional[bool]:
     else:
         wbits = 31
     try:
-        return _TRANSACTION_ITEM in zlib.decompressobj(wbits).decompress(body, PREFIX_BYTES)
+        return _found(zlib.decompressobj(wbits).decompress(body, PREFIX_BYTES))
     except zlib.error:
         return None
+
+
+def _found(data: bytes) -> bool:
+    return _TRANSACTION_ITEMS[0] in data or _TRANSACTION_ITEMS[1] in data
 
 
 class Unfinished:
@@ -210,11 +215,17 @@ class UnfinishedTracker:
     def settle_all(self, reason: Optional[str]) -> None:
         """At SHUTDOWN: decide every request; after a reset, one still open was cut short."""
         found: List[Unfinished] = []
-        cut = (reason or "").lower() in RESET_REASONS
+        why = (reason or "").lower()
+        cut = why in RESET_REASONS
         with self._lock:
+            # Cut short: the running request, and those started beside it (Managed Instances); an
+            # older one still open lost its records, and says nothing about this reset.
+            recent = list(itertools.islice(reversed(self._requests.values()), OVERLAP_LOOKBACK))
             for req in list(self._requests.values()):
-                if req.ended or cut:
-                    self._collect(req, (reason or "").lower() if cut else None, found)
+                if req.ended:
+                    self._collect(req, None, found)
+                elif cut and (req is self._current or (req.start is not None and req in recent)):
+                    self._collect(req, why, found)
         self._emit(found)
 
     # -- internals (lock held) -----------------------------------------------------------------
