@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from e2e import ext_log, extension_events, make_emulator
 from helpers import KEY, PROJECT, Errors, exchange, make_pipeline, proc_status, stop, wait_until
 from sentry_ext import main, telemetry, telemetry_endpoint
 from sentry_ext.config import load
@@ -177,7 +178,9 @@ def test_bind_address_is_what_sandbox_localdomain_resolves_to() -> None:
 
 
 @pytest.mark.parametrize("behaviour", ["hangs", "fails", "unbindable"])
-def test_bind_falls_back_to_all_interfaces_without_holding_init(behaviour: str) -> None:
+def test_bind_falls_back_to_loopback_without_holding_init(behaviour: str) -> None:
+    """sandbox.localdomain unresolvable (slow or failing resolver) or its address not ours: the
+    listener binds 127.0.0.1, never all interfaces (0.0.0.0 would expose it beyond the sandbox)."""
     release = threading.Event()
 
     def resolver(name: bytes, *args: Any) -> Any:
@@ -192,10 +195,33 @@ def test_bind_falls_back_to_all_interfaces_without_holding_init(behaviour: str) 
     elapsed = time.monotonic() - t0
     release.set()
     try:
-        assert sock.getsockname()[0] == "0.0.0.0" and "0.0.0.0" in note
+        assert sock.getsockname()[0] == "127.0.0.1" and "bound to 127.0.0.1:" in note, note
         assert elapsed < 1.0
     finally:
         sock.close()
+
+
+def test_an_unresolvable_sandbox_localdomain_still_gets_telemetry_on_loopback(tmp_path: Any,
+                                                                             upstream: FakeUpstream) -> None:
+    """The default host, on a machine where sandbox.localdomain does not resolve (as in a container
+    under AWS's RIE): the listener binds 127.0.0.1, the subscription URI still names
+    sandbox.localdomain, and the emulator (which posts that host to 127.0.0.1, as RIE does)
+    delivers the records: a timeout becomes a failure event."""
+    if telemetry_endpoint.from_hosts("sandbox.localdomain") or telemetry_endpoint.resolve("sandbox.localdomain", 1.0):
+        pytest.skip("sandbox.localdomain resolves on this machine")
+    with make_emulator(tmp_path, upstream, timeout_s=1.0, SENTRY_EXT_TELEMETRY_HOST="sandbox.localdomain",
+                       SENTRY_EXT_LOG_LEVEL="DEBUG") as emu:
+        emu.start()
+        assert emu._sandbox is not None
+        uris = [sub.uri for sub in emu._sandbox.subscribers]
+        result = emu.invoke({"sleep_s": 5})
+        assert result.status == "timeout"
+        assert upstream.wait_for(lambda _: len(extension_events(upstream)) == 1, 10), ext_log(emu)
+        log = ext_log(emu)
+    assert "telemetry listener bound to 127.0.0.1:" in log and "did not resolve" in log, log
+    assert "0.0.0.0" not in log and "falling back" not in log, log
+    assert len(uris) == 1 and uris[0].startswith("http://sandbox.localdomain:"), uris
+    assert extension_events(upstream)[0]["exception"]["values"][0]["type"] == "LambdaTimeout"
 
 
 def test_the_hosts_file_answers_first(tmp_path: Any) -> None:
