@@ -116,6 +116,26 @@ def test_only_the_secret_path_reaches_the_records(live: Live) -> None:
     assert live.invocations.wait("req-1", time.monotonic())
 
 
+def test_refusals_are_logged_once_not_per_batch(live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    """AWS's RIE in Managed Instances mode posts every batch to the listener's address without the
+    subscribed path: each is refused and counted, and the log says so once, not per batch."""
+    caplog.set_level(logging.DEBUG, logger="sentry_ext")
+    for _ in range(5):
+        assert status_of(post(live.port, "/", runtime_done())) == 404
+    assert live.stats.get("telemetry_refused") == 5 and live.batches == []
+    refused = [r for r in caplog.records if r.name == "sentry_ext.telemetry" and "refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    assert refused[0].levelno == logging.WARNING and "POST '/': 404" in refused[0].getMessage()
+    assert "Managed Instances" in refused[0].getMessage()
+    reply, _ = request(live.port, b"GET /x HTTP/1.1\r\n\r\n")  # another reason: its own one line
+    assert status_of(reply) == 404
+    assert status_of(post(live.port, live.listener.path, b"x" * (telemetry.MAX_BATCH_BYTES + 1))) == 413
+    assert status_of(post(live.port, live.listener.path, b"x" * (telemetry.MAX_BATCH_BYTES + 1))) == 413
+    refused = [r for r in caplog.records if r.name == "sentry_ext.telemetry" and "refused" in r.getMessage()]
+    assert [r.getMessage().split(": ", 1)[1][:3] for r in refused] == ["404", "413"]
+    assert live.stats.get("telemetry_refused") == 8
+
+
 def test_a_wrong_path_is_answered_without_reading_the_body(live: Live) -> None:
     # The body announced is never sent: the answer comes from the headers alone, and the server closes.
     reply, closed = request(live.port, b"POST /telemetry HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
