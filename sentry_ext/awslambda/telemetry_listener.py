@@ -12,7 +12,8 @@ import hmac
 import json
 import logging
 import socket
-from typing import Any, Callable, List, Optional, Tuple
+import threading
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from ..util.http_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
 from ..util.stats import Stats
@@ -28,6 +29,8 @@ MAX_CONNECTIONS = 8
 MAX_DEPTH = 32
 CLIENT_TIMEOUT_S = 5.0
 EVICT_AFTER_S = 0.05
+REFUSALS = {404: "not the subscribed path", 405: "not a POST", 411: "no single Content-Length",
+            413: "batch too large", 503: "listener busy"}
 
 # Called with each decoded batch; the list is the hook's: it may empty it once read (the pipeline
 # does, so the decoded records are freed while their logs are handled).
@@ -50,9 +53,15 @@ class _Handler(BoundedHandler):
             status, RESPONSE_REASONS.get(status, "").encode("latin-1"), b"Connection: close\r\n" if close else b""))
 
     def _refuse(self, status: int) -> None:
-        # Not Lambda, or not a batch: nothing is read or recorded, and nothing logged above debug.
+        # Not Lambda, or not a batch: nothing is read or recorded. Logged once per status, not per
+        # batch: a sender that keeps posting to the wrong place (AWS's RIE in Managed Instances
+        # mode posts without the path) or a local process probing must not fill the log.
         self.server.stats.incr("telemetry_refused")
-        log.debug("telemetry listener refused %s %s: %d", self.command, self.path[:80], status)
+        if self.server.first_refusal(status):
+            log.warning("telemetry listener refused %s %r: %d, %s (only Lambda, posting to the subscribed path, is "
+                        "heard; AWS's RIE in Managed Instances mode posts without the path); later refusals are "
+                        "counted as telemetry_refused, not logged", self.command, self.path[:80], status,
+                        REFUSALS.get(status, "refused"))
         self._answer(status, close=True)
 
     def handle_expect_100(self) -> bool:
@@ -165,6 +174,16 @@ class TelemetryListener(BoundedServer):
         self.on_batch = on_batch
         self.path = path or new_path()
         self._path_bytes = self.path.encode("ascii")
+        self._refusals_logged: Set[int] = set()  # statuses whose first refusal was logged
+        self._refusals_lock = threading.Lock()
+
+    def first_refusal(self, status: int) -> bool:
+        """Whether this is the first refusal with ``status`` (the one to log)."""
+        with self._refusals_lock:
+            if status in self._refusals_logged:
+                return False
+            self._refusals_logged.add(status)
+            return True
 
     def is_ours(self, path: str) -> bool:
         return hmac.compare_digest(path.encode("latin-1", "replace"), self._path_bytes)

@@ -114,7 +114,7 @@ def classify(status: Optional[str], error_type: Optional[str], report: Optional[
 
 class _Request:
     __slots__ = ("request_id", "cold_start", "start", "runtime_done", "report", "xray", "sdk_trace", "logs",
-                 "decided")
+                 "decided", "invoked")
 
     def __init__(self, request_id: str, cold_start: bool) -> None:
         self.request_id = request_id
@@ -126,6 +126,7 @@ class _Request:
         self.sdk_trace: Optional[Dict[str, str]] = None
         self.logs: Deque[Tuple[float, str, str]] = collections.deque(maxlen=KEEP_LOG_LINES)
         self.decided = False
+        self.invoked = False  # an INVOKE named it: requests run one at a time (not Managed Instances)
 
     @property
     def settled(self) -> bool:
@@ -182,13 +183,18 @@ class Invocations:
             return
         with self._cond:
             req = self._touch(rid)
+            req.invoked = True
             req.xray = req.xray or tracing_value(tracing)
 
     def note_envelope(self, header: Optional[Mapping[str, Any]],
                       request_id_of: Optional[Callable[[], Optional[str]]] = None) -> None:
         """An SDK envelope header: its ``trace`` (trace_id, release, environment) belongs to the
         request its events name (``request_id_of``: the AWS request id read from the body), else to
-        the request running now (on-demand runs one request at a time); the first one seen wins.
+        the request running now if that one is unambiguous: a request the lifecycle got an INVOKE
+        for (Lambda sends INVOKE only where requests run one at a time); the first one seen wins.
+        On Managed Instances (no INVOKE, requests overlap) an envelope that names no request, or
+        is not read, gives its trace to none: a failure event without the SDK's trace beats one
+        with another request's.
 
         The body is read (at most ``LOOKUPS_PER_REQUEST`` times per request) unless the trace is
         the running request's again: an envelope can arrive before the INVOKE of its request was
@@ -216,7 +222,7 @@ class Invocations:
                     req.sdk_trace = found
                 return
             req = self._current
-            if req is None or req.sdk_trace is not None or req.runtime_done is not None:
+            if req is None or not req.invoked or req.sdk_trace is not None or req.runtime_done is not None:
                 return
             req.sdk_trace = found
 
