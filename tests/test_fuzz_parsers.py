@@ -70,6 +70,35 @@ def test_envelope_parse_raises_only_envelope_error(data: bytes) -> None:
     assert [strip(i.headers) for i in again.items] == [strip(i.headers) for i in env.items]
 
 
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), envelope_like), st.sampled_from(["", "gzip", "deflate"]),
+       st.integers(1, 40), st.lists(st.booleans(), max_size=8))
+@example(b'{}\n{"type":"event","length":5}\nabc', "", 1, [])
+@example(b'{}\n{"type":"a","length":2}\nab\n\n{"type":"b"}\nxyz', "gzip", 3, [False, True])
+def test_streaming_scan_finds_what_parse_finds(data: bytes, encoding: str, chunk: int, keep: list) -> None:
+    # Decoded in tiny chunks, so lines and payloads straddle chunk ends.
+    body = {"": data, "gzip": gzip_of(data), "deflate": zlib.compress(data)}[encoding]
+    try:
+        env = Envelope.parse(data)
+    except EnvelopeError:
+        env = None
+    try:
+        scanned = list(envmod.scan_items(body, encoding, 1 << 20, chunk=chunk))
+    except envmod.ScanLimit:
+        raise
+    except EnvelopeError:
+        assert env is None or len(env.header_line) > envmod.HEADER_LINE_LIMIT or any(
+            len(i.header_line) > envmod.ITEM_HEADER_LIMIT for i in env.items)
+        return
+    assert env is not None
+    assert [(i.headers, i.line, i.length) for i in scanned] == [(i.headers, i.header_line, len(i.payload))
+                                                                for i in env.items]
+    keep = (keep + [True] * len(scanned))[:len(scanned)]
+    rebuilt = envmod.without_items(body, encoding, keep, [i.length for i in scanned])
+    expected = Envelope(env.headers, [i for i, k in zip(env.items, keep) if k], header_line=env.header_line)
+    assert envmod.decode_body(rebuilt, encoding, 1 << 20) == expected.serialize()
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_objects, st.lists(st.tuples(st.text(min_size=1, max_size=12), json_objects,
                                         st.binary(max_size=200)), max_size=5))

@@ -467,3 +467,21 @@ def test_the_real_process_stays_bounded_and_keeps_hearing_lambda_under_a_flood(t
     assert "falling back" not in log and "Traceback" not in log, log
     summary = log[log.index("summary:"):].split("\n", 1)[0].split()
     assert "flushes=4" in summary and "runtime_done_missed" not in " ".join(summary), summary
+
+
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"])
+@pytest.mark.parametrize("value", [b"9" * 5000, "\u0661\u0662".encode("utf-8"), b"\xb2", b"+5", b"1_0", b"9" * 13])
+def test_a_malformed_content_length_is_a_clean_400(live: Live, value: bytes, expect: bytes) -> None:
+    errors = Errors()
+    logger = logging.getLogger("sentry_ext")
+    logger.addHandler(errors)
+    try:
+        reply, closed = request(live.port, b"POST %s HTTP/1.1\r\nContent-Length: %s\r\n%s\r\n" % (
+            live.listener.path.encode(), value, expect), half_close=False)
+    finally:
+        logger.removeHandler(errors)
+    # refused from the headers alone, before any "100 Continue" invites the body
+    assert reply.startswith(b"HTTP/1.1 400") and closed, reply[:200]
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert live.batches == [] and live.stats.get("telemetry_refused") == 1
+    assert status_of(post(live.port, live.listener.path, b"[]")) == 200  # still serving

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+from ..util.http_numbers import parse_number
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing or json before the first /event/next (start-up budget: main.py)
     from typing import Any, Callable, Dict, Optional, Tuple
@@ -37,11 +39,10 @@ class LambdaApiError(Exception):
 
 def _number(text: str, what: str, base: int = 10) -> int:
     """A non-negative integer in ASCII digits (``int`` alone accepts signs, "_" and other scripts' digits)."""
-    text = text.strip()
-    digits = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
-    if not text or not text.isascii() or text.strip(digits) or len(text) > 18:
-        raise LambdaApiError("malformed %s %r" % (what, text[:40]))
-    return int(text, base)
+    number = parse_number(text, 18, base)
+    if number is None:
+        raise LambdaApiError("malformed %s %r" % (what, text.strip()[:40]))
+    return number
 
 
 def _split_addr(addr: str) -> Tuple[str, int]:

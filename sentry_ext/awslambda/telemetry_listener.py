@@ -16,6 +16,7 @@ import threading
 from typing import Any, Callable, List, Optional, Set, Tuple
 
 from ..util.http_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
+from ..util.http_numbers import content_length
 from ..util.stats import Stats
 from .telemetry_address import new_path
 
@@ -65,24 +66,30 @@ class _Handler(BoundedHandler):
         self._answer(status, close=True)
 
     def handle_expect_100(self) -> bool:
-        # No "100 Continue" invites a body on a wrong path.
-        if not self.server.is_ours(self.path):
-            self._refuse(404)
+        # No "100 Continue" invites a body on a wrong path, or one of a length we would refuse.
+        status = 404 if not self.server.is_ours(self.path) else self._length()[1]
+        if status:
+            self._refuse(status)
             return False
         return super().handle_expect_100()
+
+    def _length(self) -> Tuple[int, int]:
+        """``(the body's length, 0)``, or ``(0, the status refusing it)``."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or len(lengths) != 1:
+            return 0, 411
+        length = content_length(lengths[0])
+        if length is None:
+            return 0, 400
+        return (0, 413) if length > MAX_BATCH_BYTES else (length, 0)
 
     def do_POST(self) -> None:
         if not self.server.is_ours(self.path):
             self._refuse(404)
             return
-        lengths = self.headers.get_all("Content-Length") or []
-        raw = lengths[0].strip() if len(lengths) == 1 else ""
-        if self.headers.get("Transfer-Encoding") is not None or not raw.isdigit():
-            self._refuse(411)
-            return
-        length = int(raw)
-        if length > MAX_BATCH_BYTES:
-            self._refuse(413)
+        length, status = self._length()
+        if status:
+            self._refuse(status)
             return
         if not self.server.reserve(length):
             self._refuse(503)
