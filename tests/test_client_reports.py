@@ -16,7 +16,8 @@ from sentry_ext.delivery.queue import BoundedQueue
 from sentry_ext.protocol.client_reports import ReportScheduler, report_request
 from sentry_ext.protocol.discards import MAX_REPORT_BYTES, Discards, request_outcomes
 from sentry_ext.protocol.dsn import Dsn
-from sentry_ext.protocol.envelope import SCAN_LOCK, Envelope
+from sentry_ext.protocol.envelope import Envelope
+from sentry_ext.protocol.body import SCAN_LOCK
 from sentry_ext.ingest.limits import IngestLimiter
 from sentry_ext.protocol.rate_limits import RateLimits
 from sentry_ext.delivery.request import Request

@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sentry_ext.protocol import envelope as envmod
+from sentry_ext.protocol import body as bodymod
 from sentry_ext.protocol import rate_limits as ratelimit
 from sentry_ext.protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from sentry_ext.protocol.envelope import Envelope, EnvelopeError, Item, first_line, parse_header
+from sentry_ext.protocol.envelope import Envelope, EnvelopeError, Item, parse_header
+from sentry_ext.protocol.body import first_line
 from sentry_ext.delivery.spool import MAGIC, SpoolError, decode
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,20 +85,20 @@ def test_streaming_scan_finds_what_parse_finds(data: bytes, encoding: str, chunk
     except EnvelopeError:
         env = None
     try:
-        scanned = list(envmod.scan_items(body, encoding, 1 << 20, chunk=chunk))
-    except envmod.ScanLimit:
+        scanned = list(bodymod.scan_items(body, encoding, 1 << 20, chunk=chunk))
+    except bodymod.ScanLimit:
         raise
     except EnvelopeError:
-        assert env is None or len(env.header_line) > envmod.HEADER_LINE_LIMIT or any(
-            len(i.header_line) > envmod.ITEM_HEADER_LIMIT for i in env.items)
+        assert env is None or len(env.header_line) > bodymod.HEADER_LINE_LIMIT or any(
+            len(i.header_line) > bodymod.ITEM_HEADER_LIMIT for i in env.items)
         return
     assert env is not None
     assert [(i.headers, i.line, i.length) for i in scanned] == [(i.headers, i.header_line, len(i.payload))
                                                                 for i in env.items]
     keep = (keep + [True] * len(scanned))[:len(scanned)]
-    rebuilt = envmod.without_items(body, encoding, keep, [i.length for i in scanned])
+    rebuilt = bodymod.without_items(body, encoding, keep, [i.length for i in scanned])
     expected = Envelope(env.headers, [i for i, k in zip(env.items, keep) if k], header_line=env.header_line)
-    assert envmod.decode_body(rebuilt, encoding, 1 << 20) == expected.serialize()
+    assert bodymod.decode_body(rebuilt, encoding, 1 << 20) == expected.serialize()
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -133,7 +135,7 @@ def test_header_inspection_raises_only_envelope_error(body: bytes, encoding: str
         line = first_line(body, encoding)
     except EnvelopeError:
         return
-    assert len(line) <= envmod.HEADER_LINE_LIMIT
+    assert len(line) <= bodymod.HEADER_LINE_LIMIT
     try:
         assert isinstance(parse_header(line), dict)
     except EnvelopeError:
@@ -147,7 +149,7 @@ def test_header_inspection_raises_only_envelope_error(body: bytes, encoding: str
 def test_body_decoding_raises_only_envelope_error_and_respects_its_limit(body: bytes, encoding: str,
                                                                           limit: int) -> None:
     try:
-        out = envmod.decode_body(body, encoding, limit)
+        out = bodymod.decode_body(body, encoding, limit)
     except EnvelopeError:
         return
     assert len(out) <= limit
@@ -162,7 +164,7 @@ def test_gzip_bomb_is_inspected_in_bounded_memory_and_time() -> None:
     with pytest.raises(EnvelopeError):
         first_line(bomb, "gzip")  # stops at HEADER_LINE_LIMIT, never inflates the rest
     with pytest.raises(EnvelopeError):
-        envmod.decode_body(bomb, "gzip", 4 * 1024 * 1024)
+        bodymod.decode_body(bomb, "gzip", 4 * 1024 * 1024)
     assert time.monotonic() - t0 < 2.0
 
 

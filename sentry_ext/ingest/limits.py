@@ -6,8 +6,8 @@ import logging
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from ..protocol.discards import DECODE_LIMIT, Discards, scan_outcomes
-from ..protocol.envelope import (INSPECTABLE_ENCODINGS, SCAN_LOCK, SCAN_WAIT_S, EnvelopeError, endpoint_category,
-                       endpoint_of, without_items)
+from ..protocol.envelope import EnvelopeError, endpoint_category, endpoint_of
+from ..protocol.body import INSPECTABLE_ENCODINGS, SCAN_LOCK, SCAN_WAIT_S, without_items
 from ..protocol.rate_limits import RateLimits, limited
 from ..delivery.request import Request
 from ..util.stats import Stats

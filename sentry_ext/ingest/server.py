@@ -15,7 +15,8 @@ from ..delivery.queue import BoundedQueue
 from ..delivery.request import Request
 from ..config import Config
 from ..protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from ..protocol.envelope import EnvelopeError, first_line, parse_header
+from ..protocol.envelope import EnvelopeError, parse_header
+from ..protocol.body import first_line
 from ..util.http_numbers import content_length
 from ..util.stats import Stats
 

@@ -35,7 +35,8 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 from ..protocol.client_reports import envelope_request
 from ..config import Config
 from ..protocol.discards import Discards
-from ..protocol.envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
+from ..protocol.envelope import Envelope, EnvelopeError
+from ..protocol.body import INSPECTABLE_ENCODINGS, decode_body
 from ..awslambda.exec_model import MANAGED_INSTANCES
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES

@@ -10,14 +10,14 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..delivery.request import Request
-from .envelope import (SCAN_LIMIT, SCAN_LOCK, SCAN_WAIT_S, EnvelopeError, Item, ScanLimit, endpoint_category,
-                       endpoint_of, scan_items)
+from .envelope import EnvelopeError, Item, endpoint_category, endpoint_of
+from .body import SCAN_LIMIT, SCAN_LOCK, SCAN_WAIT_S, ScanLimit, scan_items
 from .envelope import category as item_category
 
 log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 4096  # Relay's limit for one client_report item
-DECODE_LIMIT = SCAN_LIMIT  # decoded bytes scanned to count a dropped envelope's items (see envelope.py)
+DECODE_LIMIT = SCAN_LIMIT  # decoded bytes scanned to count a dropped envelope's items (see body.py)
 # Without the scan lock, only this much is decoded (in small chunks) to learn the first item's type.
 FALLBACK_LIMIT = 16 * 1024
 FALLBACK_CHUNK = 4 * 1024
