@@ -87,6 +87,10 @@ class Forwarder:
         self.controller = ConcurrencyController(senders, max_inflight or senders)
         self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
+        # Bumped each time the lifecycle is about to call /event/next (before_next): a round trip
+        # in flight across one may have spanned a freeze, which the monotonic clock counts.
+        self._generation = 0
+        self.clock: Callable[[], float] = time.monotonic  # round trips are timed on it (tests step it)
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
         self._alive = 0  # threads started and not retired
@@ -121,6 +125,11 @@ class Forwarder:
         self._spread = on
         if self._deadline is None and not self._stop.is_set():
             self.queue.set_spread(on)
+
+    def before_next(self) -> None:
+        """The lifecycle is about to call /event/next: the sandbox may be frozen from now on, so
+        no round trip in flight now is a sample of the upstream's (``_send``)."""
+        self._generation += 1
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty and nothing is in flight; False if ``timeout`` (s) ran out
@@ -233,10 +242,19 @@ class Forwarder:
         return None, remaining if floor is None else max(remaining, floor)
 
     def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
-        started = time.monotonic()
+        generation = self._generation
+        started = self.clock()
         result = self.transport.send(req, read_timeout=read_timeout)
         if result.status:
-            self.rtt.add(time.monotonic() - started)
+            elapsed = self.clock() - started
+            # Not a sample: a round trip that crossed an /event/next (the monotonic clock ran on
+            # while the sandbox was frozen), or one longer than its read timeout allowed.
+            if generation == self._generation and elapsed <= self.transport.read_timeout_for(read_timeout):
+                self.rtt.add(elapsed)
+            else:
+                self.stats.incr("rtt_discarded")
+                log.debug("round trip of %.0f ms not sampled (crossed /event/next or the read timeout)",
+                          elapsed * 1000)
         return result
 
     def _deliver(self, req: Request) -> None:

@@ -121,6 +121,11 @@ class Pipeline:
         self.invocations.invoked(event.get("requestId"), event.get("tracing"))
         self.forwarder.set_spread(background)
 
+    def before_next(self) -> None:
+        """The lifecycle is about to call /event/next (a freeze may follow): round trips in
+        flight now are not timed into the estimate (forwarder.py)."""
+        self.forwarder.before_next()
+
     def _report_failure(self, failure: Failure) -> None:
         self.stats.incr("failure_events")
         self.submit(build_request(failure, self.cfg))

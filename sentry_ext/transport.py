@@ -131,11 +131,17 @@ class Transport:
         self._connect_s = cfg.connect_timeout_ms / 1000.0
         self._timeout = urllib3.Timeout(connect=self._connect_s, read=self._read_s)
 
+    def read_timeout_for(self, read_timeout: Optional[float] = None) -> float:
+        """The read timeout (s) ``send`` applies when asked to cap it at ``read_timeout``."""
+        if read_timeout is None or read_timeout >= self._read_s:
+            return self._read_s
+        return max(0.05, read_timeout)
+
     def send(self, req: Request, read_timeout: Optional[float] = None) -> Result:
         """Send ``req``; ``read_timeout`` (seconds) caps the configured one, e.g. near a deadline."""
         timeout = self._timeout
         if read_timeout is not None and read_timeout < self._read_s:
-            capped = max(0.05, read_timeout)
+            capped = self.read_timeout_for(read_timeout)
             timeout = urllib3.Timeout(connect=min(self._connect_s, capped), read=capped)
         target = self.dsn.api_url(req.upstream_path) if self._absolute else self.dsn.path + req.upstream_path
         try:
