@@ -271,6 +271,10 @@ class Forwarder:
         if result.outcome == Outcome.STALE and req.attempts == 1:
             # A pooled connection that died while we were frozen: reconnect at once, no backoff.
             self.stats.incr("retried")
+            if result.maybe_delivered:
+                self.stats.incr("duplicates_at_risk")
+                log.info("the connection failed after %s went out (%s); resending it may duplicate it upstream",
+                         req.upstream_path, result.error)
             result = self._send(req, read_timeout)
         if result.status and self.on_response is not None:
             try:
@@ -302,8 +306,8 @@ class Forwarder:
         self.stats.incr("retried")
         if result.maybe_delivered:
             self.stats.incr("duplicates_at_risk")
-            self._log_failure("no reply for %s within the read timeout (round trip so far: %s); resending "
-                              "it may duplicate it upstream", req.upstream_path, _ms(self.rtt.srtt))
+            self._log_failure("no whole reply for %s (%s; round trip so far: %s); resending it may duplicate "
+                              "it upstream", req.upstream_path, result.error, _ms(self.rtt.srtt))
         self.queue.pause_until(time.monotonic() + grace)
         self._log_failure("upstream failed (%s); retrying in %.2fs (attempt %d/%d)",
                           result.error, grace, req.attempts, self.max_attempts)

@@ -204,3 +204,41 @@ def test_a_round_trip_longer_than_its_read_timeout_is_not_sampled(upstream: Fake
     result = pipe.forwarder._send(req, None)
     assert result.status == 200 and upstream.requests[-1].envelope.event_id == "b" * 32
     assert pipe.forwarder.rtt.samples == 0 and pipe.stats.get("rtt_discarded") == 1
+
+
+# -- resends that may duplicate (issue 20, finding 3) --------------------------------------------
+
+
+def copies(upstream: FakeUpstream, event_id: str) -> int:
+    return sum(1 for r in upstream.requests if r.envelope is not None and r.envelope.event_id == event_id)
+
+
+@pytest.mark.parametrize("fault", ["drop_mid_response", "drop"])
+def test_a_resend_after_upstream_may_have_read_the_request_is_counted_at_risk(
+        fault: str, upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    # drop_mid_response: the reply is cut off mid-body; drop: a fresh connection is closed after
+    # the request went out. Either way upstream read it: the resend is a second copy.
+    upstream.script([Reply(action=fault)])
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert copies(upstream, "%032x" % 0) == 2 and upstream.requests[0].action == fault
+    snap = pipe.stats.snapshot()
+    assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk")) == (1, 1, 1), snap
+
+
+def test_an_idle_pooled_connection_closed_under_the_request_is_resent_uncounted(
+        upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 1)
+    assert pipe.flush(5) and upstream.connections_opened == 1
+    # the pooled connection is closed as the next request arrives, unread (an idle close that
+    # crossed it on the wire): upstream never had it, so the resend duplicates nothing
+    upstream.script([Reply(action="close_unread")])
+    status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % 1), auth())
+    assert status == 200
+    assert pipe.flush(5)
+    assert upstream.idle_closes == 1 and upstream.connections_opened == 2
+    assert copies(upstream, "%032x" % 0) == copies(upstream, "%032x" % 1) == 1
+    snap = pipe.stats.snapshot()
+    assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk", 0)) == (2, 1, 0), snap
