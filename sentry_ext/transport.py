@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import http.client
 import logging
+import queue
 import ssl
 import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -261,6 +262,31 @@ class Transport:
         body = (resp.data or b"")[:200].decode("utf-8", "replace")
         return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
 
+
+    def close_connections(self) -> None:
+        """Close every idle pooled connection, keeping the pool and its TLS context: the next send
+        connects afresh. Cheap (no new pool or context), for the replies before a SnapStart
+        snapshot; a connection in use now is idle, and closed, after its own reply's call."""
+        pools = [self.pool]
+        if isinstance(self.pool, urllib3.PoolManager):
+            pools = [self.pool.pools.get(key) for key in self.pool.pools.keys()]
+        for pool in pools:
+            idle = getattr(pool, "pool", None)  # urllib3's queue of idle connections (None: closed)
+            if idle is None:
+                continue
+            taken = []
+            for _ in range(idle.maxsize + 1):
+                try:
+                    taken.append(idle.get_nowait())
+                except queue.Empty:
+                    break
+            for conn in taken:
+                if conn is not None:
+                    conn.close()
+                try:
+                    idle.put_nowait(None)  # an empty slot: the pool opens a new connection there
+                except queue.Full:
+                    break
 
     def drop_connections(self) -> None:
         """Forget every pooled connection (after a SnapStart restore they lead nowhere): later
