@@ -139,6 +139,13 @@ class _Tracked:
     response_class = _Response
     served = 0  # replies this connection has read
 
+    def connect(self) -> None:
+        # A new socket: urllib3 reconnects a dropped connection's object (for plain HTTP from
+        # inside request(), after it read ``served``).
+        self.served = 0
+        _ATTEMPT.reused = False
+        super().connect()  # type: ignore[misc]
+
     def request(self, *args: Any, **kwargs: Any) -> None:
         _ATTEMPT.reused, _ATTEMPT.written, _ATTEMPT.head = self.served > 0, False, False
         super().request(*args, **kwargs)  # type: ignore[misc]

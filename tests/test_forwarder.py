@@ -242,3 +242,21 @@ def test_an_idle_pooled_connection_closed_under_the_request_is_resent_uncounted(
     assert copies(upstream, "%032x" % 0) == copies(upstream, "%032x" % 1) == 1
     snap = pipe.stats.snapshot()
     assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk", 0)) == (2, 1, 0), snap
+
+
+def test_a_dropped_pooled_connection_reconnected_counts_as_fresh(upstream: FakeUpstream,
+                                                                 pipelines: StartPipeline) -> None:
+    # urllib3 reconnects the object of a pooled connection it found closed: a new socket, which has
+    # served nothing, so upstream closing it after the request went out may have read the request.
+    upstream.idle_close_s = 0.2
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert upstream.wait_for(lambda _: upstream.idle_closes >= 1, 5)  # waiting past idle_close_s is the scenario
+    upstream.idle_close_s = None
+    upstream.script([Reply(action="drop")])
+    status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % 1), auth())
+    assert status == 200 and pipe.flush(5)
+    assert copies(upstream, "%032x" % 1) == 2
+    snap = pipe.stats.snapshot()
+    assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk")) == (2, 1, 1), snap
