@@ -263,6 +263,8 @@ class Extension:
             try:
                 self._polling = True
                 self.restore_watch.before_wait()
+                if self.pipeline is not None:
+                    self.pipeline.before_next()  # a round trip in flight now may span a freeze
                 try:
                     event = self.api.next_event(on_sent=self._first_poll_sent.set)
                 finally:

@@ -121,6 +121,11 @@ class Pipeline:
         self.invocations.invoked(event.get("requestId"), event.get("tracing"))
         self.forwarder.set_spread(background)
 
+    def before_next(self) -> None:
+        """The lifecycle is about to call /event/next (a freeze may follow): round trips in
+        flight now are not timed into the estimate (forwarder.py)."""
+        self.forwarder.before_next()
+
     def _report_failure(self, failure: Failure) -> None:
         self.stats.incr("failure_events")
         self.submit(build_request(failure, self.cfg))
@@ -140,8 +145,9 @@ class Pipeline:
         self.limits.update(req.public_key, result.status, result.headers)
         if self.snapshot_pending:
             # A snap-start sandbox before its restore: the snapshot may be taken any moment now,
-            # and a connection kept in it would lead nowhere in every restored copy.
-            self.transport.drop_connections()
+            # and a connection kept in it would lead nowhere in every restored copy. Closing them
+            # is enough (after_restore rebuilds the pool and its TLS context).
+            self.transport.close_connections()
 
     def _on_drop(self, req: Request, reason: str) -> None:
         self.discards.record_request(req, reason)

@@ -87,6 +87,10 @@ class Forwarder:
         self.controller = ConcurrencyController(senders, max_inflight or senders)
         self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
+        # Bumped each time the lifecycle is about to call /event/next (before_next): a round trip
+        # in flight across one may have spanned a freeze, which the monotonic clock counts.
+        self._generation = 0
+        self.clock: Callable[[], float] = time.monotonic  # round trips are timed on it (tests step it)
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
         self._alive = 0  # threads started and not retired
@@ -121,6 +125,11 @@ class Forwarder:
         self._spread = on
         if self._deadline is None and not self._stop.is_set():
             self.queue.set_spread(on)
+
+    def before_next(self) -> None:
+        """The lifecycle is about to call /event/next: the sandbox may be frozen from now on, so
+        no round trip in flight now is a sample of the upstream's (``_send``)."""
+        self._generation += 1
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty and nothing is in flight; False if ``timeout`` (s) ran out
@@ -233,10 +242,19 @@ class Forwarder:
         return None, remaining if floor is None else max(remaining, floor)
 
     def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
-        started = time.monotonic()
+        generation = self._generation
+        started = self.clock()
         result = self.transport.send(req, read_timeout=read_timeout)
         if result.status:
-            self.rtt.add(time.monotonic() - started)
+            elapsed = self.clock() - started
+            # Not a sample: a round trip that crossed an /event/next (the monotonic clock ran on
+            # while the sandbox was frozen), or one longer than its read timeout allowed.
+            if generation == self._generation and elapsed <= self.transport.read_timeout_for(read_timeout):
+                self.rtt.add(elapsed)
+            else:
+                self.stats.incr("rtt_discarded")
+                log.debug("round trip of %.0f ms not sampled (crossed /event/next or the read timeout)",
+                          elapsed * 1000)
         return result
 
     def _deliver(self, req: Request) -> None:
@@ -253,6 +271,10 @@ class Forwarder:
         if result.outcome == Outcome.STALE and req.attempts == 1:
             # A pooled connection that died while we were frozen: reconnect at once, no backoff.
             self.stats.incr("retried")
+            if result.maybe_delivered:
+                self.stats.incr("duplicates_at_risk")
+                log.info("the connection failed after %s went out (%s); resending it may duplicate it upstream",
+                         req.upstream_path, result.error)
             result = self._send(req, read_timeout)
         if result.status and self.on_response is not None:
             try:
@@ -284,8 +306,8 @@ class Forwarder:
         self.stats.incr("retried")
         if result.maybe_delivered:
             self.stats.incr("duplicates_at_risk")
-            self._log_failure("no reply for %s within the read timeout (round trip so far: %s); resending "
-                              "it may duplicate it upstream", req.upstream_path, _ms(self.rtt.srtt))
+            self._log_failure("no whole reply for %s (%s; round trip so far: %s); resending it may duplicate "
+                              "it upstream", req.upstream_path, result.error, _ms(self.rtt.srtt))
         self.queue.pause_until(time.monotonic() + grace)
         self._log_failure("upstream failed (%s); retrying in %.2fs (attempt %d/%d)",
                           result.error, grace, req.attempts, self.max_attempts)
