@@ -269,7 +269,6 @@ class Transport:
         body = (resp.data or b"")[:200].decode("utf-8", "replace")
         return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
 
-
     def close_connections(self) -> None:
         """Close every idle pooled connection, keeping the pool and its TLS context: the next send
         connects afresh. Cheap (no new pool or context), for the replies before a SnapStart
