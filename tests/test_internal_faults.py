@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -311,3 +314,114 @@ def test_extension_process_survives_faults_and_ends_only_at_shutdown(tmp_path, u
         log = ext_log(emu)
     assert shutdown.exit_codes[EXTENSION_NAME] == 0 and not shutdown.killed, log
     assert "fatal error" not in log and "Traceback" not in log, log
+
+
+# -- the SHUTDOWN drain --------------------------------------------------------------------
+
+
+def queue_unsendable(pipe: Pipeline, count: int, size: int = 20) -> None:
+    """``count`` envelopes held in the queue by an upstream grace period that outlasts any drain."""
+    pipe.queue.pause_until(time.monotonic() + 3600)
+    for index in range(count):
+        body = envelope("%032x" % index, payload=b'{"message":"%s"}' % (b"x" * size))
+        assert post(port_of(pipe), "/api/42/envelope/", body, auth())[0] == 200
+    assert pipe.queue.depth()["queued"] == count
+
+
+def summary_line(caplog: pytest.LogCaptureFixture) -> str:
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_full_tmp_at_shutdown_loses_what_it_cannot_spool_counted_and_reported(
+        pipelines: StartPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from helpers import FullDisk
+    from sentry_ext import spool as spool_module
+    from sentry_ext.spool import Spool
+
+    caplog.set_level(logging.INFO, logger="sentry_ext")
+    spool = tmp_path / "spool"
+    pipe = pipelines(spool=str(spool))
+    queue_unsendable(pipe, 5, size=2000)
+    # /tmp has room for a small file (the client report), not for an envelope of 2 KB
+    monkeypatch.setattr(spool_module, "os", FullDisk(room=1500))
+    t0 = time.monotonic()
+    outcome = pipe.shutdown(t0 + 0.8)
+    assert time.monotonic() - t0 < 0.8
+    assert (outcome["lost"], outcome["spooled"], outcome["failed"]) == (5, 1, 0), outcome
+    assert pipe.stats.dropped("network_error") == 5
+    assert any("lost 5 unsent request(s)" in r.getMessage() for r in caplog.records)
+    assert all(name.endswith(".sle") for name in os.listdir(spool)), os.listdir(spool)  # no .tmp left
+    monkeypatch.undo()
+    loaded = Spool(str(spool), 1 << 20, 3600, KEY).load().requests
+    assert len(loaded) == 1 and b'"client_report"' in loaded[0].body  # the loss, told to Sentry
+    payload = json.loads(loaded[0].body.split(b"\n")[2])
+    assert payload["discarded_events"] == [{"reason": "network_error", "category": "error", "quantity": 5}]
+
+
+def shutdown_extension(pipe: Pipeline, stub: StubLambda, upstream: FakeUpstream) -> Extension:
+    """An Extension on ``stub`` whose pipeline, ``pipe``, is ready."""
+    ext = Extension(load({"AWS_LAMBDA_RUNTIME_API": stub.address, "SENTRY_DSN": upstream.dsn(KEY, PROJECT)}),
+                    "sentry-lambda-extension", LambdaApi(stub.address))
+    ext.pipeline = pipe
+    ext.ready.set()
+    return ext
+
+
+def test_shutdown_on_a_full_tmp_exits_with_the_loss_in_the_summary(
+        pipelines: StartPipeline, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from helpers import FullDisk
+    from sentry_ext import spool as spool_module
+
+    caplog.set_level(logging.INFO, logger="sentry_ext")
+    pipe = pipelines(spool=str(tmp_path))
+    queue_unsendable(pipe, 5)
+    monkeypatch.setattr(spool_module, "os", FullDisk(room=0))
+    stub = StubLambda([])  # SHUTDOWN (spindown) with 1 s to go
+    try:
+        t0 = time.monotonic()
+        assert run_loop(stub, shutdown_extension(pipe, stub, upstream)) == 0
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stub.close()
+    assert stub.nexts() == 1  # exited: no /event/next after SHUTDOWN
+    line = summary_line(caplog)
+    assert "dropped=network_error:5" in line and "drain=incomplete(5 lost)" in line, line
+    assert os.listdir(tmp_path) == []  # neither a spool file nor a .tmp
+    assert not any("survived" in r.getMessage() for r in caplog.records)
+
+
+SHUTDOWN_STEPS = ["invocations.await_outcome", "invocations.settle_all", "log_router.flush", "reports.send",
+                  "forwarder.flush", "forwarder.stop", "queue.take_all", "spool.write", "reports.take_requests",
+                  "shutdown", "summary", "ext.restore_watch.after_wait"]
+
+
+@pytest.mark.parametrize("step", SHUTDOWN_STEPS)
+def test_an_exception_in_any_step_of_the_shutdown_drain_still_ends_in_exit(
+        step: str, pipelines: StartPipeline, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sentry_ext")
+    # every step runs: function logs on, a client report pending, leftovers the spool cannot take
+    pipe = pipelines(spool=str(tmp_path), SENTRY_EXT_LOGS="on", SENTRY_EXT_SPOOL_MAX_BYTES="64")
+    pipe.discards.record(KEY, "queue_overflow", "error")
+    queue_unsendable(pipe, 2)
+    stub = StubLambda([])
+    ext = shutdown_extension(pipe, stub, upstream)
+    owner_name, _, name = step.rpartition(".")
+    owner: Any = pipe
+    for part in owner_name.split(".") if owner_name else ():
+        owner = ext if part == "ext" else getattr(owner, part)
+    monkeypatch.setattr(owner, name, raise_once(getattr(owner, name)))
+    try:
+        t0 = time.monotonic()
+        assert run_loop(stub, ext) == 0
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stub.close()
+    assert stub.nexts() == 1  # exited at the first SHUTDOWN, within its deadline
+    assert [r for r in caplog.records if r.exc_info and r.exc_info[0] is Boom], "the fault was not logged"
+    line = summary_line(caplog)
+    assert "drain=" in line and "drain=complete" not in line, line
