@@ -45,7 +45,7 @@ SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
 # After a reset (SHUTDOWN timeout/failure), how long to wait for the failed request's last
 # records (Lambda sends them within ~100 ms with 25 ms batching), at most a third of the window.
 OUTCOME_WAIT_S = 0.5
-RESET_REASONS = ("timeout", "failure")
+RESET_REASONS = ("timeout", "failure")  # lowercase: compared with is_reset()
 REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of what did not fit
 
 
@@ -222,7 +222,7 @@ class Pipeline:
 
     def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
         """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
-        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure), and with
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure, any case), and with
         function logs on, first wait briefly for the last request's records. Never raises: a step
         that fails is logged with its traceback and counted in ``failed``, and the next runs.
 
@@ -232,7 +232,7 @@ class Pipeline:
         """
         failed: List[str] = []
         step = functools.partial(_step, failed)
-        if reason in RESET_REASONS or self.log_router is not None:
+        if is_reset(reason) or self.log_router is not None:
             # Function logs: the last request's lines and runtimeDone may still be on their way
             # (background mode calls next at once); returns at once when its records are in.
             now = time.monotonic()
@@ -278,6 +278,13 @@ class Pipeline:
         dropped = sum(self.stats.snapshot()["dropped"].values()) - dropped_before - len(unsaved)
         return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "dropped": dropped,
                 "in_flight": in_flight, "failed": len(failed)}
+
+
+def is_reset(reason: Optional[str]) -> bool:
+    """Whether a SHUTDOWN ``reason`` means Lambda resets this execution environment (/tmp survives).
+    Lambda sends ``timeout``/``failure``; AWS's emulator (RIE) capitalises them (``Timeout``), and
+    its ``SandboxTerminated`` is no reset."""
+    return isinstance(reason, str) and reason.lower() in RESET_REASONS
 
 
 def _step(failed: List[str], what: str, call: Callable[[], T], default: Optional[T] = None) -> T:
