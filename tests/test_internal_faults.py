@@ -74,25 +74,90 @@ def test_sender_survives_a_transport_exception_and_nothing_stays_in_flight(
     assert tracebacks(caplog, "sender thread error (survived)")
 
 
-def test_a_request_that_always_crashes_the_sender_is_dropped_and_counted(
-        pipe: Pipeline, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.ERROR, logger="sentry_ext")
+def poison(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> List[float]:
+    """Make the sender raise Boom on every request whose body says "poison"; returns the list
+    of monotonic times it did."""
     original = pipe.transport.send
+    raised: List[float] = []
 
     def poisoned(req: Any, read_timeout: Optional[float] = None) -> Any:
         if b"poison" in req.body:
+            raised.append(time.monotonic())
             raise Boom("this request always breaks the sender")
         return original(req, read_timeout=read_timeout)
 
     monkeypatch.setattr(pipe.transport, "send", poisoned)
+    return raised
+
+
+@pytest.fixture
+def poisoned_pipe(pipelines: StartPipeline) -> Pipeline:
+    return pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_ATTEMPTS="4")
+
+
+def post_poison_then_healthy(pipe: Pipeline) -> None:
     assert post(port_of(pipe), "/api/42/envelope/", envelope("a" * 32, payload=b'{"m":"poison"}'), auth())[0] == 200
     assert post(port_of(pipe), "/api/42/envelope/", envelope("b" * 32), auth())[0] == 200
+
+
+def test_a_request_that_always_crashes_the_sender_is_dropped_and_counted(
+        poisoned_pipe: Pipeline, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.ERROR, logger="sentry_ext")
+    pipe = poisoned_pipe
+    poison(pipe, monkeypatch)
+    post_poison_then_healthy(pipe)
     assert pipe.flush(5.0), pipe.queue.depth()
     assert "b" * 32 in delivered(upstream) and "a" * 32 not in delivered(upstream)
     # the drop is counted just after the request is released, which is what ends the flush
     assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
     assert all(t.is_alive() for t in pipe.forwarder._threads)
+
+
+def test_a_sender_bug_is_retried_with_backoff_and_its_traceback_logged_once(
+        poisoned_pipe: Pipeline, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sentry_ext.forwarder import BACKOFF_BASE_S
+
+    caplog.set_level(logging.DEBUG, logger="sentry_ext")
+    pipe = poisoned_pipe
+    raised = poison(pipe, monkeypatch)
+    post_poison_then_healthy(pipe)
+    assert pipe.flush(5.0), pipe.queue.depth()
+    assert len(raised) == 4  # max_attempts
+    # the forwarder's grace period between attempts: at least half of 50 ms, doubling
+    gaps = [b - a for a, b in zip(raised, raised[1:])]
+    assert all(gap >= BACKOFF_BASE_S * 2 ** i / 2 * 0.95 for i, gap in enumerate(gaps)), gaps
+    assert len(tracebacks(caplog, "sender thread error (survived)")) == 1
+    assert len([r for r in caplog.records if "sender thread error (survived)" in r.getMessage()]) == 4
+
+
+
+def test_a_bug_before_the_send_still_uses_up_the_attempts(poisoned_pipe: Pipeline, upstream: FakeUpstream,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug before the send counts its attempt: the request is dropped, not retried forever."""
+    pipe = poisoned_pipe
+
+    def broken() -> Any:
+        raise Boom("before the attempt is counted")
+
+    monkeypatch.setattr(pipe.forwarder, "_read_timeout", broken)
+    assert post(port_of(pipe), "/api/42/envelope/", envelope("c" * 32), auth())[0] == 200
+    assert pipe.flush(5.0), pipe.queue.depth()
+    assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
+    assert upstream.requests == []
+
+def test_a_request_given_up_after_sender_bugs_is_reported_to_sentry_as_internal_sdk_error(
+        poisoned_pipe: Pipeline, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = poisoned_pipe
+    poison(pipe, monkeypatch)
+    post_poison_then_healthy(pipe)
+    assert pipe.flush(5.0), pipe.queue.depth()
+    assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
+    assert pipe.flush(5.0)  # sends the pending client report
+    reports = [json.loads(payload) for _, _, payload in upstream.items("client_report")]
+    assert [e for r in reports for e in r["discarded_events"]] == [
+        {"reason": "internal_sdk_error", "category": "error", "quantity": 1}], reports
 
 
 # -- ingest handler ------------------------------------------------------------------------
