@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, FullDisk, StartPipeline, auth, envelope, port_of, post, stop, wait_until
 from sentry_ext.config import load
 from sentry_ext.lambda_api import LambdaApi
 from sentry_ext.main import Extension, bind_listener
@@ -402,7 +402,6 @@ def summary_line(caplog: pytest.LogCaptureFixture) -> str:
 def test_a_full_tmp_at_shutdown_loses_what_it_cannot_spool_counted_and_reported(
         pipelines: StartPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    from helpers import FullDisk
     from sentry_ext import spool as spool_module
     from sentry_ext.spool import Spool
 
@@ -438,7 +437,6 @@ def shutdown_extension(pipe: Pipeline, stub: StubLambda, upstream: FakeUpstream)
 def test_shutdown_on_a_full_tmp_exits_with_the_loss_in_the_summary(
         pipelines: StartPipeline, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    from helpers import FullDisk
     from sentry_ext import spool as spool_module
 
     caplog.set_level(logging.INFO, logger="sentry_ext")

@@ -4,6 +4,9 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from helpers import FullDisk
 from sentry_ext.request import Request
 from sentry_ext.spool import MAGIC, Spool, decode
 
@@ -49,9 +52,8 @@ def test_corrupt_foreign_and_expired(tmp_path: Path) -> None:
 
 
 def test_decode_rejects_bad_records() -> None:
-    import pytest
-
     from sentry_ext.spool import SpoolError
+
     for data in (b"", MAGIC + b"{}\n", MAGIC + b'{"length":1,"headers":{},"path":"/x","key":"k","received_at":1}\nab',
                  MAGIC + b"no newline"):
         with pytest.raises(SpoolError):
@@ -80,7 +82,7 @@ def test_a_write_that_fills_the_disk_hands_every_request_back_and_leaves_no_temp
 
     directory = tmp_path / "spool"
     proc = subprocess.run([sys.executable, "-c", FULL_TMP_CHILD, str(directory)], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [0, ["e%d" % i for i in range(5)]], proc.stderr
     assert "File too large" in proc.stderr, proc.stderr  # the kernel's EFBIG, logged as the reason
@@ -88,8 +90,7 @@ def test_a_write_that_fills_the_disk_hands_every_request_back_and_leaves_no_temp
 
 
 def test_enospc_mid_file_returns_the_requests_as_unsaved_and_the_next_write_can_succeed(
-        tmp_path: Path, monkeypatch) -> None:
-    from helpers import FullDisk
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sentry_ext import spool as spool_module
 
     disk = FullDisk(room=len(MAGIC) + 60)  # the magic line and part of the first record fit
