@@ -298,6 +298,8 @@ class Extension:
                     log.warning("ignoring unknown event type %r", kind)
             except Exception:
                 log.exception("error handling %s (survived)", kind)
+                if kind == "SHUTDOWN":  # never poll again after SHUTDOWN: Lambda would wait on us until SIGKILL
+                    return self._stop("SHUTDOWN", _deadline(event, self.cfg.deadline_margin_ms))
 
     def _after_restore(self, why: str) -> None:
         """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh (or,
@@ -354,21 +356,33 @@ class Extension:
         if pipeline is None:
             log.info("summary: nothing relayed (inert)")
             return 0
-        outcome = pipeline.shutdown(deadline, reason)
-        log.info("summary: %s drain_ms=%.0f drain=%s", pipeline.summary(), (time.monotonic() - t0) * 1000,
-                 _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"], outcome["dropped"]))
+        try:  # whatever fails in the drain, the process exits: after SHUTDOWN, /event/next would hang
+            outcome = pipeline.shutdown(deadline, reason)
+            verdict = _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"],
+                                     outcome["dropped"], outcome["failed"])
+        except Exception:
+            log.exception("the drain failed (survived); exiting")
+            verdict = "failed"
+        try:
+            summary = pipeline.summary()
+        except Exception:
+            log.exception("no summary (survived)")
+            summary = "?"
+        log.info("summary: %s drain_ms=%.0f drain=%s", summary, (time.monotonic() - t0) * 1000, verdict)
         return 0
 
 
-def _drain_verdict(drained: bool, spooled: int, lost: int, dropped: int) -> str:
+def _drain_verdict(drained: bool, spooled: int, lost: int, dropped: int, failed: int = 0) -> str:
     """``complete`` only when the SHUTDOWN drain delivered everything; else what became of the rest."""
-    if drained and not (spooled or lost or dropped):
+    if drained and not (spooled or lost or dropped or failed):
         return "complete"
     parts = ["%d dropped while draining" % dropped] if dropped else []
     if spooled:
         parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
     if lost:
         parts.append("%d lost" % lost)
+    if failed:
+        parts.append("%d step(s) failed" % failed)
     return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
 
 

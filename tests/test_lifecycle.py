@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 
@@ -112,3 +112,37 @@ def test_repeated_fatal_poll_answers_stop_the_extension_and_tell_lambda() -> Non
     assert time.monotonic() - t0 < 5  # backoff 50 ms doubling, capped at 1 s
     assert api.polls == 2 + main.FATAL_POLLS  # a transient error in between resets the count
     assert api.errors == [("exit", "Extension.LambdaApiError")]
+
+
+@pytest.mark.parametrize("reason, reset", [("timeout", True), ("failure", True), ("spindown", False),
+                                           ("Timeout", True), ("SandboxTerminated", False), (None, False)])
+def test_shutdown_reasons_are_compared_without_case(reason: Optional[str], reset: bool) -> None:
+    """Lambda sends lowercase reasons; AWS's emulator (RIE) capitalises them."""
+    from sentry_ext.pipeline import is_reset
+
+    assert is_reset(reason) is reset
+
+
+def test_a_reset_named_as_rie_names_it_waits_for_the_timed_out_requests_records(
+        pipelines: StartPipeline, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHUTDOWN ``Timeout`` (RIE's spelling) is a reset: the drain waits for the failed request's
+    last records, which arrive after SHUTDOWN, and delivers its LambdaTimeout event."""
+    import threading
+
+    from sentry_ext import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "OUTCOME_WAIT_S", 10.0)  # the wait ends when the records are in
+    pipe = pipelines()
+    pipe.invoked({"requestId": "r-timeout"})
+    pipe.on_telemetry([{"type": "platform.start", "record": {"requestId": "r-timeout"}}])
+    records = [{"type": kind, "record": {"requestId": "r-timeout", "status": "timeout", "errorType": "Sandbox.Timedout",
+                                         "metrics": {"durationMs": 3000.0}}}
+               for kind in ("platform.runtimeDone", "platform.report")]
+    late = threading.Timer(0.5, pipe.on_telemetry, args=(records,))
+    late.start()
+    try:
+        outcome = pipe.shutdown(time.monotonic() + 30, "Timeout")
+    finally:
+        late.join(5)
+    assert pipe.stats.get("failure_events") == 1 and outcome["drained"] == 1, pipe.summary()
+    assert b"LambdaTimeout" in b"".join(r.body for r in upstream.requests)

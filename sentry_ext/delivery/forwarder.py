@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Set, Tuple
 
 from .queue import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 30.0
 IDLE_POLL_S = 1.0  # an idle sender looks this often whether it is surplus
+MAX_BUGS_KEPT = 32  # distinct sender bugs whose traceback was logged (then forgotten, and logged again)
 
 # Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
 ResponseHook = Callable[[Request, Result], None]
@@ -98,6 +99,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._last_error_log = 0.0
         self._spawn_failed = False
+        self._bugs: Set[Optional[Tuple[str, str, int]]] = set()  # see _new_bug
         # The queue's spread mode outside drains (buffer.py), set per invocation (set_spread): off
         # until a `background` invocation, so Init and a loopback burst send as before.
         self._spread = False
@@ -200,25 +202,39 @@ class Forwarder:
     def _run(self) -> None:
         while not self._stop.is_set():
             req = None
+            attempts = 0
             try:
                 req = self.queue.get(timeout=IDLE_POLL_S)
                 if req is None:
                     if self._retire():
                         return
                     continue
+                attempts = req.attempts
                 self._deliver(req)
                 req = None
                 self.grow()  # a reply may have taught us the round trip a backlog is waiting on
-            except Exception:  # a bug here must not kill the thread: log it and go on
-                log.exception("sender thread error (survived)")
-                if req is not None:
-                    self._recover(req)
+            except Exception as exc:  # a bug here must not kill the thread: log it and go on
+                if req is None:
+                    log.exception("sender thread error (survived)")
+                else:
+                    self._recover(req, attempts, exc)
 
-    def _recover(self, req: Request) -> None:
-        """After a bug while delivering ``req``: never leave it in flight (a flush would wait for it
-        forever); retry it up to max_attempts, then drop it as ``internal_sdk_error``."""
+    def _recover(self, req: Request, attempts: int, exc: Exception) -> None:
+        """After a bug while delivering ``req`` (which had made ``attempts`` before): never leave it
+        in flight (a flush would wait for it forever); back off as after an upstream failure and
+        retry it up to max_attempts, then drop it as ``internal_sdk_error``. A bug's traceback is
+        logged once; its repeats get a line (one per 10 s)."""
         try:
+            if req.attempts == attempts:
+                req.attempts += 1  # the bug came before the send counted the attempt: count it here
+            if self._new_bug(exc):
+                log.error("sender thread error (survived) delivering %s, attempt %d/%d", req.upstream_path,
+                          req.attempts, self.max_attempts, exc_info=exc)
+            else:
+                self._log_failure("sender thread error (survived) delivering %s, attempt %d/%d: %r",
+                                  req.upstream_path, req.attempts, self.max_attempts, exc)
             if req.attempts < self.max_attempts:
+                self.queue.pause_until(time.monotonic() + self.health.failure())
                 self.queue.requeue(req)  # a no-op if it was released before the error
             elif self.queue.done(req):
                 self.stats.drop("internal_sdk_error")
@@ -226,6 +242,22 @@ class Forwarder:
                     self.on_drop(req, "internal_sdk_error")
         except Exception:
             log.exception("sender thread error while recovering (survived)")
+
+    def _new_bug(self, exc: Exception) -> bool:
+        """True the first time a bug (exception type and where it was raised) is seen."""
+        tb = exc.__traceback__
+        for _ in range(1000):  # to the innermost frame: where it was raised
+            if tb is None or tb.tb_next is None:
+                break
+            tb = tb.tb_next
+        where = (type(exc).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else None
+        with self._lock:
+            if where in self._bugs:
+                return False
+            if len(self._bugs) >= MAX_BUGS_KEPT:
+                self._bugs.clear()
+            self._bugs.add(where)
+            return True
 
     def _read_timeout(self) -> Tuple[Optional[float], Optional[float]]:
         """(hold until, read timeout): near a deadline, start only what can be answered before it

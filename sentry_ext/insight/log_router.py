@@ -173,9 +173,11 @@ class LogRouter:
                 log.exception("could not build a log envelope of %d line(s) (survived)", len(lines))
                 self._lost(len(lines), sum(line.size for line in lines))
                 continue
-            self.stats.incr("logs_forwarded", len(lines))
-            if self.submit(req):
+            if self.submit(req):  # else rate limited or no room: counted there, for client reports too
+                self.stats.incr("logs_forwarded", len(lines))
                 sent += 1
+            else:
+                self.stats.incr("logs_dropped", len(lines))
         for reason, category, quantity in self.batch.take_dropped():
             self.discards.record(self.cfg.dsn.public_key, reason, category, quantity)  # type: ignore[union-attr]
             if category == "log_item":

@@ -36,6 +36,8 @@ REASONS: Dict[str, Optional[str]] = {
     # out of it is how that network failure ends, and Sentry has no "expired" reason.
     "spool_expired": "network_error",
     "ratelimit_backoff": "ratelimit_backoff",
+    # A bug in the extension kept delivering it (forwarder._recover gave it up).
+    "internal_sdk_error": "internal_sdk_error",
     # Upstream answered 429 and counted the drop as a rate-limited outcome itself.
     "ratelimited_upstream": None,
 }
