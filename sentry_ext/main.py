@@ -1,20 +1,12 @@
 """Lifecycle on the main thread: record for the exec wrapper, register, start the pipeline, loop
 on /event/next.
 
-Start-up budget (the one place these figures live; other modules refer here). Only light modules
-are imported before the first ``/event/next``: main, config, dsn, flush, handshake, lambda_api,
-logs, and the stdlib modules they need (socket, signal and threading, which bring enum and
-collections). Each of these would add to every cold start; import cost with ``python -IS -X
-importtime`` on the development VM after those three (median of 5, cumulative; at 128 MB Lambda
-gives a fraction of a core, so several times more there):
-
-    dataclasses 8.1 ms   logging 6.1 ms   typing 3.8 ms   urllib.parse 3.3 ms
-    json 2.6 ms (with re 1.3 ms)          encodings.idna 2.2 ms   http.client 16.7 ms
-
-So: types only under ``TYPE_CHECKING``, plain classes instead of dataclasses, lazy loggers
-(logs.py), json written by hand for the registration (lambda_api.py), raw sockets instead of
-http.client. The pipeline (urllib3, ssl, http.server) loads on a background thread once that
-``/event/next`` is on the wire.
+Start-up budget: only light modules load before the first ``/event/next`` (this one, config,
+protocol/dsn, delivery/flush, awslambda/handshake, exec_model, extensions_api and telemetry_address,
+util/logs and http_numbers, and socket, signal and threading from the stdlib); no typing, dataclasses, json or
+http.client there. What each of those choices saves is measured in tools/BENCHMARKS.md
+(*Optimisations, each measured*). The pipeline (urllib3, ssl, http.server) loads on a background
+thread once that ``/event/next`` is on the wire.
 """
 
 from __future__ import annotations
@@ -357,9 +349,9 @@ class Extension:
             log.info("summary: nothing relayed (inert)")
             return 0
         try:  # whatever fails in the drain, the process exits: after SHUTDOWN, /event/next would hang
-            outcome = pipeline.shutdown(deadline, reason)
-            verdict = _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"],
-                                     outcome["dropped"], outcome["failed"])
+            from .pipeline import drain_verdict  # loaded with the pipeline
+
+            verdict = drain_verdict(pipeline.shutdown(deadline, reason))
         except Exception:
             log.exception("the drain failed (survived); exiting")
             verdict = "failed"
@@ -370,20 +362,6 @@ class Extension:
             summary = "?"
         log.info("summary: %s drain_ms=%.0f drain=%s", summary, (time.monotonic() - t0) * 1000, verdict)
         return 0
-
-
-def _drain_verdict(drained: bool, spooled: int, lost: int, dropped: int, failed: int = 0) -> str:
-    """``complete`` only when the SHUTDOWN drain delivered everything; else what became of the rest."""
-    if drained and not (spooled or lost or dropped or failed):
-        return "complete"
-    parts = ["%d dropped while draining" % dropped] if dropped else []
-    if spooled:
-        parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
-    if lost:
-        parts.append("%d lost" % lost)
-    if failed:
-        parts.append("%d step(s) failed" % failed)
-    return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
 
 
 def _deadline(event: Dict[str, Any], margin_ms: int) -> float:

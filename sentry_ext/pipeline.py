@@ -286,6 +286,22 @@ class Pipeline:
                 "in_flight": in_flight, "failed": len(failed)}
 
 
+def drain_verdict(outcome: Dict[str, int]) -> str:
+    """The summary's ``drain=``: ``complete`` only when the SHUTDOWN drain (``shutdown``'s outcome)
+    delivered everything; else what became of the rest."""
+    dropped, spooled, lost, failed = outcome["dropped"], outcome["spooled"], outcome["lost"], outcome["failed"]
+    if outcome["drained"] and not (spooled or lost or dropped or failed):
+        return "complete"
+    parts = ["%d dropped while draining" % dropped] if dropped else []
+    if spooled:
+        parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
+    if lost:
+        parts.append("%d lost" % lost)
+    if failed:
+        parts.append("%d step(s) failed" % failed)
+    return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
+
+
 def is_reset(reason: Optional[str]) -> bool:
     """Whether a SHUTDOWN ``reason`` means Lambda resets this execution environment (/tmp survives).
     Lambda sends ``timeout``/``failure``; AWS's emulator (RIE) capitalises them (``Timeout``), and
