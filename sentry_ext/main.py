@@ -23,7 +23,7 @@ from .awslambda import exec_model, handshake, telemetry_address
 from .util import logs
 from .config import Config, load
 from .delivery.flush import BACKGROUND, FlushControl, FlushDecision
-from .awslambda.extensions_api import LambdaApi, LambdaApiError
+from .awslambda.extensions_api import LambdaApi, LambdaApiError, event_deadline
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class Extension:
         self._invoke_sink: Optional[Pipeline] = None
         self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
+        self._in_next = False  # waiting in /event/next (see _waiting_in_next)
         self._signal: Optional[int] = None
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
@@ -206,6 +207,7 @@ class Extension:
                     pipeline.invoked(*self._last_invoke)
             pipeline.start()
             self.pipeline = pipeline
+            pipeline.waiting_in_next(self._in_next)  # read after the line above: never a stale value
             if self._restored is not None:  # a restore came while the pipeline was still starting
                 pipeline.after_restore(self._restored)
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
@@ -255,12 +257,12 @@ class Extension:
             try:
                 self._polling = True
                 self.restore_watch.before_wait()
-                if self.pipeline is not None:
-                    self.pipeline.before_next()  # a round trip in flight now may span a freeze
+                self._waiting_in_next(True)
                 try:
                     event = self.api.next_event(on_sent=self._first_poll_sent.set)
                 finally:
                     self._polling = False
+                    self._waiting_in_next(False)
             except StopSignal:
                 continue
             except Exception as exc:  # LambdaApiError, or a reply malformed in a way the client missed
@@ -282,7 +284,7 @@ class Extension:
                 if kind == "INVOKE":
                     self.on_invoke(event)
                 elif kind == "SHUTDOWN":
-                    deadline = _deadline(event, self.cfg.deadline_margin_ms)
+                    deadline = event_deadline(event, self.cfg.deadline_margin_ms)
                     reason = event.get("shutdownReason")
                     return self._stop("SHUTDOWN (%s)" % (reason or "?"), deadline,
                                       reason if isinstance(reason, str) else None)
@@ -291,7 +293,14 @@ class Extension:
             except Exception:
                 log.exception("error handling %s (survived)", kind)
                 if kind == "SHUTDOWN":  # never poll again after SHUTDOWN: Lambda would wait on us until SIGKILL
-                    return self._stop("SHUTDOWN", _deadline(event, self.cfg.deadline_margin_ms))
+                    return self._stop("SHUTDOWN", event_deadline(event, self.cfg.deadline_margin_ms))
+
+    def _waiting_in_next(self, waiting: bool) -> None:
+        """Tell the pipeline (if started) that a wait in /event/next, where a freeze may come,
+        starts or ends; a pipeline that starts during the wait is told when it starts."""
+        self._in_next = waiting
+        if self.pipeline is not None:
+            self.pipeline.waiting_in_next(waiting)
 
     def _after_restore(self, why: str) -> None:
         """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh (or,
@@ -330,7 +339,7 @@ class Extension:
         if background or not self.cfg.active:
             return
         now = time.monotonic()
-        deadline = _deadline(event, self.cfg.deadline_margin_ms)
+        deadline = event_deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
         request_id = str(event.get("requestId", ""))
@@ -362,15 +371,6 @@ class Extension:
             summary = "?"
         log.info("summary: %s drain_ms=%.0f drain=%s", summary, (time.monotonic() - t0) * 1000, verdict)
         return 0
-
-
-def _deadline(event: Dict[str, Any], margin_ms: int) -> float:
-    """The event's ``deadlineMs`` (epoch ms) as a monotonic time, less the safety margin."""
-    try:
-        deadline_ms = float(event["deadlineMs"])
-    except (KeyError, TypeError, ValueError):
-        deadline_ms = time.time() * 1000 + 2000
-    return time.monotonic() + (deadline_ms - margin_ms) / 1000.0 - time.time()
 
 
 def run(name: Optional[str] = None) -> int:

@@ -26,7 +26,8 @@ from .delivery.forwarder import Forwarder  # noqa: E402
 from .ingest.health import assess  # noqa: E402
 from .ingest.server import IngestServer  # noqa: E402
 from .ingest.limits import IngestLimiter  # noqa: E402
-from .insight.invocations import Failure, Invocations  # noqa: E402
+from .insight.invocations import Invocations  # noqa: E402
+from .insight.failures import Failure  # noqa: E402
 from .insight.log_router import LogRouter  # noqa: E402
 from .protocol.rate_limits import RateLimits  # noqa: E402
 from .delivery.request import Request  # noqa: E402
@@ -123,10 +124,10 @@ class Pipeline:
         self.invocations.invoked(event.get("requestId"), event.get("tracing"))
         self.forwarder.set_spread(background)
 
-    def before_next(self) -> None:
-        """The lifecycle is about to call /event/next (a freeze may follow): round trips in
-        flight now are not timed into the estimate (forwarder.py)."""
-        self.forwarder.before_next()
+    def waiting_in_next(self, waiting: bool) -> None:
+        """The lifecycle starts or ends a wait in /event/next, where a freeze may come: round trips
+        in flight during it are not timed into the estimate (forwarder.py)."""
+        self.forwarder.waiting_in_next(waiting)
 
     def _report_failure(self, failure: Failure) -> None:
         self.stats.incr("failure_events")

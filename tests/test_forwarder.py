@@ -177,10 +177,16 @@ def test_a_round_trip_in_flight_across_event_next_is_not_sampled(upstream: FakeU
     upstream.script([Reply(delay_s=1.0)])
     send(pipe, 1)
     assert upstream.wait_for(lambda reqs: len(reqs) == 4, 5)  # in flight: upstream has it, no reply yet
-    pipe.before_next()
+    pipe.waiting_in_next(True)
     assert pipe.flush(5)
     assert wait_until(lambda: pipe.stats.get("rtt_discarded") == 1, 5), pipe.stats.snapshot()
     assert (rtt.samples, rtt.srtt, rtt.expected()) == (3, srtt, expected)
+    # started while the lifecycle waits in /event/next (background mode): a freeze may come any time
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert wait_until(lambda: pipe.stats.get("rtt_discarded") == 2, 5), pipe.stats.snapshot()
+    pipe.waiting_in_next(False)
+    assert rtt.samples == 3
     # a round trip that crossed no /event/next is a sample (the stall is then the upstream's own)
     upstream.script([Reply(delay_s=0.3)])
     send(pipe, 1)

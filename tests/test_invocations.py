@@ -15,7 +15,8 @@ from helpers import KEY, PROJECT, auth, port_of, post, wait_until
 from sentry_ext.config import load
 from sentry_ext.protocol.envelope import Envelope
 from sentry_ext.insight.failure_events import build_event, build_request
-from sentry_ext.insight.invocations import LOOKUPS_PER_REQUEST, Failure, Invocations, classify
+from sentry_ext.insight.invocations import LOOKUPS_PER_REQUEST, Invocations
+from sentry_ext.insight.failures import Failure, classify
 from sentry_ext.insight.function_logs import parse
 from sentry_ext.awslambda.telemetry_records import FunctionLog, parse_batch
 

@@ -16,7 +16,8 @@ from sentry_ext.config import load
 from sentry_ext.protocol.discards import Discards
 from sentry_ext.protocol.envelope import Envelope
 from sentry_ext.insight.failure_events import build_event
-from sentry_ext.insight.invocations import Failure, Invocations
+from sentry_ext.insight.invocations import Invocations
+from sentry_ext.insight.failures import Failure
 from sentry_ext.insight.log_batch import LogBatch
 from sentry_ext.insight.log_router import DUPLICATES_HINT, LogRouter
 from sentry_ext.pipeline import Pipeline

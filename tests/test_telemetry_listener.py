@@ -22,7 +22,8 @@ from sentry_ext.awslambda import telemetry_listener as telemetry, telemetry_addr
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
 from sentry_ext.util.stats import Stats
-from sentry_ext.insight.invocations import Failure, Invocations
+from sentry_ext.insight.invocations import Invocations
+from sentry_ext.insight.failures import Failure
 from sentry_ext.awslambda.telemetry_listener import TelemetryListener, within_depth
 from sentry_ext.awslambda.telemetry_records import parse_batch
 from tools.fake_upstream import FakeUpstream

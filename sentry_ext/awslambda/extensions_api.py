@@ -7,6 +7,7 @@ start-up path, so registration happens a few ms after the process starts.
 from __future__ import annotations
 
 import socket
+import time
 
 from ..util.http_numbers import parse_number
 
@@ -289,3 +290,12 @@ def _dumps_plain(value: Any) -> Optional[str]:
             parts.append(v)
         return "[%s]" % ", ".join(parts)
     return None
+
+
+def event_deadline(event: Dict[str, Any], margin_ms: int) -> float:
+    """The event's ``deadlineMs`` (epoch ms) as a monotonic time, less the safety margin."""
+    try:
+        deadline_ms = float(event["deadlineMs"])
+    except (KeyError, TypeError, ValueError):
+        deadline_ms = time.time() * 1000 + 2000
+    return time.monotonic() + (deadline_ms - margin_ms) / 1000.0 - time.time()

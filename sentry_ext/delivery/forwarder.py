@@ -88,9 +88,11 @@ class Forwarder:
         self.controller = ConcurrencyController(senders, max_inflight or senders)
         self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
-        # Bumped each time the lifecycle is about to call /event/next (before_next): a round trip
-        # in flight across one may have spanned a freeze, which the monotonic clock counts.
+        # Lambda freezes the sandbox only while the lifecycle waits in /event/next, and the
+        # monotonic clock runs on through a freeze: a round trip in flight at any moment of such a
+        # wait is no sample of the upstream's. ``_generation`` moves when a wait starts or ends.
         self._generation = 0
+        self._in_next = False
         self.clock: Callable[[], float] = time.monotonic  # round trips are timed on it (tests step it)
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
@@ -128,9 +130,10 @@ class Forwarder:
         if self._deadline is None and not self._stop.is_set():
             self.queue.set_spread(on)
 
-    def before_next(self) -> None:
-        """The lifecycle is about to call /event/next: the sandbox may be frozen from now on, so
-        no round trip in flight now is a sample of the upstream's (``_send``)."""
+    def waiting_in_next(self, waiting: bool) -> None:
+        """The lifecycle starts (True) or ends (False) a wait in /event/next, during which the
+        sandbox may be frozen: no round trip in flight during the wait is sampled (``_send``)."""
+        self._in_next = waiting
         self._generation += 1
 
     def flush(self, timeout: float) -> bool:
@@ -274,18 +277,18 @@ class Forwarder:
         return None, remaining if floor is None else max(remaining, floor)
 
     def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
-        generation = self._generation
+        generation = None if self._in_next else self._generation
         started = self.clock()
         result = self.transport.send(req, read_timeout=read_timeout)
         if result.status:
             elapsed = self.clock() - started
-            # Not a sample: a round trip that crossed an /event/next (the monotonic clock ran on
-            # while the sandbox was frozen), or one longer than its read timeout allowed.
+            # Not a sample: a round trip in flight while the lifecycle waited in /event/next (the
+            # sandbox may have been frozen meanwhile), or one longer than its read timeout allowed.
             if generation == self._generation and elapsed <= self.transport.read_timeout_for(read_timeout):
                 self.rtt.add(elapsed)
             else:
                 self.stats.incr("rtt_discarded")
-                log.debug("round trip of %.0f ms not sampled (crossed /event/next or the read timeout)",
+                log.debug("round trip of %.0f ms not sampled (during an /event/next or past the read timeout)",
                           elapsed * 1000)
         return result
 
