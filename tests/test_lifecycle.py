@@ -10,7 +10,7 @@ import pytest
 from helpers import KEY, PROJECT, StartPipeline, health, port_of
 from sentry_ext import main
 from sentry_ext.config import load
-from sentry_ext.awslambda.extensions_api import LambdaApiError
+from sentry_ext.awslambda.extensions_api import LambdaApiError, event_deadline
 from tools.fake_upstream import FakeUpstream
 
 
@@ -65,9 +65,9 @@ def test_wait_never_passes_the_invoke_deadline(extension: Callable[..., main.Ext
 
 def test_deadline_conversion_applies_the_margin() -> None:
     now_wall, now_mono = time.time(), time.monotonic()
-    deadline = main._deadline({"deadlineMs": (now_wall + 5) * 1000}, 200)
+    deadline = event_deadline({"deadlineMs": (now_wall + 5) * 1000}, 200)
     assert abs((deadline - now_mono) - 4.8) < 0.05
-    fallback = main._deadline({}, 200)
+    fallback = event_deadline({}, 200)
     assert 1.5 < fallback - time.monotonic() < 2.0
 
 
