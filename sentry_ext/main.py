@@ -1,20 +1,12 @@
 """Lifecycle on the main thread: record for the exec wrapper, register, start the pipeline, loop
 on /event/next.
 
-Start-up budget (the one place these figures live; other modules refer here). Only light modules
-are imported before the first ``/event/next``: main, config, dsn, flush, handshake, lambda_api,
-logs, and the stdlib modules they need (socket, signal and threading, which bring enum and
-collections). Each of these would add to every cold start; import cost with ``python -IS -X
-importtime`` on the development VM after those three (median of 5, cumulative; at 128 MB Lambda
-gives a fraction of a core, so several times more there):
-
-    dataclasses 8.1 ms   logging 6.1 ms   typing 3.8 ms   urllib.parse 3.3 ms
-    json 2.6 ms (with re 1.3 ms)          encodings.idna 2.2 ms   http.client 16.7 ms
-
-So: types only under ``TYPE_CHECKING``, plain classes instead of dataclasses, lazy loggers
-(logs.py), json written by hand for the registration (lambda_api.py), raw sockets instead of
-http.client. The pipeline (urllib3, ssl, http.server) loads on a background thread once that
-``/event/next`` is on the wire.
+Start-up budget: only light modules load before the first ``/event/next`` (this one, config,
+protocol/dsn, delivery/flush, awslambda/handshake, exec_model, extensions_api and telemetry_address,
+util/logs and http_numbers, and socket, signal and threading from the stdlib); no typing, dataclasses, json or
+http.client there. What each of those choices saves is measured in tools/BENCHMARKS.md
+(*Optimisations, each measured*). The pipeline (urllib3, ssl, http.server) loads on a background
+thread once that ``/event/next`` is on the wire.
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from .awslambda import exec_model, handshake, telemetry_address
 from .util import logs
 from .config import Config, load
 from .delivery.flush import BACKGROUND, FlushControl, FlushDecision
-from .awslambda.extensions_api import LambdaApi, LambdaApiError
+from .awslambda.extensions_api import LambdaApi, LambdaApiError, event_deadline
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -83,6 +75,7 @@ class Extension:
         self._invoke_sink: Optional[Pipeline] = None
         self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
+        self._in_next = False  # waiting in /event/next (see _waiting_in_next)
         self._signal: Optional[int] = None
         self._first_poll_sent = threading.Event()
         self._registered_ms: Optional[float] = None
@@ -214,6 +207,7 @@ class Extension:
                     pipeline.invoked(*self._last_invoke)
             pipeline.start()
             self.pipeline = pipeline
+            pipeline.waiting_in_next(self._in_next)  # read after the line above: never a stale value
             if self._restored is not None:  # a restore came while the pipeline was still starting
                 pipeline.after_restore(self._restored)
             log.info("relaying %s", self.cfg.describe().replace("flush=" + self.cfg.flush_mode,
@@ -263,10 +257,12 @@ class Extension:
             try:
                 self._polling = True
                 self.restore_watch.before_wait()
+                self._waiting_in_next(True)
                 try:
                     event = self.api.next_event(on_sent=self._first_poll_sent.set)
                 finally:
                     self._polling = False
+                    self._waiting_in_next(False)
             except StopSignal:
                 continue
             except Exception as exc:  # LambdaApiError, or a reply malformed in a way the client missed
@@ -288,7 +284,7 @@ class Extension:
                 if kind == "INVOKE":
                     self.on_invoke(event)
                 elif kind == "SHUTDOWN":
-                    deadline = _deadline(event, self.cfg.deadline_margin_ms)
+                    deadline = event_deadline(event, self.cfg.deadline_margin_ms)
                     reason = event.get("shutdownReason")
                     return self._stop("SHUTDOWN (%s)" % (reason or "?"), deadline,
                                       reason if isinstance(reason, str) else None)
@@ -296,6 +292,15 @@ class Extension:
                     log.warning("ignoring unknown event type %r", kind)
             except Exception:
                 log.exception("error handling %s (survived)", kind)
+                if kind == "SHUTDOWN":  # never poll again after SHUTDOWN: Lambda would wait on us until SIGKILL
+                    return self._stop("SHUTDOWN", event_deadline(event, self.cfg.deadline_margin_ms))
+
+    def _waiting_in_next(self, waiting: bool) -> None:
+        """Tell the pipeline (if started) that a wait in /event/next, where a freeze may come,
+        starts or ends; a pipeline that starts during the wait is told when it starts."""
+        self._in_next = waiting
+        if self.pipeline is not None:
+            self.pipeline.waiting_in_next(waiting)
 
     def _after_restore(self, why: str) -> None:
         """The sandbox came back from a SnapStart snapshot: the pipeline reconnects afresh (or,
@@ -334,7 +339,7 @@ class Extension:
         if background or not self.cfg.active:
             return
         now = time.monotonic()
-        deadline = _deadline(event, self.cfg.deadline_margin_ms)
+        deadline = event_deadline(event, self.cfg.deadline_margin_ms)
         if not self.ready.wait(max(0.0, min(READY_WAIT_S, deadline - now))) or self.pipeline is None:
             return
         request_id = str(event.get("requestId", ""))
@@ -352,31 +357,20 @@ class Extension:
         if pipeline is None:
             log.info("summary: nothing relayed (inert)")
             return 0
-        outcome = pipeline.shutdown(deadline, reason)
-        log.info("summary: %s drain_ms=%.0f drain=%s", pipeline.summary(), (time.monotonic() - t0) * 1000,
-                 _drain_verdict(bool(outcome["drained"]), outcome["spooled"], outcome["lost"], outcome["dropped"]))
+        try:  # whatever fails in the drain, the process exits: after SHUTDOWN, /event/next would hang
+            from .pipeline import drain_verdict  # loaded with the pipeline
+
+            verdict = drain_verdict(pipeline.shutdown(deadline, reason))
+        except Exception:
+            log.exception("the drain failed (survived); exiting")
+            verdict = "failed"
+        try:
+            summary = pipeline.summary()
+        except Exception:
+            log.exception("no summary (survived)")
+            summary = "?"
+        log.info("summary: %s drain_ms=%.0f drain=%s", summary, (time.monotonic() - t0) * 1000, verdict)
         return 0
-
-
-def _drain_verdict(drained: bool, spooled: int, lost: int, dropped: int) -> str:
-    """``complete`` only when the SHUTDOWN drain delivered everything; else what became of the rest."""
-    if drained and not (spooled or lost or dropped):
-        return "complete"
-    parts = ["%d dropped while draining" % dropped] if dropped else []
-    if spooled:
-        parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
-    if lost:
-        parts.append("%d lost" % lost)
-    return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
-
-
-def _deadline(event: Dict[str, Any], margin_ms: int) -> float:
-    """The event's ``deadlineMs`` (epoch ms) as a monotonic time, less the safety margin."""
-    try:
-        deadline_ms = float(event["deadlineMs"])
-    except (KeyError, TypeError, ValueError):
-        deadline_ms = time.time() * 1000 + 2000
-    return time.monotonic() + (deadline_ms - margin_ms) / 1000.0 - time.time()
 
 
 def run(name: Optional[str] = None) -> int:

@@ -9,7 +9,7 @@ import functools
 import logging
 import socket
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from .util import lean_imports
 
@@ -26,7 +26,8 @@ from .delivery.forwarder import Forwarder  # noqa: E402
 from .ingest.health import assess  # noqa: E402
 from .ingest.server import IngestServer  # noqa: E402
 from .ingest.limits import IngestLimiter  # noqa: E402
-from .insight.invocations import Failure, Invocations  # noqa: E402
+from .insight.invocations import Invocations  # noqa: E402
+from .insight.failures import Failure  # noqa: E402
 from .insight.log_router import LogRouter  # noqa: E402
 from .insight.metrics import ReportMetrics  # noqa: E402
 from .insight.transactions import build_request as build_transaction  # noqa: E402
@@ -42,11 +43,13 @@ from .delivery.transport import Result, Transport  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
 # After a reset (SHUTDOWN timeout/failure), how long to wait for the failed request's last
 # records (Lambda sends them within ~100 ms with 25 ms batching), at most a third of the window.
 OUTCOME_WAIT_S = 0.5
-RESET_REASONS = ("timeout", "failure")
+RESET_REASONS = ("timeout", "failure")  # lowercase: compared with is_reset()
 REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of what did not fit
 
 
@@ -139,6 +142,11 @@ class Pipeline:
             self.unfinished.invoked(event)
         self.forwarder.set_spread(background)
 
+    def waiting_in_next(self, waiting: bool) -> None:
+        """The lifecycle starts or ends a wait in /event/next, where a freeze may come: round trips
+        in flight during it are not timed into the estimate (forwarder.py)."""
+        self.forwarder.waiting_in_next(waiting)
+
     def _report_failure(self, failure: Failure) -> None:
         self.stats.incr("failure_events")
         self.submit(build_request(failure, self.cfg))
@@ -175,8 +183,9 @@ class Pipeline:
         self.limits.update(req.public_key, result.status, result.headers)
         if self.snapshot_pending:
             # A snap-start sandbox before its restore: the snapshot may be taken any moment now,
-            # and a connection kept in it would lead nowhere in every restored copy.
-            self.transport.drop_connections()
+            # and a connection kept in it would lead nowhere in every restored copy. Closing them
+            # is enough (after_restore rebuilds the pool and its TLS context).
+            self.transport.close_connections()
 
     def _on_drop(self, req: Request, reason: str) -> None:
         self.discards.record_request(req, reason)
@@ -259,41 +268,52 @@ class Pipeline:
 
     def shutdown(self, deadline: float, reason: Optional[str] = None) -> Dict[str, int]:
         """Report failures still undecided, drain until ``deadline`` (monotonic) less the spool
-        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure), and with
-        function logs on, first wait briefly for the last request's records.
+        reserve, spool the rest, stop. After a reset (``reason`` timeout or failure, any case), and with
+        function logs on, first wait briefly for the last request's records. Never raises: a step
+        that fails is logged with its traceback and counted in ``failed``, and the next runs.
 
         The spool is the last resort: /tmp survives only a reset of this same execution
         environment (after a timeout or a crash); after a spindown a new environment starts with
         an empty /tmp and whatever was spooled is gone.
         """
-        if reason in RESET_REASONS or self.log_router is not None:
+        failed: List[str] = []
+        step = functools.partial(_step, failed)
+        if is_reset(reason) or self.log_router is not None:
             # Function logs: the last request's lines and runtimeDone may still be on their way
             # (background mode calls next at once); returns at once when its records are in.
             now = time.monotonic()
-            self.invocations.await_outcome(now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3))
-        self.invocations.settle_all()
-        self._finish_insight(reason, deadline)
+            step("waiting for the last records", lambda: self.invocations.await_outcome(
+                now + min(OUTCOME_WAIT_S, max(0.0, deadline - now) / 3)))
+        step("settling failures", self.invocations.settle_all)
+        step("unfinished transactions and trace metrics", lambda: self._finish_insight(reason, deadline))
         if self.log_router is not None:
-            self.log_router.flush()  # lines no runtimeDone has sent yet
+            step("flushing function logs", self.log_router.flush)  # lines no runtimeDone has sent yet
         dropped_before = sum(self.stats.snapshot()["dropped"].values())
         if self.discards.has_pending:
-            self.reports.send()  # rides the drain (or the spool)
-        drained = self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic())
-        self.forwarder.stop()
-        in_flight = self.queue.depth()["in_flight"]
-        leftovers = self.queue.take_all()
+            step("queueing client reports", self.reports.send)  # rides the drain (or the spool)
+        drained = step("draining", lambda: self.forwarder.flush(deadline - SPOOL_RESERVE_S - time.monotonic()),
+                       False)
+        step("stopping the senders", self.forwarder.stop)
+        in_flight = step("reading the queue", lambda: self.queue.depth()["in_flight"], 0)
+        leftovers = step("taking what is left", self.queue.take_all, [])
         if in_flight:
             # Sent but unanswered: upstream may have them, and the spool will send them again.
             self.stats.incr("duplicates_at_risk", in_flight)
-        written, unsaved = self.spool.write(leftovers, deadline, REPORT_RESERVE_BYTES) if leftovers else (0, [])
+        written, unsaved = 0, []
+        if leftovers:  # a spool that cannot be written hands everything back: lost, and counted below
+            written, unsaved = step("spooling", lambda: self.spool.write(leftovers, deadline, REPORT_RESERVE_BYTES),
+                                    (0, list(leftovers)))
         if unsaved:
             self.stats.drop("network_error", len(unsaved))
-            for req in unsaved:
-                self.discards.record_request(req, "network_error")
-            log.warning("lost %d unsent request(s) at shutdown (spool full or deadline)", len(unsaved))
+            step("counting the lost", lambda: [self.discards.record_request(req, "network_error") for req in unsaved])
+            log.warning("lost %d unsent request(s) at shutdown (spool full, unwritable or out of time)", len(unsaved))
         if self.discards.has_pending:  # what was lost just now: its client report goes to the spool too
-            reports = self.reports.take_requests()
-            more, _ = self.spool.write(reports, deadline + SPOOL_RESERVE_S / 2)
+            reports = step("taking client reports", self.reports.take_requests, [])
+            more, left = step("spooling client reports",
+                              lambda: self.spool.write(reports, deadline + SPOOL_RESERVE_S / 2), (0, reports))
+            if left:
+                log.warning("could not spool %d client report(s): Sentry will not hear of what was lost here",
+                            len(left))
             written += more
         if written:
             self.stats.incr("spooled", written)
@@ -304,4 +324,38 @@ class Pipeline:
         # Dropped while draining (rejected, rate limited, out of attempts), not counting the lost.
         dropped = sum(self.stats.snapshot()["dropped"].values()) - dropped_before - len(unsaved)
         return {"drained": int(drained), "spooled": written, "lost": len(unsaved), "dropped": dropped,
-                "in_flight": in_flight}
+                "in_flight": in_flight, "failed": len(failed)}
+
+
+def drain_verdict(outcome: Dict[str, int]) -> str:
+    """The summary's ``drain=``: ``complete`` only when the SHUTDOWN drain (``shutdown``'s outcome)
+    delivered everything; else what became of the rest."""
+    dropped, spooled, lost, failed = outcome["dropped"], outcome["spooled"], outcome["lost"], outcome["failed"]
+    if outcome["drained"] and not (spooled or lost or dropped or failed):
+        return "complete"
+    parts = ["%d dropped while draining" % dropped] if dropped else []
+    if spooled:
+        parts.append("%d spooled (sent only after a reset of this environment)" % spooled)
+    if lost:
+        parts.append("%d lost" % lost)
+    if failed:
+        parts.append("%d step(s) failed" % failed)
+    return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
+
+
+def is_reset(reason: Optional[str]) -> bool:
+    """Whether a SHUTDOWN ``reason`` means Lambda resets this execution environment (/tmp survives).
+    Lambda sends ``timeout``/``failure``; AWS's emulator (RIE) capitalises them (``Timeout``), and
+    its ``SandboxTerminated`` is no reset."""
+    return isinstance(reason, str) and reason.lower() in RESET_REASONS
+
+
+def _step(failed: List[str], what: str, call: Callable[[], T], default: Optional[T] = None) -> T:
+    """One step of the SHUTDOWN drain: an exception is logged with its traceback and noted in
+    ``failed``, and ``default`` stands for its result, so the steps after it still run."""
+    try:
+        return call()
+    except Exception:
+        log.exception("shutdown: %s failed (survived; the drain goes on)", what)
+        failed.append(what)
+        return default  # type: ignore[return-value]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -189,6 +191,45 @@ def envelope(event_id: str = "a" * 32, dsn: Optional[str] = None, item_type: str
 def auth(key: str = KEY) -> Dict[str, str]:
     return {"X-Sentry-Auth": "Sentry sentry_key=%s, sentry_version=7, sentry_client=test/1" % key,
             "Content-Type": "application/x-sentry-envelope", "User-Agent": "test/1"}
+
+
+class FullDisk:
+    """Stands in for the ``os`` module of ``sentry_ext.delivery.spool`` (monkeypatch it in): every file it
+    opens for writing takes ``room`` bytes, then a write fails with ENOSPC as on a full /tmp
+    (the bytes before it are on disk, as they would be). Everything else is the real ``os``."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.refused = 0  # writes that failed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdopen(self, fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        return _FullFile(os.fdopen(fd, mode, *args, **kwargs), self)
+
+
+class _FullFile:
+    def __init__(self, fh: Any, disk: FullDisk) -> None:
+        self._fh = fh
+        self._disk = disk
+        self._size = 0
+
+    def write(self, data: bytes) -> int:
+        room = self._disk.room - self._size
+        if len(data) > room:
+            self._fh.write(data[:max(0, room)])
+            self._size += max(0, room)
+            self._disk.refused += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._size += len(data)
+        return self._fh.write(data)
+
+    def __enter__(self) -> "_FullFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._fh.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
+import tracemalloc
 import zlib
 from typing import Dict, List, Tuple
 
@@ -15,6 +17,9 @@ from sentry_ext.protocol.client_reports import ReportScheduler, report_request
 from sentry_ext.protocol.discards import MAX_REPORT_BYTES, Discards, request_outcomes
 from sentry_ext.protocol.dsn import Dsn
 from sentry_ext.protocol.envelope import Envelope
+from sentry_ext.protocol.body import SCAN_LOCK
+from sentry_ext.ingest.limits import IngestLimiter
+from sentry_ext.protocol.rate_limits import RateLimits
 from sentry_ext.delivery.request import Request
 from sentry_ext.util.stats import Stats
 
@@ -166,3 +171,86 @@ def test_scheduler_batches_periodic_reports_and_keeps_counts_when_the_queue_is_f
     assert not sched.send()
     first = queue.take_all()[0]
     assert _entries(Envelope.parse(first.body).items[0].payload) == {("queue_overflow", "error"): 5}
+
+
+# -- bounded decoding (issue 20, finding 4) ---------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def bomb(payload_bytes: int, item: bytes = b'{"type":"attachment","length":%d}') -> bytes:
+    """A small gzip body that decodes to an envelope with one item of ``payload_bytes`` zeros."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [comp.compress(b'{"event_id":"%s"}\n' % (b"b" * 32) + item % payload_bytes + b"\n")]
+    block = b"\0" * MIB
+    for _ in range(payload_bytes // MIB):
+        parts.append(comp.compress(block))
+    parts.append(comp.compress(b"\0" * (payload_bytes % MIB) + b"\n"))
+    parts.append(comp.flush())
+    return b"".join(parts)
+
+
+def peak_of(fn) -> Tuple[object, int]:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("size,counts", [
+    (15 * MIB, [("attachment", 15 * MIB)]),  # scanned to the end: counted exactly
+    (16 * MIB, [("attachment", 1)]),         # past the scan cap: the rest counts as one item, never as none
+])
+def test_counting_a_gzip_bomb_holds_no_decoded_body(size: int, counts: List[Tuple[str, int]]) -> None:
+    body = bomb(size)
+    assert len(body) < 20_000
+    outcomes, peak = peak_of(lambda: request_outcomes(req(body, "gzip")))
+    assert outcomes == counts
+    assert peak < 2 * MIB, peak
+
+
+def test_a_gzip_bomb_transaction_counts_its_spans_by_streaming() -> None:
+    payload = b'{"type":"transaction","contexts":{"trace":{"span_id":"a"}},"spans":[%s]}' % b",".join(
+        [b'{"span_id":"%016x","description":"%s"}' % (i, b"x" * 2000) for i in range(3000)])
+    body = gzip.compress(build(({"type": "transaction", "length": len(payload)}, payload)))
+    outcomes, peak = peak_of(lambda: request_outcomes(req(body, "gzip")))
+    assert outcomes == [("transaction", 1), ("span", 3001)]
+    assert peak < 2 * MIB, peak
+
+
+def test_inspecting_a_gzip_bomb_under_a_rate_limit_holds_no_decoded_body() -> None:
+    limits = RateLimits()
+    assert limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:transaction:key"})
+    limiter = IngestLimiter(limits, Discards(), Stats())
+    body = bomb(15 * MIB)
+    r = req(body, "gzip")
+    answer, peak = peak_of(lambda: limiter(r))
+    assert answer is None and r.body is body  # nothing limited: forwarded as it came
+    assert peak < 2 * MIB, peak
+    assert limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:attachment:key"})
+    answer, peak = peak_of(lambda: limiter(r))
+    assert answer is not None and answer[0] == 429
+    assert limiter.discards.snapshot(KEY) == {("ratelimit_backoff", "attachment"): 15 * MIB}
+    assert peak < 2 * MIB, peak
+
+
+def test_a_scan_waits_briefly_for_another_then_counts_cheaply() -> None:
+    limits = RateLimits()
+    assert limits.update(KEY, 429, {"X-Sentry-Rate-Limits": "60:error:key"})
+    limiter = IngestLimiter(limits, Discards(), Stats())
+    body = gzip.compress(MIXED)
+    assert SCAN_LOCK.acquire(timeout=5)
+    try:
+        started = time.monotonic()
+        # one item of the first item's category, never nothing
+        assert request_outcomes(req(body, "gzip")) == [("error", 1)]
+        assert request_outcomes(req(bomb(15 * MIB), "gzip")) == [("attachment", 1)]
+        r = req(body, "gzip")
+        assert limiter(r) is None and r.body is body  # not inspected: forwarded unchanged
+        assert time.monotonic() - started < 2
+    finally:
+        SCAN_LOCK.release()
+    assert request_outcomes(req(body, "gzip")) == MIXED_COUNTS

@@ -5,7 +5,8 @@ import zlib
 
 import pytest
 
-from sentry_ext.protocol.envelope import HEADER_LINE_LIMIT, Envelope, EnvelopeError, category, first_line, parse_header
+from sentry_ext.protocol.envelope import Envelope, EnvelopeError, category, parse_header
+from sentry_ext.protocol.body import HEADER_LINE_LIMIT, first_line
 
 SAMPLE = (b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","dsn":"https://e12d836b15bb49d7bbf99e64295d995b@sentry.io/42"}\n'
           b'{"type":"attachment","length":10,"content_type":"text/plain","filename":"hello.txt"}\n'

@@ -8,6 +8,7 @@ import pytest
 
 from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
 from sentry_ext.config import load
+from sentry_ext.delivery.request import Request
 from sentry_ext.delivery.transport import pool_options, proxy_bypassed
 from tools.fake_upstream import FakeUpstream, Reply
 
@@ -158,3 +159,110 @@ def test_default_retry_budget_rides_out_a_multi_second_outage() -> None:
     first = health.failure()
     clock[0] += first / 2
     assert health.failure() == pytest.approx(first / 2)
+
+
+# -- round-trip samples across /event/next (issue 20, finding 2) --------------------------------
+
+
+def test_a_round_trip_in_flight_across_event_next_is_not_sampled(upstream: FakeUpstream,
+                                                                  pipelines: StartPipeline) -> None:
+    # The upstream's 1 s stall stands in for a freeze: /event/next is called while the request is
+    # in flight, and the monotonic clock counts the whole freeze into its round trip.
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 3)
+    assert pipe.flush(5)
+    rtt = pipe.forwarder.rtt
+    assert wait_until(lambda: rtt.samples == 3, 5)
+    srtt, expected = rtt.srtt, rtt.expected()
+    upstream.script([Reply(delay_s=1.0)])
+    send(pipe, 1)
+    assert upstream.wait_for(lambda reqs: len(reqs) == 4, 5)  # in flight: upstream has it, no reply yet
+    pipe.waiting_in_next(True)
+    assert pipe.flush(5)
+    assert wait_until(lambda: pipe.stats.get("rtt_discarded") == 1, 5), pipe.stats.snapshot()
+    assert (rtt.samples, rtt.srtt, rtt.expected()) == (3, srtt, expected)
+    # started while the lifecycle waits in /event/next (background mode): a freeze may come any time
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert wait_until(lambda: pipe.stats.get("rtt_discarded") == 2, 5), pipe.stats.snapshot()
+    pipe.waiting_in_next(False)
+    assert rtt.samples == 3
+    # a round trip that crossed no /event/next is a sample (the stall is then the upstream's own)
+    upstream.script([Reply(delay_s=0.3)])
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert wait_until(lambda: rtt.samples == 4, 5)
+    assert (rtt.srtt or 0) > (srtt or 0)
+
+
+def test_a_round_trip_longer_than_its_read_timeout_is_not_sampled(upstream: FakeUpstream,
+                                                                  pipelines: StartPipeline) -> None:
+    # A socket read cannot wait longer than the read timeout, so a longer round trip is a clock
+    # that ran on without us (a freeze).
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1", SENTRY_EXT_READ_TIMEOUT_MS="1000")
+    limit = pipe.transport.read_timeout_for(None)
+    assert limit == 1.0 and pipe.transport.read_timeout_for(0.01) == 0.05
+    assert pipe.transport.read_timeout_for(0.5) == 0.5 and pipe.transport.read_timeout_for(9.0) == 1.0
+    ticks = iter([100.0, 101.5])  # sent, answered: 1.5 s by a monotonic clock that ran on through a freeze
+    pipe.forwarder.clock = lambda: next(ticks)
+    req = Request("/api/%s/envelope/" % PROJECT, {"Content-Type": "application/x-sentry-envelope"},
+                  envelope("b" * 32), KEY)
+    result = pipe.forwarder._send(req, None)
+    assert result.status == 200 and upstream.requests[-1].envelope.event_id == "b" * 32
+    assert pipe.forwarder.rtt.samples == 0 and pipe.stats.get("rtt_discarded") == 1
+
+
+# -- resends that may duplicate (issue 20, finding 3) --------------------------------------------
+
+
+def copies(upstream: FakeUpstream, event_id: str) -> int:
+    return sum(1 for r in upstream.requests if r.envelope is not None and r.envelope.event_id == event_id)
+
+
+@pytest.mark.parametrize("fault", ["drop_mid_response", "drop"])
+def test_a_resend_after_upstream_may_have_read_the_request_is_counted_at_risk(
+        fault: str, upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    # drop_mid_response: the reply is cut off mid-body; drop: a fresh connection is closed after
+    # the request went out. Either way upstream read it: the resend is a second copy.
+    upstream.script([Reply(action=fault)])
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert copies(upstream, "%032x" % 0) == 2 and upstream.requests[0].action == fault
+    snap = pipe.stats.snapshot()
+    assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk")) == (1, 1, 1), snap
+
+
+def test_an_idle_pooled_connection_closed_under_the_request_is_resent_uncounted(
+        upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 1)
+    assert pipe.flush(5) and upstream.connections_opened == 1
+    # the pooled connection is closed as the next request arrives, unread (an idle close that
+    # crossed it on the wire): upstream never had it, so the resend duplicates nothing
+    upstream.script([Reply(action="close_unread")])
+    status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % 1), auth())
+    assert status == 200
+    assert pipe.flush(5)
+    assert upstream.idle_closes == 1 and upstream.connections_opened == 2
+    assert copies(upstream, "%032x" % 0) == copies(upstream, "%032x" % 1) == 1
+    snap = pipe.stats.snapshot()
+    assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk", 0)) == (2, 1, 0), snap
+
+
+def test_a_dropped_pooled_connection_reconnected_counts_as_fresh(upstream: FakeUpstream,
+                                                                 pipelines: StartPipeline) -> None:
+    # urllib3 reconnects the object of a pooled connection it found closed: a new socket, which has
+    # served nothing, so upstream closing it after the request went out may have read the request.
+    upstream.idle_close_s = 0.2
+    pipe = pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_INFLIGHT="1")
+    send(pipe, 1)
+    assert pipe.flush(5)
+    assert upstream.wait_for(lambda _: upstream.idle_closes >= 1, 5)  # waiting past idle_close_s is the scenario
+    upstream.idle_close_s = None
+    upstream.script([Reply(action="drop")])
+    status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope("%032x" % 1), auth())
+    assert status == 200 and pipe.flush(5)
+    assert copies(upstream, "%032x" % 1) == 2
+    snap = pipe.stats.snapshot()
+    assert (snap["forwarded"], snap["retried"], snap.get("duplicates_at_risk")) == (2, 1, 1), snap

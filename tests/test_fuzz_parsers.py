@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sentry_ext.protocol import envelope as envmod
+from sentry_ext.protocol import body as bodymod
 from sentry_ext.protocol import rate_limits as ratelimit
 from sentry_ext.protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from sentry_ext.protocol.envelope import Envelope, EnvelopeError, Item, first_line, parse_header
+from sentry_ext.protocol.envelope import Envelope, EnvelopeError, Item, parse_header
+from sentry_ext.protocol.body import first_line
 from sentry_ext.delivery.spool import MAGIC, SpoolError, decode
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,6 +72,35 @@ def test_envelope_parse_raises_only_envelope_error(data: bytes) -> None:
     assert [strip(i.headers) for i in again.items] == [strip(i.headers) for i in env.items]
 
 
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), envelope_like), st.sampled_from(["", "gzip", "deflate"]),
+       st.integers(1, 40), st.lists(st.booleans(), max_size=8))
+@example(b'{}\n{"type":"event","length":5}\nabc', "", 1, [])
+@example(b'{}\n{"type":"a","length":2}\nab\n\n{"type":"b"}\nxyz', "gzip", 3, [False, True])
+def test_streaming_scan_finds_what_parse_finds(data: bytes, encoding: str, chunk: int, keep: list) -> None:
+    # Decoded in tiny chunks, so lines and payloads straddle chunk ends.
+    body = {"": data, "gzip": gzip_of(data), "deflate": zlib.compress(data)}[encoding]
+    try:
+        env = Envelope.parse(data)
+    except EnvelopeError:
+        env = None
+    try:
+        scanned = list(bodymod.scan_items(body, encoding, 1 << 20, chunk=chunk))
+    except bodymod.ScanLimit:
+        raise
+    except EnvelopeError:
+        assert env is None or len(env.header_line) > bodymod.HEADER_LINE_LIMIT or any(
+            len(i.header_line) > bodymod.ITEM_HEADER_LIMIT for i in env.items)
+        return
+    assert env is not None
+    assert [(i.headers, i.line, i.length) for i in scanned] == [(i.headers, i.header_line, len(i.payload))
+                                                                for i in env.items]
+    keep = (keep + [True] * len(scanned))[:len(scanned)]
+    rebuilt = bodymod.without_items(body, encoding, keep, [i.length for i in scanned])
+    expected = Envelope(env.headers, [i for i, k in zip(env.items, keep) if k], header_line=env.header_line)
+    assert bodymod.decode_body(rebuilt, encoding, 1 << 20) == expected.serialize()
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_objects, st.lists(st.tuples(st.text(min_size=1, max_size=12), json_objects,
                                         st.binary(max_size=200)), max_size=5))
@@ -104,7 +135,7 @@ def test_header_inspection_raises_only_envelope_error(body: bytes, encoding: str
         line = first_line(body, encoding)
     except EnvelopeError:
         return
-    assert len(line) <= envmod.HEADER_LINE_LIMIT
+    assert len(line) <= bodymod.HEADER_LINE_LIMIT
     try:
         assert isinstance(parse_header(line), dict)
     except EnvelopeError:
@@ -118,7 +149,7 @@ def test_header_inspection_raises_only_envelope_error(body: bytes, encoding: str
 def test_body_decoding_raises_only_envelope_error_and_respects_its_limit(body: bytes, encoding: str,
                                                                           limit: int) -> None:
     try:
-        out = envmod.decode_body(body, encoding, limit)
+        out = bodymod.decode_body(body, encoding, limit)
     except EnvelopeError:
         return
     assert len(out) <= limit
@@ -133,7 +164,7 @@ def test_gzip_bomb_is_inspected_in_bounded_memory_and_time() -> None:
     with pytest.raises(EnvelopeError):
         first_line(bomb, "gzip")  # stops at HEADER_LINE_LIMIT, never inflates the rest
     with pytest.raises(EnvelopeError):
-        envmod.decode_body(bomb, "gzip", 4 * 1024 * 1024)
+        bodymod.decode_body(bomb, "gzip", 4 * 1024 * 1024)
     assert time.monotonic() - t0 < 2.0
 
 

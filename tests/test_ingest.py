@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import logging
 import socket
 import time
 
 import pytest
 
-from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, raw_exchange, wait_until
+from helpers import (KEY, PROJECT, Errors, StartPipeline, auth, envelope, exchange, port_of, post, raw_exchange,
+                     wait_until)
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream
 
@@ -197,3 +199,27 @@ def test_bodies_being_read_count_against_the_memory_cap(upstream: FakeUpstream, 
     assert wait_until(lambda: p.server._reading_bytes == 0, 5)
     status, _, _ = post(port_of(p), "/api/42/envelope/", envelope(), auth())
     assert status == 200
+
+
+BAD_LENGTHS = [b"9" * 5000, "\u0661\u0662".encode("utf-8"), b"\xb2", b"+5", b"1_0", b"0x10", b"9" * 13]
+
+
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"])
+@pytest.mark.parametrize("value", BAD_LENGTHS)
+def test_a_malformed_content_length_is_a_clean_400(pipe: Pipeline, value: bytes, expect: bytes) -> None:
+    errors = Errors()
+    logger = logging.getLogger("sentry_ext")
+    logger.addHandler(errors)
+    try:
+        head = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
+                b"Content-Length: %s\r\n%s\r\n" % (KEY.encode(), value, expect))
+        answer, closed = exchange(port_of(pipe), head, half_close=False)
+    finally:
+        logger.removeHandler(errors)
+    # refused from the headers alone, before any "100 Continue" invites the body
+    assert answer.startswith(b"HTTP/1.1 400") and b"100 Continue" not in answer, answer[:200]
+    assert b"invalid Content-Length" in answer and closed
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert pipe.stats.get("received") == 0
+    status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope(), auth())
+    assert status == 200  # still serving

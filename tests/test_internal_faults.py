@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
-from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, stop, wait_until
+from helpers import KEY, PROJECT, FullDisk, StartPipeline, auth, envelope, port_of, post, stop, wait_until
 from sentry_ext.config import load
 from sentry_ext.awslambda.extensions_api import LambdaApi
 from sentry_ext.main import Extension, bind_listener
@@ -71,25 +74,90 @@ def test_sender_survives_a_transport_exception_and_nothing_stays_in_flight(
     assert tracebacks(caplog, "sender thread error (survived)")
 
 
-def test_a_request_that_always_crashes_the_sender_is_dropped_and_counted(
-        pipe: Pipeline, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.ERROR, logger="sentry_ext")
+def poison(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> List[float]:
+    """Make the sender raise Boom on every request whose body says "poison"; returns the list
+    of monotonic times it did."""
     original = pipe.transport.send
+    raised: List[float] = []
 
     def poisoned(req: Any, read_timeout: Optional[float] = None) -> Any:
         if b"poison" in req.body:
+            raised.append(time.monotonic())
             raise Boom("this request always breaks the sender")
         return original(req, read_timeout=read_timeout)
 
     monkeypatch.setattr(pipe.transport, "send", poisoned)
+    return raised
+
+
+@pytest.fixture
+def poisoned_pipe(pipelines: StartPipeline) -> Pipeline:
+    return pipelines(SENTRY_EXT_SENDERS="1", SENTRY_EXT_MAX_ATTEMPTS="4")
+
+
+def post_poison_then_healthy(pipe: Pipeline) -> None:
     assert post(port_of(pipe), "/api/42/envelope/", envelope("a" * 32, payload=b'{"m":"poison"}'), auth())[0] == 200
     assert post(port_of(pipe), "/api/42/envelope/", envelope("b" * 32), auth())[0] == 200
+
+
+def test_a_request_that_always_crashes_the_sender_is_dropped_and_counted(
+        poisoned_pipe: Pipeline, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.ERROR, logger="sentry_ext")
+    pipe = poisoned_pipe
+    poison(pipe, monkeypatch)
+    post_poison_then_healthy(pipe)
     assert pipe.flush(5.0), pipe.queue.depth()
     assert "b" * 32 in delivered(upstream) and "a" * 32 not in delivered(upstream)
     # the drop is counted just after the request is released, which is what ends the flush
     assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
     assert all(t.is_alive() for t in pipe.forwarder._threads)
+
+
+def test_a_sender_bug_is_retried_with_backoff_and_its_traceback_logged_once(
+        poisoned_pipe: Pipeline, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sentry_ext.delivery.forwarder import BACKOFF_BASE_S
+
+    caplog.set_level(logging.DEBUG, logger="sentry_ext")
+    pipe = poisoned_pipe
+    raised = poison(pipe, monkeypatch)
+    post_poison_then_healthy(pipe)
+    assert pipe.flush(5.0), pipe.queue.depth()
+    assert len(raised) == 4  # max_attempts
+    # the forwarder's grace period between attempts: at least half of 50 ms, doubling
+    gaps = [b - a for a, b in zip(raised, raised[1:])]
+    assert all(gap >= BACKOFF_BASE_S * 2 ** i / 2 * 0.95 for i, gap in enumerate(gaps)), gaps
+    assert len(tracebacks(caplog, "sender thread error (survived)")) == 1
+    assert len([r for r in caplog.records if "sender thread error (survived)" in r.getMessage()]) == 4
+
+
+
+def test_a_bug_before_the_send_still_uses_up_the_attempts(poisoned_pipe: Pipeline, upstream: FakeUpstream,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug before the send counts its attempt: the request is dropped, not retried forever."""
+    pipe = poisoned_pipe
+
+    def broken() -> Any:
+        raise Boom("before the attempt is counted")
+
+    monkeypatch.setattr(pipe.forwarder, "_read_timeout", broken)
+    assert post(port_of(pipe), "/api/42/envelope/", envelope("c" * 32), auth())[0] == 200
+    assert pipe.flush(5.0), pipe.queue.depth()
+    assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
+    assert upstream.requests == []
+
+def test_a_request_given_up_after_sender_bugs_is_reported_to_sentry_as_internal_sdk_error(
+        poisoned_pipe: Pipeline, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = poisoned_pipe
+    poison(pipe, monkeypatch)
+    post_poison_then_healthy(pipe)
+    assert pipe.flush(5.0), pipe.queue.depth()
+    assert wait_until(lambda: pipe.stats.dropped("internal_sdk_error") == 1, 5), pipe.stats.snapshot()
+    assert pipe.flush(5.0)  # sends the pending client report
+    reports = [json.loads(payload) for _, _, payload in upstream.items("client_report")]
+    assert [e for r in reports for e in r["discarded_events"]] == [
+        {"reason": "internal_sdk_error", "category": "error", "quantity": 1}], reports
 
 
 # -- ingest handler ------------------------------------------------------------------------
@@ -311,3 +379,112 @@ def test_extension_process_survives_faults_and_ends_only_at_shutdown(tmp_path, u
         log = ext_log(emu)
     assert shutdown.exit_codes[EXTENSION_NAME] == 0 and not shutdown.killed, log
     assert "fatal error" not in log and "Traceback" not in log, log
+
+
+# -- the SHUTDOWN drain --------------------------------------------------------------------
+
+
+def queue_unsendable(pipe: Pipeline, count: int, size: int = 20) -> None:
+    """``count`` envelopes held in the queue by an upstream grace period that outlasts any drain."""
+    pipe.queue.pause_until(time.monotonic() + 3600)
+    for index in range(count):
+        body = envelope("%032x" % index, payload=b'{"message":"%s"}' % (b"x" * size))
+        assert post(port_of(pipe), "/api/42/envelope/", body, auth())[0] == 200
+    assert pipe.queue.depth()["queued"] == count
+
+
+def summary_line(caplog: pytest.LogCaptureFixture) -> str:
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_full_tmp_at_shutdown_loses_what_it_cannot_spool_counted_and_reported(
+        pipelines: StartPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from sentry_ext.delivery import spool as spool_module
+    from sentry_ext.delivery.spool import Spool
+
+    caplog.set_level(logging.INFO, logger="sentry_ext")
+    spool = tmp_path / "spool"
+    pipe = pipelines(spool=str(spool))
+    queue_unsendable(pipe, 5, size=2000)
+    # /tmp has room for a small file (the client report), not for an envelope of 2 KB
+    monkeypatch.setattr(spool_module, "os", FullDisk(room=1500))
+    t0 = time.monotonic()
+    outcome = pipe.shutdown(t0 + 0.8)
+    assert time.monotonic() - t0 < 0.8
+    assert (outcome["lost"], outcome["spooled"], outcome["failed"]) == (5, 1, 0), outcome
+    assert pipe.stats.dropped("network_error") == 5
+    assert any("lost 5 unsent request(s)" in r.getMessage() for r in caplog.records)
+    assert all(name.endswith(".sle") for name in os.listdir(spool)), os.listdir(spool)  # no .tmp left
+    monkeypatch.undo()
+    loaded = Spool(str(spool), 1 << 20, 3600, KEY).load().requests
+    assert len(loaded) == 1 and b'"client_report"' in loaded[0].body  # the loss, told to Sentry
+    payload = json.loads(loaded[0].body.split(b"\n")[2])
+    assert payload["discarded_events"] == [{"reason": "network_error", "category": "error", "quantity": 5}]
+
+
+def shutdown_extension(pipe: Pipeline, stub: StubLambda, upstream: FakeUpstream) -> Extension:
+    """An Extension on ``stub`` whose pipeline, ``pipe``, is ready."""
+    ext = Extension(load({"AWS_LAMBDA_RUNTIME_API": stub.address, "SENTRY_DSN": upstream.dsn(KEY, PROJECT)}),
+                    "sentry-lambda-extension", LambdaApi(stub.address))
+    ext.pipeline = pipe
+    ext.ready.set()
+    return ext
+
+
+def test_shutdown_on_a_full_tmp_exits_with_the_loss_in_the_summary(
+        pipelines: StartPipeline, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from sentry_ext.delivery import spool as spool_module
+
+    caplog.set_level(logging.INFO, logger="sentry_ext")
+    pipe = pipelines(spool=str(tmp_path))
+    queue_unsendable(pipe, 5)
+    monkeypatch.setattr(spool_module, "os", FullDisk(room=0))
+    stub = StubLambda([])  # SHUTDOWN (spindown) with 1 s to go
+    try:
+        t0 = time.monotonic()
+        assert run_loop(stub, shutdown_extension(pipe, stub, upstream)) == 0
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stub.close()
+    assert stub.nexts() == 1  # exited: no /event/next after SHUTDOWN
+    line = summary_line(caplog)
+    assert "dropped=network_error:5" in line and "drain=incomplete(5 lost)" in line, line
+    assert os.listdir(tmp_path) == []  # neither a spool file nor a .tmp
+    assert not any("survived" in r.getMessage() for r in caplog.records)
+
+
+SHUTDOWN_STEPS = ["invocations.await_outcome", "invocations.settle_all", "log_router.flush", "reports.send",
+                  "forwarder.flush", "forwarder.stop", "queue.take_all", "spool.write", "reports.take_requests",
+                  "shutdown", "summary", "ext.restore_watch.after_wait"]
+
+
+@pytest.mark.parametrize("step", SHUTDOWN_STEPS)
+def test_an_exception_in_any_step_of_the_shutdown_drain_still_ends_in_exit(
+        step: str, pipelines: StartPipeline, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sentry_ext")
+    # every step runs: function logs on, a client report pending, leftovers the spool cannot take
+    pipe = pipelines(spool=str(tmp_path), SENTRY_EXT_LOGS="on", SENTRY_EXT_SPOOL_MAX_BYTES="64")
+    pipe.discards.record(KEY, "queue_overflow", "error")
+    queue_unsendable(pipe, 2)
+    stub = StubLambda([])
+    ext = shutdown_extension(pipe, stub, upstream)
+    owner_name, _, name = step.rpartition(".")
+    owner: Any = pipe
+    for part in owner_name.split(".") if owner_name else ():
+        owner = ext if part == "ext" else getattr(owner, part)
+    monkeypatch.setattr(owner, name, raise_once(getattr(owner, name)))
+    try:
+        t0 = time.monotonic()
+        assert run_loop(stub, ext) == 0
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stub.close()
+    assert stub.nexts() == 1  # exited at the first SHUTDOWN, within its deadline
+    assert [r for r in caplog.records if r.exc_info and r.exc_info[0] is Boom], "the fault was not logged"
+    line = summary_line(caplog)
+    assert "drain=" in line and "drain=complete" not in line, line

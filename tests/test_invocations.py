@@ -15,7 +15,8 @@ from helpers import KEY, PROJECT, auth, port_of, post, wait_until
 from sentry_ext.config import load
 from sentry_ext.protocol.envelope import Envelope
 from sentry_ext.insight.failure_events import build_event, build_request
-from sentry_ext.insight.invocations import Failure, Invocations, classify
+from sentry_ext.insight.invocations import LOOKUPS_PER_REQUEST, Invocations
+from sentry_ext.insight.failures import Failure, classify
 from sentry_ext.insight.function_logs import parse
 from sentry_ext.awslambda.telemetry_records import FunctionLog, parse_batch
 
@@ -309,3 +310,38 @@ def test_the_request_an_sdk_envelope_names_is_read_sparingly() -> None:
     assert r.inv.sdk_trace("first") == {"trace_id": TRACE}
     r.inv.invoked("early")
     assert r.inv.sdk_trace("early") == {"trace_id": "a" * 32}
+
+
+def test_overlapping_requests_never_get_another_requests_sdk_trace() -> None:
+    """Managed Instances: no INVOKE, requests overlap. Once the body reads are spent, an envelope's
+    trace cannot be placed: it goes to no request (not to the one that started last)."""
+    r = Recorder()
+    r.feed(rec("platform.start", requestId="a"), rec("platform.start", requestId="b"))
+    for _ in range(LOOKUPS_PER_REQUEST + 2):  # a's envelopes, each read until the reads are spent
+        r.inv.note_envelope({"trace": {"trace_id": "a" * 32}}, lambda: "a")
+    r.inv.note_envelope({"trace": {"trace_id": "c" * 32}})  # names no request: whose is unknown
+    r.feed(report("b", "timeout", "Sandbox.Timedout"), report("a", "timeout", "Sandbox.Timedout"))
+    traces = {f.request_id: f.sdk_trace for f in r.failures}
+    assert traces == {"a": {"trace_id": "a" * 32}, "b": {}}
+    cfg = load({"SENTRY_DSN": DSN})
+    event = build_event(r.failures[0], cfg)
+    assert event["tags"]["aws_lambda.request_id"] == "b" and "trace" not in event["contexts"]
+    assert "trace" not in Envelope.parse(build_request(r.failures[0], cfg).body).headers
+
+
+def test_overlapping_requests_in_the_pipeline_keep_their_own_traces(pipelines: Any, upstream: Any) -> None:
+    """The same through the ingest: request a's SDK sends more envelopes than are read while b,
+    started after it, runs; b's LambdaTimeout must not carry a's trace."""
+    pipe = pipelines(AWS_LAMBDA_INITIALIZATION_TYPE="lambda-managed-instances")
+    headers = dict(auth(), **{"Content-Encoding": "gzip"})
+    path = "/api/%s/envelope/" % PROJECT
+    pipe.on_telemetry([rec("platform.start", requestId="a"), rec("platform.start", requestId="b")])
+    for _ in range(LOOKUPS_PER_REQUEST + 2):
+        assert post(port_of(pipe), path, sdk_envelope("a" * 32, "a"), headers)[0] == 200
+    pipe.on_telemetry([report("b", "timeout", "Sandbox.Timedout")])
+    assert pipe.flush(5) and wait_until(lambda: len(upstream.items("event")) == 1, 5)
+    ((record, _, payload),) = upstream.items("event")
+    event, header = json.loads(payload), record.envelope.header
+    assert event["tags"]["aws_lambda.request_id"] == "b"
+    assert "trace" not in event["contexts"] and "trace" not in header, (header, event["contexts"])
+    assert pipe.invocations.sdk_trace("a")["trace_id"] == "a" * 32

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 
 from helpers import KEY, PROJECT, StartPipeline, health, port_of
 from sentry_ext import main
 from sentry_ext.config import load
-from sentry_ext.awslambda.extensions_api import LambdaApiError
+from sentry_ext.awslambda.extensions_api import LambdaApiError, event_deadline
 from tools.fake_upstream import FakeUpstream
 
 
@@ -65,9 +65,9 @@ def test_wait_never_passes_the_invoke_deadline(extension: Callable[..., main.Ext
 
 def test_deadline_conversion_applies_the_margin() -> None:
     now_wall, now_mono = time.time(), time.monotonic()
-    deadline = main._deadline({"deadlineMs": (now_wall + 5) * 1000}, 200)
+    deadline = event_deadline({"deadlineMs": (now_wall + 5) * 1000}, 200)
     assert abs((deadline - now_mono) - 4.8) < 0.05
-    fallback = main._deadline({}, 200)
+    fallback = event_deadline({}, 200)
     assert 1.5 < fallback - time.monotonic() < 2.0
 
 
@@ -112,3 +112,37 @@ def test_repeated_fatal_poll_answers_stop_the_extension_and_tell_lambda() -> Non
     assert time.monotonic() - t0 < 5  # backoff 50 ms doubling, capped at 1 s
     assert api.polls == 2 + main.FATAL_POLLS  # a transient error in between resets the count
     assert api.errors == [("exit", "Extension.LambdaApiError")]
+
+
+@pytest.mark.parametrize("reason, reset", [("timeout", True), ("failure", True), ("spindown", False),
+                                           ("Timeout", True), ("SandboxTerminated", False), (None, False)])
+def test_shutdown_reasons_are_compared_without_case(reason: Optional[str], reset: bool) -> None:
+    """Lambda sends lowercase reasons; AWS's emulator (RIE) capitalises them."""
+    from sentry_ext.pipeline import is_reset
+
+    assert is_reset(reason) is reset
+
+
+def test_a_reset_named_as_rie_names_it_waits_for_the_timed_out_requests_records(
+        pipelines: StartPipeline, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHUTDOWN ``Timeout`` (RIE's spelling) is a reset: the drain waits for the failed request's
+    last records, which arrive after SHUTDOWN, and delivers its LambdaTimeout event."""
+    import threading
+
+    from sentry_ext import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "OUTCOME_WAIT_S", 10.0)  # the wait ends when the records are in
+    pipe = pipelines()
+    pipe.invoked({"requestId": "r-timeout"})
+    pipe.on_telemetry([{"type": "platform.start", "record": {"requestId": "r-timeout"}}])
+    records = [{"type": kind, "record": {"requestId": "r-timeout", "status": "timeout", "errorType": "Sandbox.Timedout",
+                                         "metrics": {"durationMs": 3000.0}}}
+               for kind in ("platform.runtimeDone", "platform.report")]
+    late = threading.Timer(0.5, pipe.on_telemetry, args=(records,))
+    late.start()
+    try:
+        outcome = pipe.shutdown(time.monotonic() + 30, "Timeout")
+    finally:
+        late.join(5)
+    assert pipe.stats.get("failure_events") == 1 and outcome["drained"] == 1, pipe.summary()
+    assert b"LambdaTimeout" in b"".join(r.body for r in upstream.requests)

@@ -16,7 +16,8 @@ from sentry_ext.config import load
 from sentry_ext.protocol.discards import Discards
 from sentry_ext.protocol.envelope import Envelope
 from sentry_ext.insight.failure_events import build_event
-from sentry_ext.insight.invocations import Failure, Invocations
+from sentry_ext.insight.invocations import Invocations
+from sentry_ext.insight.failures import Failure
 from sentry_ext.insight.log_batch import LogBatch
 from sentry_ext.insight.log_router import DUPLICATES_HINT, LogRouter
 from sentry_ext.pipeline import Pipeline
@@ -123,6 +124,14 @@ def test_each_request_without_an_sdk_trace_gets_one_trace_id_for_all_its_lines()
     assert len(a_ids) == len(b_ids) == 1 and a_ids != b_ids
     assert h.stats.snapshot()["logs_forwarded"] == h.stats.snapshot()["logs_received"] == 153
 
+
+
+def test_lines_whose_envelope_submit_refuses_are_counted_dropped_not_forwarded() -> None:
+    h = Harness()
+    h.router.submit = lambda req: False  # rate limited or no room in the queue: the pipeline counts the drop
+    h.feed(start(A), *[fn("a%d\n" % i, i) for i in range(3)], done(A, 5))
+    stats = h.stats.snapshot()
+    assert stats["logs_received"] == 3 and stats.get("logs_forwarded", 0) == 0 and stats["logs_dropped"] == 3
 
 def test_overlapping_requests_attribute_only_lines_that_name_theirs() -> None:
     for lmi in (False, True):

@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 from helpers import KEY, PROJECT, StartPipeline, auth, envelope, port_of, post, wait_until
-from sentry_ext.protocol.envelope import Envelope, EnvelopeError, decode_body, encode_body
+from sentry_ext.protocol.envelope import Envelope, EnvelopeError
+from sentry_ext.protocol.body import decode_body, encode_body
 from sentry_ext.pipeline import Pipeline
 from tools.fake_upstream import FakeUpstream, Recorded, Reply, decode_body as fake_decode
 

@@ -15,13 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from e2e import ext_log, extension_events, make_emulator
 from helpers import KEY, PROJECT, Errors, exchange, make_pipeline, proc_status, stop, wait_until
 from sentry_ext import main
 from sentry_ext.awslambda import telemetry_listener as telemetry, telemetry_address as telemetry_endpoint
 from sentry_ext.config import load
 from sentry_ext.main import bind_listener
 from sentry_ext.util.stats import Stats
-from sentry_ext.insight.invocations import Failure, Invocations
+from sentry_ext.insight.invocations import Invocations
+from sentry_ext.insight.failures import Failure
 from sentry_ext.awslambda.telemetry_listener import TelemetryListener, within_depth
 from sentry_ext.awslambda.telemetry_records import parse_batch
 from tools.fake_upstream import FakeUpstream
@@ -116,6 +118,26 @@ def test_only_the_secret_path_reaches_the_records(live: Live) -> None:
     assert live.invocations.wait("req-1", time.monotonic())
 
 
+def test_refusals_are_logged_once_not_per_batch(live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    """AWS's RIE in Managed Instances mode posts every batch to the listener's address without the
+    subscribed path: each is refused and counted, and the log says so once, not per batch."""
+    caplog.set_level(logging.DEBUG, logger="sentry_ext")
+    for _ in range(5):
+        assert status_of(post(live.port, "/", runtime_done())) == 404
+    assert live.stats.get("telemetry_refused") == 5 and live.batches == []
+    refused = [r for r in caplog.records if r.name == "sentry_ext.awslambda.telemetry_listener" and "refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    assert refused[0].levelno == logging.WARNING and "POST '/': 404" in refused[0].getMessage()
+    assert "Managed Instances" in refused[0].getMessage()
+    reply, _ = request(live.port, b"GET /x HTTP/1.1\r\n\r\n")  # another reason: its own one line
+    assert status_of(reply) == 404
+    assert status_of(post(live.port, live.listener.path, b"x" * (telemetry.MAX_BATCH_BYTES + 1))) == 413
+    assert status_of(post(live.port, live.listener.path, b"x" * (telemetry.MAX_BATCH_BYTES + 1))) == 413
+    refused = [r for r in caplog.records if r.name == "sentry_ext.awslambda.telemetry_listener" and "refused" in r.getMessage()]
+    assert [r.getMessage().split(": ", 1)[1][:3] for r in refused] == ["404", "413"]
+    assert live.stats.get("telemetry_refused") == 8
+
+
 def test_a_wrong_path_is_answered_without_reading_the_body(live: Live) -> None:
     # The body announced is never sent: the answer comes from the headers alone, and the server closes.
     reply, closed = request(live.port, b"POST /telemetry HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
@@ -178,7 +200,9 @@ def test_bind_address_is_what_sandbox_localdomain_resolves_to() -> None:
 
 
 @pytest.mark.parametrize("behaviour", ["hangs", "fails", "unbindable"])
-def test_bind_falls_back_to_all_interfaces_without_holding_init(behaviour: str) -> None:
+def test_bind_falls_back_to_loopback_without_holding_init(behaviour: str) -> None:
+    """sandbox.localdomain unresolvable (slow or failing resolver) or its address not ours: the
+    listener binds 127.0.0.1, never all interfaces (0.0.0.0 would expose it beyond the sandbox)."""
     release = threading.Event()
 
     def resolver(name: bytes, *args: Any) -> Any:
@@ -193,10 +217,33 @@ def test_bind_falls_back_to_all_interfaces_without_holding_init(behaviour: str) 
     elapsed = time.monotonic() - t0
     release.set()
     try:
-        assert sock.getsockname()[0] == "0.0.0.0" and "0.0.0.0" in note
+        assert sock.getsockname()[0] == "127.0.0.1" and "bound to 127.0.0.1:" in note, note
         assert elapsed < 1.0
     finally:
         sock.close()
+
+
+def test_an_unresolvable_sandbox_localdomain_still_gets_telemetry_on_loopback(tmp_path: Any,
+                                                                             upstream: FakeUpstream) -> None:
+    """The default host, on a machine where sandbox.localdomain does not resolve (as in a container
+    under AWS's RIE): the listener binds 127.0.0.1, the subscription URI still names
+    sandbox.localdomain, and the emulator (which posts that host to 127.0.0.1, as RIE does)
+    delivers the records: a timeout becomes a failure event."""
+    if telemetry_endpoint.from_hosts("sandbox.localdomain") or telemetry_endpoint.resolve("sandbox.localdomain", 1.0):
+        pytest.skip("sandbox.localdomain resolves on this machine")
+    with make_emulator(tmp_path, upstream, timeout_s=1.0, SENTRY_EXT_TELEMETRY_HOST="sandbox.localdomain",
+                       SENTRY_EXT_LOG_LEVEL="DEBUG") as emu:
+        emu.start()
+        assert emu._sandbox is not None
+        uris = [sub.uri for sub in emu._sandbox.subscribers]
+        result = emu.invoke({"sleep_s": 5})
+        assert result.status == "timeout"
+        assert upstream.wait_for(lambda _: len(extension_events(upstream)) == 1, 10), ext_log(emu)
+        log = ext_log(emu)
+    assert "telemetry listener bound to 127.0.0.1:" in log and "did not resolve" in log, log
+    assert "0.0.0.0" not in log and "falling back" not in log, log
+    assert len(uris) == 1 and uris[0].startswith("http://sandbox.localdomain:"), uris
+    assert extension_events(upstream)[0]["exception"]["values"][0]["type"] == "LambdaTimeout"
 
 
 def test_the_hosts_file_answers_first(tmp_path: Any) -> None:
@@ -421,3 +468,21 @@ def test_the_real_process_stays_bounded_and_keeps_hearing_lambda_under_a_flood(t
     assert "falling back" not in log and "Traceback" not in log, log
     summary = log[log.index("summary:"):].split("\n", 1)[0].split()
     assert "flushes=4" in summary and "runtime_done_missed" not in " ".join(summary), summary
+
+
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"])
+@pytest.mark.parametrize("value", [b"9" * 5000, "\u0661\u0662".encode("utf-8"), b"\xb2", b"+5", b"1_0", b"9" * 13])
+def test_a_malformed_content_length_is_a_clean_400(live: Live, value: bytes, expect: bytes) -> None:
+    errors = Errors()
+    logger = logging.getLogger("sentry_ext")
+    logger.addHandler(errors)
+    try:
+        reply, closed = request(live.port, b"POST %s HTTP/1.1\r\nContent-Length: %s\r\n%s\r\n" % (
+            live.listener.path.encode(), value, expect), half_close=False)
+    finally:
+        logger.removeHandler(errors)
+    # refused from the headers alone, before any "100 Continue" invites the body
+    assert reply.startswith(b"HTTP/1.1 400") and closed, reply[:200]
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert live.batches == [] and live.stats.get("telemetry_refused") == 1
+    assert status_of(post(live.port, live.listener.path, b"[]")) == 200  # still serving

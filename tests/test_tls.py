@@ -121,3 +121,27 @@ def test_only_an_end_of_the_connection_counts_as_closed_under_us() -> None:
     assert closed_under_us(SSLError(ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed")))
     assert not closed_under_us(SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed")))
     assert not closed_under_us(SSLError("no underlying error"))
+
+
+def test_replies_before_a_snapshot_close_pooled_connections_but_keep_the_pool_and_context(
+        tmp_path: Path, pipelines: Any) -> None:
+    # Issue 20, finding 9: before a SnapStart snapshot no connection may stay pooled (it would
+    # lead nowhere in every restored copy), but the pool and its TLS context need no rebuilding.
+    from helpers import auth, port_of, post
+
+    cert, key = self_signed(tmp_path)
+    with FakeUpstream(tls=server_context(cert, key)) as upstream:
+        pipe = pipelines(upstream.dsn(KEY, PROJECT), SSL_CERT_FILE=str(cert), SENTRY_EXT_SENDERS="1",
+                         SENTRY_EXT_MAX_INFLIGHT="1", AWS_LAMBDA_INITIALIZATION_TYPE="snap-start")
+        assert pipe.snapshot_pending
+        pool = pipe.transport.pool
+        context = pool.conn_kw["ssl_context"]
+        for index in range(3):
+            status, _, _ = post(port_of(pipe), "/api/%s/envelope/" % PROJECT, envelope("%032x" % index), auth())
+            assert status == 200 and pipe.flush(5)
+            assert pipe.transport.pool is pool and pool.conn_kw["ssl_context"] is context
+            idle = list(pool.pool.queue)
+            assert idle and all(conn is None or conn.sock is None for conn in idle), idle
+        assert upstream.connections_opened == 3 and upstream.resumed >= 2  # same context: sessions resume
+        pipe.after_restore("test")  # a restore still rebuilds both (a fresh TLS context on purpose)
+        assert pipe.transport.pool is not pool and pipe.transport.pool.conn_kw["ssl_context"] is not context

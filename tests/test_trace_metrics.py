@@ -16,7 +16,8 @@ from sentry_ext.awslambda.telemetry_records import Report, parse_batch
 from sentry_ext.config import load
 from sentry_ext.delivery.request import Request
 from sentry_ext.insight.metrics import CONTENT_TYPE, ReportMetrics, estimated_cost
-from sentry_ext.protocol.envelope import Envelope, category, decode_body
+from sentry_ext.protocol.body import decode_body
+from sentry_ext.protocol.envelope import Envelope, category
 from tools.fake_upstream import FakeUpstream
 
 DSN = "https://%s@o1.ingest.sentry.io/42" % KEY

@@ -20,7 +20,8 @@ from sentry_ext.config import load
 from sentry_ext.delivery.request import Request
 from sentry_ext.insight.transactions import build_request, build_transaction, trace_id_for
 from sentry_ext.insight.unfinished import Unfinished, UnfinishedTracker, holds_transaction
-from sentry_ext.protocol.envelope import Envelope, decode_body
+from sentry_ext.protocol.body import decode_body
+from sentry_ext.protocol.envelope import Envelope
 from tools.fake_upstream import FakeUpstream
 
 RID = "8476a536-e9f4-11e8-9739-2dfe598c3fcd"

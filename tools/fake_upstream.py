@@ -60,7 +60,7 @@ __all__ = [
     "parse_envelope",
 ]
 
-ACTIONS = ("respond", "drop", "reset", "drop_mid_response")
+ACTIONS = ("respond", "drop", "reset", "drop_mid_response", "close_unread")
 
 #: Largest request body (compressed or not) the fake accepts; larger requests get 413.
 MAX_BODY_BYTES = 256 * 1024 * 1024
@@ -327,7 +327,10 @@ class Reply:
 
     Actions: ``respond``; ``drop`` (read the request, close without a reply);
     ``reset`` (read the request, close with SO_LINGER 0 so the client sees an RST);
-    ``drop_mid_response`` (send status line, headers and half the body, then close).
+    ``drop_mid_response`` (send status line, headers and half the body, then close);
+    ``close_unread`` (close the connection as soon as the request line arrives, neither reading
+    nor recording the request: an idle keep-alive close that crossed the request on the wire;
+    counted in ``idle_closes``).
     """
 
     status: int = 200
@@ -443,6 +446,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if upstream._is_forgotten(self.connection):
             self._black_hole()
             return
+        if upstream._close_unread_next():
+            upstream._note_idle_close()
+            return  # closed with the request unread: the client gets a reset or an EOF, no reply
         try:
             self.connection.settimeout(READ_TIMEOUT_S)
             if len(self.raw_requestline) > MAX_LINE:
@@ -752,6 +758,16 @@ class FakeUpstream:
     def pending_script(self) -> int:
         with self._cond:
             return len(self._script)
+
+    def _close_unread_next(self) -> bool:
+        """True (and the reply taken) if the next reply is ``close_unread``."""
+        with self._cond:
+            if self._script:
+                if self._script[0].action != "close_unread":
+                    return False
+                self._script.popleft()
+                return True
+            return self.default.action == "close_unread"
 
     def _next_reply(self) -> Reply:
         with self._cond:

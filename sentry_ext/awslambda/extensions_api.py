@@ -7,6 +7,9 @@ start-up path, so registration happens a few ms after the process starts.
 from __future__ import annotations
 
 import socket
+import time
+
+from ..util.http_numbers import parse_number
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing or json before the first /event/next (start-up budget: main.py)
@@ -37,11 +40,10 @@ class LambdaApiError(Exception):
 
 def _number(text: str, what: str, base: int = 10) -> int:
     """A non-negative integer in ASCII digits (``int`` alone accepts signs, "_" and other scripts' digits)."""
-    text = text.strip()
-    digits = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
-    if not text or not text.isascii() or text.strip(digits) or len(text) > 18:
-        raise LambdaApiError("malformed %s %r" % (what, text[:40]))
-    return int(text, base)
+    number = parse_number(text, 18, base)
+    if number is None:
+        raise LambdaApiError("malformed %s %r" % (what, text.strip()[:40]))
+    return number
 
 
 def _split_addr(addr: str) -> Tuple[str, int]:
@@ -288,3 +290,12 @@ def _dumps_plain(value: Any) -> Optional[str]:
             parts.append(v)
         return "[%s]" % ", ".join(parts)
     return None
+
+
+def event_deadline(event: Dict[str, Any], margin_ms: int) -> float:
+    """The event's ``deadlineMs`` (epoch ms) as a monotonic time, less the safety margin."""
+    try:
+        deadline_ms = float(event["deadlineMs"])
+    except (KeyError, TypeError, ValueError):
+        deadline_ms = time.time() * 1000 + 2000
+    return time.monotonic() + (deadline_ms - margin_ms) / 1000.0 - time.time()

@@ -3,8 +3,10 @@
 Only Lambda may talk to the listener. The subscription URI carries 128 random bits made fresh by
 each process (``os.urandom``), so a process that can reach the port but did not see the
 subscription cannot guess where to post; every other path is refused. The listener binds what
-``sandbox.localdomain`` resolves to (Lambda delivers there), ``0.0.0.0`` only when that name
-does not resolve in time or cannot be bound.
+``sandbox.localdomain`` resolves to (Lambda delivers there), ``127.0.0.1`` when that name does
+not resolve in time or cannot be bound: loopback only (Lambda delivers inside the sandbox, and
+the local emulators, ours and AWS's RIE, post a ``sandbox.localdomain`` URI to 127.0.0.1), never
+all interfaces. The subscription URI names ``sandbox.localdomain`` either way.
 
 Loaded before the first ``/event/next``: os, socket and threading only (start-up budget: main.py).
 The name is looked up in ``/etc/hosts`` first (where Lambda lists it); only if it is not there
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, List, Optional, Tuple
 
 SANDBOX_HOST = "sandbox.localdomain"
-FALLBACK_HOST = "0.0.0.0"
+FALLBACK_HOST = "127.0.0.1"  # loopback: binding all interfaces would expose the listener
 RESOLVE_TIMEOUT_S = 0.2  # Lambda resolves it from /etc/hosts in well under a millisecond
 PATH_PREFIX = "/telemetry/"
 HOSTS_FILE = "/etc/hosts"
@@ -81,8 +83,8 @@ def bind_address(subscribe_host: str, timeout: float = RESOLVE_TIMEOUT_S,
     """``(host to bind, why)`` for a listener subscribed as ``subscribe_host``.
 
     For ``sandbox.localdomain``: its address (``/etc/hosts``, else ``resolver``, by default
-    ``getaddrinfo``; an injected resolver replaces both), or ``0.0.0.0`` if it does not resolve in
-    time. Any other host (a loopback address in local runs) is bound as it is.
+    ``getaddrinfo``; an injected resolver replaces both), or ``127.0.0.1`` if it does not resolve
+    in time. Any other host (a loopback address in local runs) is bound as it is.
     """
     if subscribe_host != SANDBOX_HOST:
         return subscribe_host, "the configured telemetry host"
@@ -100,7 +102,7 @@ def bind(subscribe_host: str, port: int, listen: Callable[[str, int], socket.soc
          resolver: Optional[Callable[..., Any]] = None) -> Tuple[socket.socket, str]:
     """Bind the listener with ``listen(host, port)``; ``(socket, one line for the debug log)``.
 
-    Falls back to ``0.0.0.0`` when the resolved address cannot be bound; raises OSError when
+    Falls back to ``127.0.0.1`` when the resolved address cannot be bound; raises OSError when
     even that fails.
     """
     host, why = bind_address(subscribe_host, timeout, resolver)

@@ -12,9 +12,11 @@ import hmac
 import json
 import logging
 import socket
-from typing import Any, Callable, List, Optional, Tuple
+import threading
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from ..util.http_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
+from ..util.http_numbers import content_length
 from ..util.stats import Stats
 from .telemetry_address import new_path
 
@@ -28,6 +30,8 @@ MAX_CONNECTIONS = 8
 MAX_DEPTH = 32
 CLIENT_TIMEOUT_S = 5.0
 EVICT_AFTER_S = 0.05
+REFUSALS = {404: "not the subscribed path", 405: "not a POST", 411: "no single Content-Length",
+            413: "batch too large", 503: "listener busy"}
 
 # Called with each decoded batch; the list is the hook's: it may empty it once read (the pipeline
 # does, so the decoded records are freed while their logs are handled).
@@ -50,30 +54,42 @@ class _Handler(BoundedHandler):
             status, RESPONSE_REASONS.get(status, "").encode("latin-1"), b"Connection: close\r\n" if close else b""))
 
     def _refuse(self, status: int) -> None:
-        # Not Lambda, or not a batch: nothing is read or recorded, and nothing logged above debug.
+        # Not Lambda, or not a batch: nothing is read or recorded. Logged once per status, not per
+        # batch: a sender that keeps posting to the wrong place (AWS's RIE in Managed Instances
+        # mode posts without the path) or a local process probing must not fill the log.
         self.server.stats.incr("telemetry_refused")
-        log.debug("telemetry listener refused %s %s: %d", self.command, self.path[:80], status)
+        if self.server.first_refusal(status):
+            log.warning("telemetry listener refused %s %r: %d, %s (only Lambda, posting to the subscribed path, is "
+                        "heard; AWS's RIE in Managed Instances mode posts without the path); later refusals are "
+                        "counted as telemetry_refused, not logged", self.command, self.path[:80], status,
+                        REFUSALS.get(status, "refused"))
         self._answer(status, close=True)
 
     def handle_expect_100(self) -> bool:
-        # No "100 Continue" invites a body on a wrong path.
-        if not self.server.is_ours(self.path):
-            self._refuse(404)
+        # No "100 Continue" invites a body on a wrong path, or one of a length we would refuse.
+        status = 404 if not self.server.is_ours(self.path) else self._length()[1]
+        if status:
+            self._refuse(status)
             return False
         return super().handle_expect_100()
+
+    def _length(self) -> Tuple[int, int]:
+        """``(the body's length, 0)``, or ``(0, the status refusing it)``."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or len(lengths) != 1:
+            return 0, 411
+        length = content_length(lengths[0])
+        if length is None:
+            return 0, 400
+        return (0, 413) if length > MAX_BATCH_BYTES else (length, 0)
 
     def do_POST(self) -> None:
         if not self.server.is_ours(self.path):
             self._refuse(404)
             return
-        lengths = self.headers.get_all("Content-Length") or []
-        raw = lengths[0].strip() if len(lengths) == 1 else ""
-        if self.headers.get("Transfer-Encoding") is not None or not raw.isdigit():
-            self._refuse(411)
-            return
-        length = int(raw)
-        if length > MAX_BATCH_BYTES:
-            self._refuse(413)
+        length, status = self._length()
+        if status:
+            self._refuse(status)
             return
         if not self.server.reserve(length):
             self._refuse(503)
@@ -165,6 +181,16 @@ class TelemetryListener(BoundedServer):
         self.on_batch = on_batch
         self.path = path or new_path()
         self._path_bytes = self.path.encode("ascii")
+        self._refusals_logged: Set[int] = set()  # statuses whose first refusal was logged
+        self._refusals_lock = threading.Lock()
+
+    def first_refusal(self, status: int) -> bool:
+        """Whether this is the first refusal with ``status`` (the one to log)."""
+        with self._refusals_lock:
+            if status in self._refusals_logged:
+                return False
+            self._refusals_logged.add(status)
+            return True
 
     def is_ours(self, path: str) -> bool:
         return hmac.compare_digest(path.encode("latin-1", "replace"), self._path_bytes)

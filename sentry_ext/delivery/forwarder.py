@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Set, Tuple
 
 from .queue import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 30.0
 IDLE_POLL_S = 1.0  # an idle sender looks this often whether it is surplus
+MAX_BUGS_KEPT = 32  # distinct sender bugs whose traceback was logged (then forgotten, and logged again)
 
 # Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
 ResponseHook = Callable[[Request, Result], None]
@@ -87,6 +88,12 @@ class Forwarder:
         self.controller = ConcurrencyController(senders, max_inflight or senders)
         self.cpu = CpuShare()
         self._deadline: Optional[float] = None  # monotonic; set while a flush is bounded by a deadline
+        # Lambda freezes the sandbox only while the lifecycle waits in /event/next, and the
+        # monotonic clock runs on through a freeze: a round trip in flight at any moment of such a
+        # wait is no sample of the upstream's. ``_generation`` moves when a wait starts or ends.
+        self._generation = 0
+        self._in_next = False
+        self.clock: Callable[[], float] = time.monotonic  # round trips are timed on it (tests step it)
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
         self._alive = 0  # threads started and not retired
@@ -94,6 +101,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._last_error_log = 0.0
         self._spawn_failed = False
+        self._bugs: Set[Optional[Tuple[str, str, int]]] = set()  # see _new_bug
         # The queue's spread mode outside drains (buffer.py), set per invocation (set_spread): off
         # until a `background` invocation, so Init and a loopback burst send as before.
         self._spread = False
@@ -121,6 +129,12 @@ class Forwarder:
         self._spread = on
         if self._deadline is None and not self._stop.is_set():
             self.queue.set_spread(on)
+
+    def waiting_in_next(self, waiting: bool) -> None:
+        """The lifecycle starts (True) or ends (False) a wait in /event/next, during which the
+        sandbox may be frozen: no round trip in flight during the wait is sampled (``_send``)."""
+        self._in_next = waiting
+        self._generation += 1
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty and nothing is in flight; False if ``timeout`` (s) ran out
@@ -191,25 +205,39 @@ class Forwarder:
     def _run(self) -> None:
         while not self._stop.is_set():
             req = None
+            attempts = 0
             try:
                 req = self.queue.get(timeout=IDLE_POLL_S)
                 if req is None:
                     if self._retire():
                         return
                     continue
+                attempts = req.attempts
                 self._deliver(req)
                 req = None
                 self.grow()  # a reply may have taught us the round trip a backlog is waiting on
-            except Exception:  # a bug here must not kill the thread: log it and go on
-                log.exception("sender thread error (survived)")
-                if req is not None:
-                    self._recover(req)
+            except Exception as exc:  # a bug here must not kill the thread: log it and go on
+                if req is None:
+                    log.exception("sender thread error (survived)")
+                else:
+                    self._recover(req, attempts, exc)
 
-    def _recover(self, req: Request) -> None:
-        """After a bug while delivering ``req``: never leave it in flight (a flush would wait for it
-        forever); retry it up to max_attempts, then drop it as ``internal_sdk_error``."""
+    def _recover(self, req: Request, attempts: int, exc: Exception) -> None:
+        """After a bug while delivering ``req`` (which had made ``attempts`` before): never leave it
+        in flight (a flush would wait for it forever); back off as after an upstream failure and
+        retry it up to max_attempts, then drop it as ``internal_sdk_error``. A bug's traceback is
+        logged once; its repeats get a line (one per 10 s)."""
         try:
+            if req.attempts == attempts:
+                req.attempts += 1  # the bug came before the send counted the attempt: count it here
+            if self._new_bug(exc):
+                log.error("sender thread error (survived) delivering %s, attempt %d/%d", req.upstream_path,
+                          req.attempts, self.max_attempts, exc_info=exc)
+            else:
+                self._log_failure("sender thread error (survived) delivering %s, attempt %d/%d: %r",
+                                  req.upstream_path, req.attempts, self.max_attempts, exc)
             if req.attempts < self.max_attempts:
+                self.queue.pause_until(time.monotonic() + self.health.failure())
                 self.queue.requeue(req)  # a no-op if it was released before the error
             elif self.queue.done(req):
                 self.stats.drop("internal_sdk_error")
@@ -217,6 +245,22 @@ class Forwarder:
                     self.on_drop(req, "internal_sdk_error")
         except Exception:
             log.exception("sender thread error while recovering (survived)")
+
+    def _new_bug(self, exc: Exception) -> bool:
+        """True the first time a bug (exception type and where it was raised) is seen."""
+        tb = exc.__traceback__
+        for _ in range(1000):  # to the innermost frame: where it was raised
+            if tb is None or tb.tb_next is None:
+                break
+            tb = tb.tb_next
+        where = (type(exc).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else None
+        with self._lock:
+            if where in self._bugs:
+                return False
+            if len(self._bugs) >= MAX_BUGS_KEPT:
+                self._bugs.clear()
+            self._bugs.add(where)
+            return True
 
     def _read_timeout(self) -> Tuple[Optional[float], Optional[float]]:
         """(hold until, read timeout): near a deadline, start only what can be answered before it
@@ -233,10 +277,19 @@ class Forwarder:
         return None, remaining if floor is None else max(remaining, floor)
 
     def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
-        started = time.monotonic()
+        generation = None if self._in_next else self._generation
+        started = self.clock()
         result = self.transport.send(req, read_timeout=read_timeout)
         if result.status:
-            self.rtt.add(time.monotonic() - started)
+            elapsed = self.clock() - started
+            # Not a sample: a round trip in flight while the lifecycle waited in /event/next (the
+            # sandbox may have been frozen meanwhile), or one longer than its read timeout allowed.
+            if generation == self._generation and elapsed <= self.transport.read_timeout_for(read_timeout):
+                self.rtt.add(elapsed)
+            else:
+                self.stats.incr("rtt_discarded")
+                log.debug("round trip of %.0f ms not sampled (during an /event/next or past the read timeout)",
+                          elapsed * 1000)
         return result
 
     def _deliver(self, req: Request) -> None:
@@ -253,6 +306,10 @@ class Forwarder:
         if result.outcome == Outcome.STALE and req.attempts == 1:
             # A pooled connection that died while we were frozen: reconnect at once, no backoff.
             self.stats.incr("retried")
+            if result.maybe_delivered:
+                self.stats.incr("duplicates_at_risk")
+                log.info("the connection failed after %s went out (%s); resending it may duplicate it upstream",
+                         req.upstream_path, result.error)
             result = self._send(req, read_timeout)
         if result.status and self.on_response is not None:
             try:
@@ -284,8 +341,8 @@ class Forwarder:
         self.stats.incr("retried")
         if result.maybe_delivered:
             self.stats.incr("duplicates_at_risk")
-            self._log_failure("no reply for %s within the read timeout (round trip so far: %s); resending "
-                              "it may duplicate it upstream", req.upstream_path, _ms(self.rtt.srtt))
+            self._log_failure("no whole reply for %s (%s; round trip so far: %s); resending it may duplicate "
+                              "it upstream", req.upstream_path, result.error, _ms(self.rtt.srtt))
         self.queue.pause_until(time.monotonic() + grace)
         self._log_failure("upstream failed (%s); retrying in %.2fs (attempt %d/%d)",
                           result.error, grace, req.attempts, self.max_attempts)

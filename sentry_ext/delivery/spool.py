@@ -107,7 +107,8 @@ class Spool:
     def write(self, requests: List[Request], deadline: float, reserve: int = 0) -> Tuple[int, List[Request]]:
         """Spool what fits in the byte cap less ``reserve`` bytes before ``deadline`` (monotonic).
 
-        Returns (number written, requests that could not be written).
+        Returns (number written, requests that could not be written). A file that cannot be
+        written (a full /tmp: ENOSPC, EFBIG) is removed and hands every request back. Never raises.
         """
         if not requests or self.max_bytes <= 0:
             return 0, list(requests)
@@ -127,20 +128,26 @@ class Spool:
         except OSError as exc:
             log.warning("cannot write spool file %s: %s", temp, exc)
             return 0, list(requests)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(MAGIC)
-            for req in requests:
-                record = _encode(req)
-                if len(record) > budget or time.monotonic() >= deadline:
-                    left.append(req)
-                    continue
-                fh.write(record)
-                budget -= len(record)
-                written += 1
-        if written:
-            os.replace(temp, final)
-        else:
-            os.unlink(temp)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(MAGIC)
+                for req in requests:
+                    record = _encode(req)
+                    if len(record) > budget or time.monotonic() >= deadline:
+                        left.append(req)
+                        continue
+                    fh.write(record)
+                    budget -= len(record)
+                    written += 1
+            if written:
+                os.replace(temp, final)
+            else:
+                os.unlink(temp)
+        except Exception as exc:  # /tmp full (ENOSPC, EFBIG), an I/O error, or a bug: none of it is spooled
+            _unlink(temp)
+            log.warning("cannot write spool file %s: %s; %d request(s) not spooled", temp, exc, len(requests),
+                        exc_info=not isinstance(exc, OSError))
+            return 0, list(requests)
         return written, left
 
     def load(self) -> LoadResult:

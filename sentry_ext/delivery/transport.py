@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+import http.client
 import logging
+import queue
 import ssl
+import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..util import lean_imports
@@ -13,6 +16,7 @@ from ..util.lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle
 lean_imports.install()  # before urllib3: keeps importlib.metadata out (lean_imports.py)
 
 import urllib3  # noqa: E402
+from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: E402
 from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
 
@@ -30,7 +34,9 @@ class Outcome(enum.Enum):
 
     OK = "ok"
     RETRY = "retry"                # network failure, timeout, 5xx: safe to send again
-    STALE = "stale"                # the connection died under us (closed during a freeze): resend at once
+    # The connection died under us: resend at once. Closed during a freeze before our request could
+    # be read; or, with ``maybe_delivered``, after it may have been (a resend may duplicate it).
+    STALE = "stale"
     SEND_ERROR = "send_error"      # 4xx other than 429: upstream refused this request for good
     RATE_LIMITED = "ratelimited"   # 429: upstream counted the drop itself
 
@@ -44,7 +50,7 @@ class Result(Record):
         self.status = status
         self.headers = headers
         self.error = error
-        # The request went out but no reply came in time: upstream may have accepted it, so a
+        # The request went out but no (whole) reply came: upstream may have accepted it, so a
         # resend may duplicate it.
         self.maybe_delivered = maybe_delivered
 
@@ -94,13 +100,101 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
     if cfg.proxy_url and not proxy_bypassed(dsn.host, dsn.port, cfg.no_proxy):
         log.info("sending upstream through proxy %s", cfg.proxy_url.split("@")[-1])
         manager = urllib3.ProxyManager(cfg.proxy_url, num_pools=1, **options)
+        manager.pool_classes_by_scheme = _TRACKED_POOLS
         if dsn.scheme == "http":
             return manager, True
         return manager.connection_from_url(dsn.origin), False
     if dsn.scheme == "http":
         options.pop("cert_reqs")
         options.pop("ca_certs")
-    return urllib3.connection_from_url(dsn.origin, **options), False
+    pool = urllib3.connection_from_url(dsn.origin, **options)
+    pool.ConnectionCls = _TRACKED_POOLS[dsn.scheme].ConnectionCls
+    return pool, False
+
+
+# -- how far a request got before its connection failed --------------------------------------
+
+
+class _Attempt(threading.local):
+    """The calling thread's request in progress (a thread sends one at a time): whether its
+    connection had served a reply before, the request was written whole, a reply head came in."""
+
+    reused = False
+    written = False
+    head = False
+
+
+_ATTEMPT = _Attempt()
+
+
+class _Response(http.client.HTTPResponse):
+    def begin(self) -> None:
+        super().begin()
+        _ATTEMPT.head = True  # status line and headers read: a reply cut off from here was sent
+
+
+class _Tracked:
+    """Mixin for urllib3's connection classes: records the attempt's progress in ``_ATTEMPT``."""
+
+    response_class = _Response
+    served = 0  # replies this connection has read
+
+    def connect(self) -> None:
+        # A new socket: urllib3 reconnects a dropped connection's object (for plain HTTP from
+        # inside request(), after it read ``served``).
+        self.served = 0
+        _ATTEMPT.reused = False
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _ATTEMPT.reused, _ATTEMPT.written, _ATTEMPT.head = self.served > 0, False, False
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        _ATTEMPT.written = True
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        self.served += 1
+        return response
+
+
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+_TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+def may_have_been_read(exc: BaseException) -> bool:
+    """After the connection failed under the current thread's request (``exc``): False only if
+    upstream cannot have read the whole request (it was not written whole, or a connection that had
+    served a reply before ended with no reply byte at all, the way an idle one closed while we were
+    frozen does); True if a resend may duplicate it (a reply cut off, or a fresh connection ended
+    after the request went out)."""
+    if not _ATTEMPT.written:
+        return False
+    if _ATTEMPT.head or not _ATTEMPT.reused:
+        return True
+    cause: Optional[BaseException] = exc
+    for _ in range(5):  # urllib3 wraps the socket error once or twice; the chain is short
+        if cause is None:
+            return True
+        if isinstance(cause, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return False  # RemoteDisconnected (no status line) is a ConnectionResetError
+        inner = next((a for a in cause.args if isinstance(a, BaseException)), None)
+        cause = inner or cause.__cause__ or cause.__context__
+    return True
 
 
 def _tls_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -131,13 +225,20 @@ class Transport:
         self._connect_s = cfg.connect_timeout_ms / 1000.0
         self._timeout = urllib3.Timeout(connect=self._connect_s, read=self._read_s)
 
+    def read_timeout_for(self, read_timeout: Optional[float] = None) -> float:
+        """The read timeout (s) ``send`` applies when asked to cap it at ``read_timeout``."""
+        if read_timeout is None or read_timeout >= self._read_s:
+            return self._read_s
+        return max(0.05, read_timeout)
+
     def send(self, req: Request, read_timeout: Optional[float] = None) -> Result:
         """Send ``req``; ``read_timeout`` (seconds) caps the configured one, e.g. near a deadline."""
         timeout = self._timeout
         if read_timeout is not None and read_timeout < self._read_s:
-            capped = max(0.05, read_timeout)
+            capped = self.read_timeout_for(read_timeout)
             timeout = urllib3.Timeout(connect=min(self._connect_s, capped), read=capped)
         target = self.dsn.api_url(req.upstream_path) if self._absolute else self.dsn.path + req.upstream_path
+        _ATTEMPT.reused, _ATTEMPT.written, _ATTEMPT.head = False, False, False
         try:
             resp = self.pool.urlopen("POST", target, body=req.body, headers=req.headers,
                                      retries=False, redirect=False, preload_content=True, timeout=timeout)
@@ -150,9 +251,11 @@ class Transport:
             # frozen fails so when it was opened just before the freeze and our request had not
             # gone out yet: no pool check ran between the handshake and the first write. Like a
             # pooled connection that died while frozen (ProtocolError below), not an upstream failure.
-            return Result(Outcome.STALE if closed_under_us(exc) else Outcome.RETRY, error=_describe(exc))
+            if not closed_under_us(exc):
+                return Result(Outcome.RETRY, error=_describe(exc))
+            return Result(Outcome.STALE, error=_describe(exc), maybe_delivered=may_have_been_read(exc))
         except ProtocolError as exc:
-            return Result(Outcome.STALE, error=_describe(exc))
+            return Result(Outcome.STALE, error=_describe(exc), maybe_delivered=may_have_been_read(exc))
         except HTTPError as exc:
             return Result(Outcome.RETRY, error=_describe(exc))
         status = resp.status
@@ -166,6 +269,30 @@ class Transport:
         body = (resp.data or b"")[:200].decode("utf-8", "replace")
         return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
 
+    def close_connections(self) -> None:
+        """Close every idle pooled connection, keeping the pool and its TLS context: the next send
+        connects afresh. Cheap (no new pool or context), for the replies before a SnapStart
+        snapshot; a connection in use now is idle, and closed, after its own reply's call."""
+        pools = [self.pool]
+        if isinstance(self.pool, urllib3.PoolManager):
+            pools = [self.pool.pools.get(key) for key in self.pool.pools.keys()]
+        for pool in pools:
+            idle = getattr(pool, "pool", None)  # urllib3's queue of idle connections (None: closed)
+            if idle is None:
+                continue
+            taken = []
+            for _ in range(idle.maxsize + 1):
+                try:
+                    taken.append(idle.get_nowait())
+                except queue.Empty:
+                    break
+            for conn in taken:
+                if conn is not None:
+                    conn.close()
+                try:
+                    idle.put_nowait(None)  # an empty slot: the pool opens a new connection there
+                except queue.Full:
+                    break
 
     def drop_connections(self) -> None:
         """Forget every pooled connection (after a SnapStart restore they lead nowhere): later

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from ..protocol.discards import DECODE_LIMIT, Discards, item_outcomes
-from ..protocol.envelope import (INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, Item, decode_body, encode_body,
-                       endpoint_category, endpoint_of)
+from ..protocol.discards import DECODE_LIMIT, Discards, scan_outcomes
+from ..protocol.envelope import EnvelopeError, endpoint_category, endpoint_of
+from ..protocol.body import INSPECTABLE_ENCODINGS, SCAN_LOCK, SCAN_WAIT_S, without_items
 from ..protocol.rate_limits import RateLimits, limited
 from ..delivery.request import Request
 from ..util.stats import Stats
@@ -64,26 +64,38 @@ class IngestLimiter:
         encoding = req.encoding
         if encoding not in INSPECTABLE_ENCODINGS:
             return None  # br/zstd: the stdlib cannot look inside, only envelope-wide limits apply
-        try:
-            envelope = Envelope.parse(decode_body(req.body, encoding, self.decode_limit))
-        except EnvelopeError as exc:
-            log.debug("not inspecting %s for rate limits: %s", req.upstream_path, exc)
-            return None  # oversized or malformed: upstream has the last word
-        kept: List[Item] = []
-        dropped: List[Item] = []
-        for item in envelope.items:
-            (dropped if limited(active, item.data_category, now) else kept).append(item)
-        if not dropped:
+        # One scan at a time (memory); a request that cannot have it promptly goes on unchanged,
+        # as one too large to look into does: upstream has the last word, and reports its drops.
+        if not SCAN_LOCK.acquire(timeout=SCAN_WAIT_S):
+            log.debug("not inspecting %s for rate limits: another envelope is being scanned", req.upstream_path)
             return None
-        for item in dropped:
-            for category, quantity in item_outcomes(item):
-                self.discards.record(key, REASON, category, quantity)
-        if not kept:
-            return self._refuse(req, {item.data_category for item in dropped})
-        envelope.items = kept
-        req.body = encode_body(envelope.serialize(), encoding, req.body)
-        self.stats.incr("items_ratelimited", len(dropped))
-        log.debug("removed %d rate-limited item(s) from %s", len(dropped), req.upstream_path)
+        try:
+            return self._filter(req, lambda category: limited(active, category, now))
+        finally:
+            SCAN_LOCK.release()
+
+    def _filter(self, req: Request, is_limited: Callable[[str], bool]) -> Optional[Answer]:
+        scan = scan_outcomes(req.body, req.encoding, self.decode_limit, is_limited)
+        if not scan.complete:
+            log.debug("not inspecting %s for rate limits: oversized or malformed", req.upstream_path)
+            return None  # upstream has the last word
+        dropped = sum(scan.picked)
+        if not dropped:
+            return None  # the body stays byte for byte what the SDK sent
+        if dropped < len(scan.picked):
+            try:
+                body = without_items(req.body, req.encoding, [not p for p in scan.picked], scan.lengths,
+                                     self.decode_limit)
+            except EnvelopeError as exc:
+                log.debug("not removing rate-limited items from %s: %s", req.upstream_path, exc)
+                return None
+        for category, quantity in scan.pairs:
+            self.discards.record(req.public_key, REASON, category, quantity)
+        if dropped == len(scan.picked):
+            return self._refuse(req, scan.categories)
+        req.body = body
+        self.stats.incr("items_ratelimited", dropped)
+        log.debug("removed %d rate-limited item(s) from %s", dropped, req.upstream_path)
         return None
 
     def _refuse(self, req: Request, categories: Optional[Iterable[str]]) -> Answer:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..protocol.envelope import EnvelopeError, decode_body
+from ..protocol.envelope import EnvelopeError
+from ..protocol.body import decode_body
 from ..delivery.request import Request
 from ..awslambda.telemetry_records import request_id
 

@@ -15,7 +15,9 @@ from ..delivery.queue import BoundedQueue
 from ..delivery.request import Request
 from ..config import Config
 from ..protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from ..protocol.envelope import EnvelopeError, first_line, parse_header
+from ..protocol.envelope import EnvelopeError, parse_header
+from ..protocol.body import first_line
+from ..util.http_numbers import content_length
 from ..util.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -107,11 +109,11 @@ class IngestHandler(BoundedHandler):
             self._fail(BadRequest(404, "unknown route; this is the Sentry Lambda extension"))
 
     def handle_expect_100(self) -> bool:
-        # Refuse an oversized body before the client sends it, not after.
-        raw = (self.headers.get("Content-Length") or "").strip()
-        cap = self.server.cfg.max_body_bytes
-        if raw.isdigit() and int(raw) > cap:
-            self._fail(BadRequest(413, "body of %s bytes exceeds the %d-byte cap" % (raw, cap), close=True))
+        # Refuse a malformed or oversized length before the client sends the body, not after.
+        try:
+            self._declared_length()
+        except BadRequest as exc:
+            self._fail(exc)
             return False
         return super().handle_expect_100()
 
@@ -214,7 +216,9 @@ class IngestHandler(BoundedHandler):
 
     # -- input checks --------------------------------------------------------------------------
 
-    def _read_body(self) -> bytes:
+    def _declared_length(self) -> Optional[int]:
+        """The body's Content-Length, or None for a chunked body; BadRequest for anything else
+        (both or neither framing, conflicting or malformed lengths, a length over the cap)."""
         cap = self.server.cfg.max_body_bytes
         te_values = self.headers.get_all("Transfer-Encoding") or []
         cl_values = self.headers.get_all("Content-Length") or []
@@ -224,19 +228,24 @@ class IngestHandler(BoundedHandler):
             codings = [c.strip().lower() for v in te_values for c in v.split(",") if c.strip()]
             if codings != ["chunked"]:
                 raise BadRequest(501, "unsupported Transfer-Encoding %r" % ",".join(codings)[:60], close=True)
-            return self._read_chunked(cap)
+            return None
         if not cl_values:
             raise BadRequest(411, "Content-Length required", close=True)
         lengths = {v.strip() for v in ",".join(cl_values).split(",")}
         if len(lengths) != 1:
             raise BadRequest(400, "conflicting Content-Length headers", close=True)
-        raw = lengths.pop()
-        if not raw.isdigit():
+        length = content_length(lengths.pop())
+        if length is None:
             raise BadRequest(400, "invalid Content-Length", close=True)
-        length = int(raw)
         if length > cap:
             # Answer without reading the body; the connection cannot be reused after that.
             raise BadRequest(413, "body of %d bytes exceeds the %d-byte cap" % (length, cap), close=True)
+        return length
+
+    def _read_body(self) -> bytes:
+        length = self._declared_length()
+        if length is None:
+            return self._read_chunked(self.server.cfg.max_body_bytes)
         self._reserve(length)
         body = self.rfile.read(length)
         if len(body) != length:

@@ -12,7 +12,7 @@ from .. import __version__
 from ..protocol.client_reports import envelope_request
 from ..config import Config
 from ..util.ids import random_hex, uuid4_hex
-from .invocations import Failure
+from .failures import Failure
 from ..delivery.request import Request
 
 SDK = {"name": "sentry.lambda.extension", "version": __version__}

@@ -30,6 +30,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
+from .failures import KINDS, Failure, classify
 from .function_logs import LogLine
 from ..util.ids import valid_trace_id
 from ..awslambda.telemetry_records import (FunctionLog, InitReport, InitRuntimeDone, Record, Report, RuntimeDone,
@@ -37,12 +38,10 @@ from ..awslambda.telemetry_records import (FunctionLog, InitReport, InitRuntimeD
 
 log = logging.getLogger(__name__)
 
-KINDS = ("timeout", "oom", "exit", "init")
 KEEP_REQUESTS = 64
 KEEP_LOG_LINES = 20
 NO_LOG_LINES: Deque[Tuple[float, str, str]] = collections.deque(maxlen=0)  # appends to it are dropped
 LOG_LINE_CHARS = 512
-TIMEOUT_TYPES = frozenset({"Sandbox.Timedout", "Sandbox.Timeout"})
 _TRACE_FIELDS = ("release", "environment")
 LOOKUPS_PER_REQUEST = 4  # SDK envelope bodies read for their request id, per request (CPU bound)
 KEEP_EARLY_TRACES = 8  # SDK traces of requests not seen yet
@@ -64,57 +63,9 @@ def _trace_of(header: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
     return found
 
 
-class Failure:
-    """One decision: what failed and the facts known about it (``request_id`` None for Init)."""
-
-    def __init__(self, kind: str, request_id: Optional[str], status: str, error_type: Optional[str],
-                 cold_start: bool, runtime_done: Optional[RuntimeDone] = None, report: Optional[Report] = None,
-                 init_report: Optional[InitReport] = None, xray: Optional[str] = None,
-                 sdk_trace: Optional[Dict[str, str]] = None,
-                 log_lines: Tuple[Tuple[float, str, str], ...] = ()) -> None:
-        self.kind = kind
-        self.request_id = request_id
-        self.status = status
-        self.error_type = error_type
-        self.cold_start = cold_start
-        self.runtime_done = runtime_done
-        self.report = report
-        self.init_report = init_report
-        self.xray = xray  # X-Amzn-Trace-Id value
-        self.sdk_trace = sdk_trace or {}  # trace_id, release, environment from the SDK's envelope headers
-        self.log_lines = log_lines  # (epoch time, level, body) of its last function log lines, oldest first
-
-    @property
-    def duration_ms(self) -> Optional[float]:
-        for record in (self.runtime_done, self.report, self.init_report):
-            if record is not None and record.duration_ms is not None:
-                return record.duration_ms
-        return None
-
-    def __repr__(self) -> str:
-        return "Failure(%s, %s, status=%s, errorType=%s)" % (self.kind, self.request_id, self.status, self.error_type)
-
-
-def classify(status: Optional[str], error_type: Optional[str], report: Optional[Report] = None) -> Optional[str]:
-    """The failure kind of an invocation's outcome, or None (success, or a handler error the SDK saw)."""
-    if status is None or status == "success":
-        return None
-    if error_type == "Runtime.OutOfMemory":
-        return "oom"
-    kind = None
-    if status == "timeout" or error_type in TIMEOUT_TYPES:
-        kind = "timeout"
-    elif error_type == "Runtime.ExitError":
-        kind = "exit"
-    if kind is not None and report is not None and report.memory_size_mb and report.max_memory_used_mb is not None \
-            and report.max_memory_used_mb >= report.memory_size_mb:
-        return "oom"
-    return kind
-
-
 class _Request:
     __slots__ = ("request_id", "cold_start", "start", "runtime_done", "report", "xray", "sdk_trace", "logs",
-                 "decided")
+                 "decided", "invoked")
 
     def __init__(self, request_id: str, cold_start: bool) -> None:
         self.request_id = request_id
@@ -126,6 +77,7 @@ class _Request:
         self.sdk_trace: Optional[Dict[str, str]] = None
         self.logs: Deque[Tuple[float, str, str]] = collections.deque(maxlen=KEEP_LOG_LINES)
         self.decided = False
+        self.invoked = False  # an INVOKE named it: requests run one at a time (not Managed Instances)
 
     @property
     def settled(self) -> bool:
@@ -182,13 +134,18 @@ class Invocations:
             return
         with self._cond:
             req = self._touch(rid)
+            req.invoked = True
             req.xray = req.xray or tracing_value(tracing)
 
     def note_envelope(self, header: Optional[Mapping[str, Any]],
                       request_id_of: Optional[Callable[[], Optional[str]]] = None) -> None:
         """An SDK envelope header: its ``trace`` (trace_id, release, environment) belongs to the
         request its events name (``request_id_of``: the AWS request id read from the body), else to
-        the request running now (on-demand runs one request at a time); the first one seen wins.
+        the request running now if that one is unambiguous: a request the lifecycle got an INVOKE
+        for (Lambda sends INVOKE only where requests run one at a time); the first one seen wins.
+        On Managed Instances (no INVOKE, requests overlap) an envelope that names no request, or
+        is not read, gives its trace to none: a failure event without the SDK's trace beats one
+        with another request's.
 
         The body is read (at most ``LOOKUPS_PER_REQUEST`` times per request) unless the trace is
         the running request's again: an envelope can arrive before the INVOKE of its request was
@@ -216,7 +173,7 @@ class Invocations:
                     req.sdk_trace = found
                 return
             req = self._current
-            if req is None or req.sdk_trace is not None or req.runtime_done is not None:
+            if req is None or not req.invoked or req.sdk_trace is not None or req.runtime_done is not None:
                 return
             req.sdk_trace = found
 

@@ -35,7 +35,8 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 from ..protocol.client_reports import envelope_request
 from ..config import Config
 from ..protocol.discards import Discards
-from ..protocol.envelope import INSPECTABLE_ENCODINGS, Envelope, EnvelopeError, decode_body
+from ..protocol.envelope import Envelope, EnvelopeError
+from ..protocol.body import INSPECTABLE_ENCODINGS, decode_body
 from ..awslambda.exec_model import MANAGED_INSTANCES
 from .function_logs import LogLine, parse
 from .invocations import KEEP_LOG_LINES
@@ -172,9 +173,11 @@ class LogRouter:
                 log.exception("could not build a log envelope of %d line(s) (survived)", len(lines))
                 self._lost(len(lines), sum(line.size for line in lines))
                 continue
-            self.stats.incr("logs_forwarded", len(lines))
-            if self.submit(req):
+            if self.submit(req):  # else rate limited or no room: counted there, for client reports too
+                self.stats.incr("logs_forwarded", len(lines))
                 sent += 1
+            else:
+                self.stats.incr("logs_dropped", len(lines))
         for reason, category, quantity in self.batch.take_dropped():
             self.discards.record(self.cfg.dsn.public_key, reason, category, quantity)  # type: ignore[union-attr]
             if category == "log_item":

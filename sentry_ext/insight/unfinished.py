@@ -2,7 +2,7 @@
 
 A request is *unfinished* when Lambda ended it before the function's SDK could send its
 transaction: runtimeDone (or report) status ``timeout``, a runtime killed for memory or that
-exited (``classify`` of invocations.py: ``timeout``, ``oom``, ``exit``), any ``failure`` status,
+exited (``classify`` of failures.py: ``timeout``, ``oom``, ``exit``), any ``failure`` status,
 or a request still open at a SHUTDOWN that reset the sandbox (reason ``timeout``/``failure``).
 It is never unfinished when one of the SDK's envelopes for it held a ``transaction`` item (a
 raise the SDK caught still sends one), nor when the SDK's trace said ``sampled: "false"`` (the
@@ -27,7 +27,7 @@ import zlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from .function_logs import iso_to_epoch
-from .invocations import classify
+from .failures import classify
 from ..awslambda.telemetry_records import Record, Report, RuntimeDone, Start, request_id as valid_request_id
 from ..delivery.request import Request
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from typing import Any, Dict, List, Optional
 
 # Item type -> rate-limit data category: sentry-python's ``Item.data_category`` (2.x, with
@@ -46,10 +45,6 @@ ENDPOINT_CATEGORIES: Dict[str, str] = {
 KNOWN_CATEGORIES = (frozenset(CATEGORIES.values()) | frozenset(ENDPOINT_CATEGORIES.values())
                     | {"default", "log_byte", "trace_metric_byte"})
 
-HEADER_LINE_LIMIT = 64 * 1024  # bytes of decoded envelope header we are willing to inspect
-INSPECTABLE_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")  # what the stdlib can decode
-
-
 class EnvelopeError(ValueError):
     """Raised for an envelope that does not follow the format."""
 
@@ -75,7 +70,7 @@ def endpoint_category(endpoint: str) -> Optional[str]:
     return ENDPOINT_CATEGORIES.get(endpoint.split("/", 1)[0])
 
 
-def _json_object(line: bytes, what: str) -> Dict[str, Any]:
+def json_object(line: bytes, what: str) -> Dict[str, Any]:
     try:
         value = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting overflows the decoder
@@ -85,101 +80,11 @@ def _json_object(line: bytes, what: str) -> Dict[str, Any]:
     return value
 
 
-def first_line(body: bytes, encoding: str) -> bytes:
-    """The envelope header line of a body, decoding gzip/deflate only as far as needed.
-
-    Raises EnvelopeError for an undecodable body or a header line over HEADER_LINE_LIMIT.
-    """
-    if encoding in ("", "identity"):
-        head = body[:HEADER_LINE_LIMIT + 1]
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        head = _inflate_prefix(body, encoding)
-    else:
-        raise EnvelopeError("cannot inspect a %r body" % encoding)
-    end = head.find(b"\n")
-    if end < 0:
-        if len(head) > HEADER_LINE_LIMIT:
-            raise EnvelopeError("envelope header line longer than %d bytes" % HEADER_LINE_LIMIT)
-        return head
-    return head[:end]
-
-
-def _wbits(body: bytes, encoding: str) -> int:
-    if encoding != "deflate":
-        return 31
-    # RFC 9110 says zlib-wrapped; some clients send raw deflate. A zlib header is CM=8 and a
-    # 16-bit check value divisible by 31.
-    wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
-    return 15 if wrapped else -15
-
-
-def _inflate_prefix(body: bytes, encoding: str) -> bytes:
-    wbits = _wbits(body, encoding)
-    decomp = zlib.decompressobj(wbits)
-    out = b""
-    pos = 0
-    try:
-        while pos < len(body) and len(out) <= HEADER_LINE_LIMIT and b"\n" not in out:
-            out += decomp.decompress(body[pos:pos + 4096], HEADER_LINE_LIMIT + 1 - len(out))
-            pos += 4096
-            while decomp.unconsumed_tail and len(out) <= HEADER_LINE_LIMIT and b"\n" not in out:
-                out += decomp.decompress(decomp.unconsumed_tail, HEADER_LINE_LIMIT + 1 - len(out))
-    except zlib.error as exc:
-        raise EnvelopeError("body is not valid %s: %s" % (encoding, exc)) from None
-    return out
-
-
-def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
-    """The whole decoded body (identity, gzip incl. several members, deflate), at most ``limit`` bytes.
-
-    Raises EnvelopeError for another encoding, a corrupt or truncated stream, or more than ``limit``.
-    """
-    if encoding in ("", "identity"):
-        if len(body) > limit:
-            raise EnvelopeError("body larger than %d bytes" % limit)
-        return body
-    if encoding not in INSPECTABLE_ENCODINGS:
-        raise EnvelopeError("cannot inspect a %r body" % encoding)
-    wbits = _wbits(body, encoding)
-    out: List[bytes] = []
-    total = 0
-    rest = body
-    try:
-        for _ in range(1000):  # gzip members; one in practice
-            decomp = zlib.decompressobj(wbits)
-            chunk = decomp.decompress(rest, limit - total + 1)
-            total += len(chunk)
-            if total > limit or decomp.unconsumed_tail:
-                raise EnvelopeError("body decodes to more than %d bytes" % limit)
-            out.append(chunk)
-            if not decomp.eof:
-                raise EnvelopeError("truncated %s stream" % encoding)
-            rest = decomp.unused_data
-            if wbits != 31 or not rest.strip(b"\x00"):
-                return b"".join(out)
-    except zlib.error as exc:
-        raise EnvelopeError("body is not valid %s: %s" % (encoding, exc)) from None
-    raise EnvelopeError("too many gzip members")
-
-
-def encode_body(data: bytes, encoding: str, like: bytes) -> bytes:
-    """``data`` encoded the way ``like`` (the original body) was: gzip, zlib or raw deflate, identity."""
-    if encoding in ("gzip", "x-gzip"):
-        import gzip  # only when an envelope must be changed: not worth its ~100 KiB at start
-
-        return gzip.compress(data, compresslevel=6, mtime=0)
-    if encoding == "deflate":
-        wbits = _wbits(like, encoding)
-        comp = zlib.compressobj(6, zlib.DEFLATED, wbits)
-        return comp.compress(data) + comp.flush()
-    return data
-
-
 def parse_header(line: bytes) -> Dict[str, Any]:
     """Parse the envelope header line; raises EnvelopeError."""
     if not line.strip():
         raise EnvelopeError("envelope header is empty")
-    return _json_object(line, "envelope header")
+    return json_object(line, "envelope header")
 
 
 class Item:
@@ -249,7 +154,7 @@ class Envelope:
                 # Tolerate blank lines between items (trailing newline, CRLF-free padding).
                 pos = size if nl < 0 else nl + 1
                 continue
-            item_headers = _json_object(line, "item header")
+            item_headers = json_object(line, "item header")
             if "type" not in item_headers or not isinstance(item_headers["type"], str):
                 raise EnvelopeError("item header without a string type")
             pos = size if nl < 0 else nl + 1
@@ -274,25 +179,25 @@ class Envelope:
 
     def serialize(self) -> bytes:
         """Envelope bytes with explicit ``length`` on every item; unchanged header lines are kept verbatim."""
-        out = [_header_bytes(self.headers, self.header_line), b"\n"]
+        out = [header_bytes(self.headers, self.header_line), b"\n"]
         for item in self.items:
             headers, line = item.headers, item.header_line
             length = headers.get("length")
             if isinstance(length, bool) or length != len(item.payload):
                 headers, line = dict(headers, length=len(item.payload)), None
-            out.append(_header_bytes(headers, line))
+            out.append(header_bytes(headers, line))
             out.append(b"\n")
             out.append(item.payload)
             out.append(b"\n")
         return b"".join(out)
 
 
-def _header_bytes(headers: Dict[str, Any], line: Optional[bytes]) -> bytes:
+def header_bytes(headers: Dict[str, Any], line: Optional[bytes]) -> bytes:
     # Re-dumping JSON can change key order, escapes and number spelling: keep the original
     # line whenever it still says the same thing.
     if line is not None:
         try:
-            if _json_object(line, "header") == headers:
+            if json_object(line, "header") == headers:
                 return line
         except EnvelopeError:
             pass
