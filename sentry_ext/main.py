@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from .pipeline import Pipeline  # loaded on the init thread, after the first /event/next
 
-log = logs.get("sentry_ext.main")  # imports logging at its first use
+log = logs.get(__name__)  # imports logging at its first use
 
 SIGNAL_DRAIN_S = 1.5  # drain budget after SIGTERM/SIGINT, inside Lambda's 2 s shutdown window
 POLL_BACKOFF_CAP_S = 1.0

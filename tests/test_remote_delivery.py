@@ -246,6 +246,7 @@ def test_spooled_requests_get_a_fresh_attempt_budget(
 ])
 def test_shutdown_verdict_says_complete_only_when_everything_was_delivered(
         drained: bool, spooled: int, lost: int, dropped: int, verdict: str) -> None:
-    from sentry_ext.main import _drain_verdict
+    from sentry_ext.pipeline import drain_verdict
 
-    assert _drain_verdict(drained, spooled, lost, dropped) == verdict
+    outcome = {"drained": int(drained), "spooled": spooled, "lost": lost, "dropped": dropped, "failed": 0}
+    assert drain_verdict(outcome) == verdict

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
 
-log = logs.get("sentry_ext.flush")  # imports logging at its first use
+log = logs.get(__name__)  # imports logging at its first use
 END = "end"
 BACKGROUND = "background"
 ADAPTIVE = "adaptive"
