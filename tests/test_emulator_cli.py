@@ -57,7 +57,8 @@ def run_script(script: Path, args: List[str], cwd: Path, timeout: float = 120) -
 
 def test_cli_runs_a_users_handler_file_and_prints_a_table_and_logs(user_function: Path, tmp_path: Path) -> None:
     proc = run_script(CLI, ["--task-root", str(user_function), "--handler", "handler.main", "--invocations", "2",
-                            "--freeze-s", "0.05", "--payload", '{"name": "ada"}'], cwd=tmp_path)
+                            "--freeze-s", "0.05", "--payload", '{"name": "ada"}',
+                                "--env", "SENTRY_EXT_METRICS=off"], cwd=tmp_path)  # the SDK's events alone
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     lines = out.splitlines()
@@ -80,7 +81,8 @@ def test_cli_runs_a_users_handler_file_and_prints_a_table_and_logs(user_function
 def test_cli_json_with_a_layer_zip(user_function: Path, tmp_path: Path) -> None:
     layer = build_layer.build(out_dir=tmp_path / "dist", bytecode="none").path
     proc = run_script(CLI, ["--task-root", str(user_function), "--handler", "handler.main", "--invocations", "1",
-                            "--payload", '{"name": "bob"}', "--layer", str(layer), "--json"], cwd=tmp_path)
+                            "--payload", '{"name": "bob"}', "--layer", str(layer), "--json",
+                            "--env", "SENTRY_EXT_METRICS=off"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["ok"] is True
@@ -98,7 +100,7 @@ def test_cli_with_the_exec_wrapper_delivers_whether_the_extension_relays_or_is_i
     proc = run_script(CLI, ["--task-root", str(user_function), "--handler", "handler.main", "--invocations", "1",
                             "--payload", '{"name": "eve"}', "--exec-wrapper",  # relative to the user's directory
                             os.path.relpath(ROOT / "bin" / "sentry-lambda-wrapper", tmp_path), "--env", setting,
-                            "--json"], cwd=tmp_path)
+                            "--env", "SENTRY_EXT_METRICS=off", "--json"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["upstream"] == {"requests": 1, "items": {"event": 1}}, summary["logs"]
