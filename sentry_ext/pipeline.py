@@ -20,6 +20,7 @@ from .protocol.client_reports import ReportScheduler  # noqa: E402
 from .config import Config  # noqa: E402
 from .protocol.discards import Discards  # noqa: E402
 from .awslambda.exec_model import SNAP_START  # noqa: E402
+from .awslambda.extensions_api import is_reset  # noqa: E402
 from .insight.failure_events import build_request  # noqa: E402
 from .delivery.flush import FlushControl  # noqa: E402
 from .delivery.forwarder import Forwarder  # noqa: E402
@@ -49,7 +50,6 @@ SPOOL_RESERVE_S = 0.15  # kept back from the SHUTDOWN drain to write the spool
 # After a reset (SHUTDOWN timeout/failure), how long to wait for the failed request's last
 # records (Lambda sends them within ~100 ms with 25 ms batching), at most a third of the window.
 OUTCOME_WAIT_S = 0.5
-RESET_REASONS = ("timeout", "failure")  # lowercase: compared with is_reset()
 REPORT_RESERVE_BYTES = 8192  # kept free in the spool for the client report of what did not fit
 
 
@@ -341,13 +341,6 @@ def drain_verdict(outcome: Dict[str, int]) -> str:
     if failed:
         parts.append("%d step(s) failed" % failed)
     return "incomplete(%s)" % ", ".join(parts or ["nothing left"])
-
-
-def is_reset(reason: Optional[str]) -> bool:
-    """Whether a SHUTDOWN ``reason`` means Lambda resets this execution environment (/tmp survives).
-    Lambda sends ``timeout``/``failure``; AWS's emulator (RIE) capitalises them (``Timeout``), and
-    its ``SandboxTerminated`` is no reset."""
-    return isinstance(reason, str) and reason.lower() in RESET_REASONS
 
 
 def _step(failed: List[str], what: str, call: Callable[[], T], default: Optional[T] = None) -> T:

@@ -118,7 +118,7 @@ def test_repeated_fatal_poll_answers_stop_the_extension_and_tell_lambda() -> Non
                                            ("Timeout", True), ("SandboxTerminated", False), (None, False)])
 def test_shutdown_reasons_are_compared_without_case(reason: Optional[str], reset: bool) -> None:
     """Lambda sends lowercase reasons; AWS's emulator (RIE) capitalises them."""
-    from sentry_ext.pipeline import is_reset
+    from sentry_ext.awslambda.extensions_api import is_reset
 
     assert is_reset(reason) is reset
 

@@ -38,6 +38,8 @@ class LambdaApiError(Exception):
         return 400 <= self.status <= 500
 
 
+RESET_REASONS = ("timeout", "failure")  # SHUTDOWN reasons after which Lambda resets the environment
+
 def _number(text: str, what: str, base: int = 10) -> int:
     """A non-negative integer in ASCII digits (``int`` alone accepts signs, "_" and other scripts' digits)."""
     number = parse_number(text, 18, base)
@@ -299,3 +301,10 @@ def event_deadline(event: Dict[str, Any], margin_ms: int) -> float:
     except (KeyError, TypeError, ValueError):
         deadline_ms = time.time() * 1000 + 2000
     return time.monotonic() + (deadline_ms - margin_ms) / 1000.0 - time.time()
+
+
+def is_reset(reason: Optional[str]) -> bool:
+    """Whether a SHUTDOWN ``reason`` means Lambda resets this execution environment (/tmp survives).
+    Lambda sends ``timeout``/``failure``; AWS's emulator (RIE) capitalises them (``Timeout``), and
+    its ``SandboxTerminated`` is no reset."""
+    return isinstance(reason, str) and reason.lower() in RESET_REASONS

@@ -28,14 +28,15 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from .function_logs import iso_to_epoch
 from .failures import classify
+from ..awslambda.extensions_api import is_reset
 from ..awslambda.telemetry_records import Record, Report, RuntimeDone, Start, request_id as valid_request_id
 from ..delivery.request import Request
+from ..protocol.body import zlib_wbits
 
 log = logging.getLogger(__name__)
 
 KEEP_REQUESTS = 64
 OVERLAP_LOOKBACK = 8  # recent requests looked at for one still running beside the current one
-RESET_REASONS = ("timeout", "failure")
 PREFIX_BYTES = 16384  # decoded bytes of a compressed SDK body looked through for a transaction item
 # Item header lines as sentry-python and sentry-javascript write them (compact JSON, type first),
 # and as Python's json.dumps does by default.
@@ -52,14 +53,8 @@ def holds_transaction(req: Request) -> Optional[bool]:
         return _found(req.body)
     if encoding not in ("gzip", "x-gzip", "deflate"):
         return None
-    body = req.body
-    if encoding == "deflate":
-        wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
-        wbits = 15 if wrapped else -15
-    else:
-        wbits = 31
     try:
-        return _found(zlib.decompressobj(wbits).decompress(body, PREFIX_BYTES))
+        return _found(zlib.decompressobj(zlib_wbits(req.body, encoding)).decompress(req.body, PREFIX_BYTES))
     except zlib.error:
         return None
 
@@ -215,8 +210,7 @@ class UnfinishedTracker:
     def settle_all(self, reason: Optional[str]) -> None:
         """At SHUTDOWN: decide every request; after a reset, one still open was cut short."""
         found: List[Unfinished] = []
-        why = (reason or "").lower()
-        cut = why in RESET_REASONS
+        cut = is_reset(reason)
         with self._lock:
             # Cut short: the running request, and those started beside it (Managed Instances); an
             # older one still open lost its records, and says nothing about this reset.
@@ -225,7 +219,7 @@ class UnfinishedTracker:
                 if req.ended:
                     self._collect(req, None, found)
                 elif cut and (req is self._current or (req.start is not None and req in recent)):
-                    self._collect(req, why, found)
+                    self._collect(req, (reason or "").lower(), found)
         self._emit(found)
 
     # -- internals (lock held) -----------------------------------------------------------------

@@ -53,7 +53,8 @@ def first_line(body: bytes, encoding: str) -> bytes:
     return head[:end]
 
 
-def _wbits(body: bytes, encoding: str) -> int:
+def zlib_wbits(body: bytes, encoding: str) -> int:
+    """zlib's ``wbits`` for a body in ``encoding``: gzip, zlib-wrapped or raw deflate."""
     if encoding != "deflate":
         return 31
     # RFC 9110 says zlib-wrapped; some clients send raw deflate. A zlib header is CM=8 and a
@@ -63,7 +64,7 @@ def _wbits(body: bytes, encoding: str) -> int:
 
 
 def _inflate_prefix(body: bytes, encoding: str) -> bytes:
-    wbits = _wbits(body, encoding)
+    wbits = zlib_wbits(body, encoding)
     decomp = zlib.decompressobj(wbits)
     out = b""
     pos = 0
@@ -89,7 +90,7 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
         return body
     if encoding not in INSPECTABLE_ENCODINGS:
         raise EnvelopeError("cannot inspect a %r body" % encoding)
-    wbits = _wbits(body, encoding)
+    wbits = zlib_wbits(body, encoding)
     out: List[bytes] = []
     total = 0
     rest = body
@@ -121,7 +122,7 @@ def decoded_chunks(body: bytes, encoding: str, chunk: int = SCAN_CHUNK) -> Itera
         return
     if encoding not in INSPECTABLE_ENCODINGS:
         raise EnvelopeError("cannot inspect a %r body" % encoding)
-    wbits = _wbits(body, encoding)
+    wbits = zlib_wbits(body, encoding)
     pos, size = 0, len(body)
     pending = b""  # input left over after the previous gzip member
     try:
@@ -294,7 +295,7 @@ def without_items(body: bytes, encoding: str, keep: Sequence[bool], lengths: Seq
     parts: List[bytes] = []
     comp = None
     if encoding in ("gzip", "x-gzip", "deflate"):
-        comp = zlib.compressobj(6, zlib.DEFLATED, 31 if encoding != "deflate" else _wbits(body, encoding))
+        comp = zlib.compressobj(6, zlib.DEFLATED, 31 if encoding != "deflate" else zlib_wbits(body, encoding))
 
     def write(data: bytes) -> None:
         out = comp.compress(data) if comp is not None else data
@@ -331,7 +332,7 @@ def encode_body(data: bytes, encoding: str, like: bytes) -> bytes:
 
         return gzip.compress(data, compresslevel=6, mtime=0)
     if encoding == "deflate":
-        wbits = _wbits(like, encoding)
+        wbits = zlib_wbits(like, encoding)
         comp = zlib.compressobj(6, zlib.DEFLATED, wbits)
         return comp.compress(data) + comp.flush()
     return data
