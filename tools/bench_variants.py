@@ -2,7 +2,8 @@
 it (each one commit removing one mechanism), measured interleaved round by round.
 
     .venv/bin/python tools/bench_variants.py [--base REV] --variant NAME=REV [--variant NAME=REV ...]
-        [--rounds N] [--cold-per-round N] [--ca certifi|self] [--quick] [--out FILE]
+        [--rounds N] [--cold-per-round N] [--ca certifi|self] [--only startup|cpu] [--cpu-share cores|128mb]
+        [--quick] [--out FILE]
 
 Each tree is ``git archive``d (tools/bench_remote.py ``baseline_opt``), built into a layer by its own
 ``tools/build_layer.py`` (shipped bytecode for this interpreter, the pinned urllib3 and certifi from
@@ -22,7 +23,10 @@ reversed every other round; the existing benchmark code takes each figure:
   over 15, both read (during the freeze) in the same sandbox. ``--ca certifi`` (default) has the
   extension trust certifi's bundle with the upstream's certificate appended, as a Lambda loads the
   whole bundle (loading it is part of what a TLS context costs); ``--ca self``: the certificate
-  alone, as tools/bench_cost.py does.
+  alone, as tools/bench_cost.py does. ``--cpu-share 128mb`` runs these sandboxes in tools/bench_cost.py's
+  CPU-quota cgroup of a 128 MB function instead (root only). Billed: median of function +
+  post-runtime over invocations 6-20.
+``--only startup`` measures the first two, ``--only cpu`` the last.
 
 Prints a Markdown table (medians; for each variant its difference from the base, variant − base, so
 a positive cost is what the removed mechanism saved) and what the thresholds say: keep a mechanism
@@ -46,6 +50,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 
 from tools import bench, bench_cost, bench_remote  # noqa: E402
 from tools.bench_support import command_line, loadavg, machine, opt_layer, save_results, say  # noqa: E402
+from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.sandbox import EXTENSION_NAME, ROOT  # noqa: E402
 from tools.stats import median  # noqa: E402
@@ -63,6 +68,7 @@ FIGURES: Tuple[Tuple[str, str, int], ...] = (
     ("cpu_per_invocation_ms", "CPU per thawed invocation ms", 2),
     ("handshakes_per_invocation", "TLS handshakes / invocation", 2),
     ("resumed_per_invocation", "… resumed", 2),
+    ("billed_ms", "billed ms", 0),
     ("burst_posts_per_s", "burst posts/s", 0),
     ("cpu_per_envelope_ms", "CPU per envelope ms", 3),
 )
@@ -103,8 +109,18 @@ def tree_opt(base: Path, rev: str) -> Tuple[Path, str, str]:
 
 
 def measure_round(trees: List[Tree], order: List[Tree], tmp: Path, dsn: str, cert: Path, key: Path,
-                  ca: Optional[Path], cold_per_round: int, quick: bool) -> None:
+                  ca: Optional[Path], cold_per_round: int, quick: bool, only: Optional[str] = None,
+                  share_128mb: bool = False) -> None:
     """One round: every figure of every tree, in ``order``; samples appended to each tree."""
+    if only != "cpu":
+        measure_startup(trees, order, tmp, dsn, cold_per_round, quick)
+    if only != "startup":
+        measure_cpu(order, tmp, cert, key, ca, share_128mb)
+
+
+def measure_startup(trees: List[Tree], order: List[Tree], tmp: Path, dsn: str, cold_per_round: int,
+                    quick: bool) -> None:
+    """Cold starts, then the footprint and the loopback burst, of every tree."""
     for index in range(cold_per_round):
         for tree in (order if index % 2 == 0 else list(reversed(order))):
             row = bench.cold_start_once(bench.Contender(tree.key, tree.key, tree.opt, EXTENSION_NAME, "ours"),
@@ -119,11 +135,19 @@ def measure_round(trees: List[Tree], order: List[Tree], tmp: Path, dsn: str, cer
                                ("cpu_ready_ms", "cpu_ready_ms"), ("burst_posts_per_s", "throughput_per_s"),
                                ("cpu_per_envelope_ms", "cpu_per_envelope_ms")):
             tree.samples[figure].append(got.get(source))
+
+
+def measure_cpu(order: List[Tree], tmp: Path, cert: Path, key: Path, ca: Optional[Path], share_128mb: bool) -> None:
+    """One 20-invocation sandbox per tree: CPU per thawed invocation, handshakes, billed time."""
     first, last = bench_cost.CPU_RUNS
     for tree in order:
         say("CPU per invocation: %s ..." % tree.key)
         contender = bench_cost.Contender(tree.key, tree.key, "ours", tree.opt, EXTENSION_NAME, "adaptive")
-        run = bench_cost.run_sandbox(contender, tmp, cert, key, last, None, ca_file=ca)
+        if share_128mb:
+            with CpuQuota(lambda_quota_us(bench_cost.MEMORY_MB, bench_cost.PERIOD_US), bench_cost.PERIOD_US) as quota:
+                run = bench_cost.run_sandbox(contender, tmp, cert, key, last, quota, ca_file=ca)
+        else:
+            run = bench_cost.run_sandbox(contender, tmp, cert, key, last, None, ca_file=ca)
         rows = run["rows"]
         ok = len(rows) == last and not run["failed"]
         tree.samples["cpu_per_invocation_ms"].append(
@@ -131,6 +155,7 @@ def measure_round(trees: List[Tree], order: List[Tree], tmp: Path, dsn: str, cer
         thawed = rows[first:] if ok else []  # invocations 6-20, as the CPU figure
         for figure, field in (("handshakes_per_invocation", "handshakes"), ("resumed_per_invocation", "resumed")):
             tree.samples[figure].append(sum(r[field] for r in thawed) / len(thawed) if thawed else None)
+        tree.samples["billed_ms"].append(median([r.get("billed_ms") for r in thawed]))
 
 
 def summarize(trees: List[Tree]) -> Dict[str, Any]:
@@ -189,6 +214,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--ca", choices=["certifi", "self"], default="certifi",
                         help="what the extension trusts: certifi's bundle plus the upstream's certificate (default), "
                              "or the certificate alone")
+    parser.add_argument("--only", choices=["startup", "cpu"], default=None,
+                        help="only the cold start, footprint and burst (startup) or only the invocations (cpu)")
+    parser.add_argument("--cpu-share", choices=["cores", "128mb"], default="cores",
+                        help="the invocations on whole cores (default) or at a 128 MB function's CPU share")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 cold start, small bursts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/variants-<time>.json)")
     opts = parser.parse_args(args)
@@ -197,6 +226,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     names = ["base"] + [name for name, _ in opts.variant]
     if len(set(names)) != len(names):
         parser.error("variant names must be distinct and not 'base'")
+    share_128mb = opts.cpu_share == "128mb" and opts.only != "startup"
+    why_not = CpuQuota.unavailable() if share_128mb else None
+    if why_not is not None:
+        parser.error("--cpu-share 128mb: %s" % why_not)
     rounds = opts.rounds or (1 if opts.quick else 5)
     cold_per_round = opts.cold_per_round or (1 if opts.quick else 3)
     started = time.monotonic()
@@ -219,10 +252,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             for round_no in range(rounds):
                 order = trees if round_no % 2 == 0 else list(reversed(trees))
                 say("round %d of %d: %s" % (round_no + 1, rounds, ", ".join(t.key for t in order)))
-                measure_round(trees, order, tmp, upstream.dsn(), cert, key, ca, cold_per_round, opts.quick)
+                measure_round(trees, order, tmp, upstream.dsn(), cert, key, ca, cold_per_round, opts.quick, opts.only,
+                              share_128mb)
     data: Dict[str, Any] = {
         "command": command_line("tools/bench_variants.py", args), "machine": info, "quick": opts.quick,
-        "rounds": rounds, "cold_per_round": cold_per_round, "ca": opts.ca,
+        "rounds": rounds, "cold_per_round": cold_per_round, "ca": opts.ca, "only": opts.only,
+        "cpu_share": opts.cpu_share,
         "trees": [{"key": t.key, "rev": t.rev, "subject": t.subject, "label": t.label, "layer": t.origin}
                   for t in trees],
         "samples": {t.key: t.samples for t in trees},
@@ -235,9 +270,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = save_results(data, opts.out, "variants", opts.quick)
     m = data["machine"]
     print("%s\n\nMachine: %s × %s, Python %s, Linux %s, %s, load average %s → %s. %d round(s), %d cold start(s) "
-          "per tree and round; CA: %s.\nCommand: `%s` (%.0f s)\n"
+          "per tree and round; CA: %s; invocations on %s.\nCommand: `%s` (%.0f s)\n"
           % (report, m["nproc"], m["cpu"], m["python"], m["kernel"], m["date"], m["loadavg"], m["loadavg_end"],
-             rounds, cold_per_round, opts.ca, data["command"], data["elapsed_s"]))
+             rounds, cold_per_round, opts.ca, "a 128 MB share" if share_128mb else "whole cores", data["command"],
+             data["elapsed_s"]))
     print("JSON: %s" % out)
     return 0
 
