@@ -109,12 +109,14 @@ def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, D
 
 def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocations: int,
                 quota: Optional[CpuQuota], profile: Optional[Path] = None,
-                idle_close_s: Optional[float] = IDLE_CLOSE_S) -> Dict[str, Any]:
-    """One sandbox: ``invocations`` invocations, each followed by a freeze; then SHUTDOWN."""
+                idle_close_s: Optional[float] = IDLE_CLOSE_S, ca_file: Optional[Path] = None) -> Dict[str, Any]:
+    """One sandbox: ``invocations`` invocations, each followed by a freeze; then SHUTDOWN. The
+    extension trusts ``ca_file`` (default: the upstream's ``cert`` alone); each row has the
+    extension's CPU so far, read during its freeze."""
     spool = tmp / ("spool-%s-%d" % (contender.key, time.monotonic_ns()))
     rows: List[Dict[str, Any]] = []
     with FakeUpstream(delay_s=DELAY_S, idle_close_s=idle_close_s, tls=server_context(cert, key)) as upstream:
-        envs = _env(contender, upstream.dsn(), cert, spool)
+        envs = _env(contender, upstream.dsn(), ca_file or cert, spool)
         with Emulator(contender.opt, task_root=SAMPLE_FUNCTION, handler=contender.handler, env=envs["env"],
                       runtime_env=envs["runtime_env"], function_name="bench-cost", memory_mb=1024,
                       timeout_s=30.0, preexec=quota.join if quota else None) as emu:
@@ -131,6 +133,7 @@ def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocati
                        "handshakes": upstream.handshakes - shakes, "resumed": upstream.resumed - resumed}
                 if result.runtime_ms is not None and result.post_runtime_ms is not None:
                     row["billed_ms"] = float(math.ceil(result.runtime_ms + result.post_runtime_ms))
+                row["ext_cpu_ms"] = cpu_ms(pid) if pid else None  # frozen: nothing moves
                 rows.append(row)
                 if index == 0 and pid:
                     row["ext_rss_mib"] = (status_kib(pid, "VmRSS") or 0) / 1024.0

@@ -183,7 +183,8 @@ def loopback_ingest(contenders: List[Contender], tmp: Path, runs: int, quick: bo
     out: Dict[str, Any] = {}
     for key, got in rows.items():
         out[key] = {figure: median([r.get(figure) for r in got if r.get(figure) is not None])
-                    for figure in ("throughput_per_s", "p50_ms", "p99_ms", "cpu_per_envelope_ms", "rss_peak_mib")}
+                    for figure in ("throughput_per_s", "p50_ms", "p99_ms", "cpu_per_envelope_ms", "rss_peak_mib",
+                                   "rss_after_init_mib", "ready_ms", "cpu_ready_ms")}
         out[key]["runs"] = len(got)
         out[key]["refused"] = sum(n for r in got for code, n in (r.get("statuses") or {}).items() if code != "200")
         out[key]["samples"] = {figure: [r.get(figure) for r in got]

@@ -144,12 +144,13 @@ def fresh_layer_zip(out_dir: Path, offline: bool, log: Callable[[str], None]) ->
         return None
 
 
-def opt_layer(base: Path, layer_zip: Optional[Path] = None) -> Tuple[Path, str]:
+def opt_layer(base: Path, layer_zip: Optional[Path] = None, root: Path = ROOT) -> Tuple[Path, str]:
     """An /opt as the layer lays it out (the launcher then runs ``python -IS``); returns (opt, origin).
 
-    From ``layer_zip`` when given, else assembled from this tree: ``extensions/<name>`` (the
-    launcher), ``sentry-lambda-extension/`` with ``sentry_ext``, ``urllib3`` and ``certifi`` copied
-    from the interpreter's site-packages, byte-compiled as a layer build would ship them.
+    From ``layer_zip`` when given, else assembled from the tree at ``root`` (default: this one):
+    ``extensions/<name>`` (the launcher), ``sentry-lambda-extension/`` with ``sentry_ext``, ``urllib3``
+    and ``certifi`` copied from the interpreter's site-packages, byte-compiled as a layer build would
+    ship them.
     """
     opt = base / "opt"
     if layer_zip is not None:
@@ -164,10 +165,10 @@ def opt_layer(base: Path, layer_zip: Optional[Path] = None) -> Tuple[Path, str]:
     import urllib3
 
     (opt / "extensions").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(LAUNCHER, opt / "extensions" / EXTENSION_NAME)
+    shutil.copy2(root / LAUNCHER.relative_to(ROOT), opt / "extensions" / EXTENSION_NAME)
     lib = opt / "sentry-lambda-extension"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "sentry_ext", lib / "sentry_ext", ignore=ignore)
+    shutil.copytree(root / "sentry_ext", lib / "sentry_ext", ignore=ignore)
     for module in (urllib3, certifi):
         src = Path(module.__file__).parent  # type: ignore[arg-type]
         shutil.copytree(src, lib / src.name, ignore=ignore)
