@@ -195,10 +195,7 @@ class Extension:
         if self._telemetry_note:
             log.debug("%s", self._telemetry_note)
         try:
-            from .util.headers import speed_up_http_client
             from .pipeline import Pipeline
-
-            speed_up_http_client()  # this process owns its interpreter: urllib3 parses replies faster
 
             pipeline = Pipeline(self.cfg, ingest_sock, telemetry_sock, self.flush_control, self.telemetry_path)
             with self._invoke_lock:

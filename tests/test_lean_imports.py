@@ -18,7 +18,7 @@ from tools.tlsutil import openssl, self_signed, server_context
 ROOT = Path(__file__).resolve().parent.parent
 
 # Started as bin/sentry-lambda-extension starts the extension (python -I, sentry_ext.main first),
-# then what main's init thread does (lean_imports.install, logging, headers, pipeline), one
+# then what main's init thread does (lean_imports.install, logging, pipeline), one
 # envelope delivered over TLS.
 SCRIPT = r"""
 import json, sys
@@ -28,10 +28,8 @@ from sentry_ext.util import lean_imports, logs
 lean_imports.install()
 logs.setup("INFO")
 from sentry_ext.config import load
-from sentry_ext.util.headers import speed_up_http_client
 from sentry_ext.pipeline import Pipeline
 from sentry_ext.delivery.request import Request
-speed_up_http_client()
 cfg = load({"SENTRY_DSN": sys.argv[2], "SSL_CERT_FILE": sys.argv[3], "SENTRY_EXT_SPOOL_DIR": sys.argv[4]})
 pipeline = Pipeline(cfg, main.bind_listener("127.0.0.1", 0), None)
 pipeline.start()
