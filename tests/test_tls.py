@@ -1,5 +1,5 @@
-"""The upstream's TLS: one context for every connection (the CA bundle loaded once), and the
-last session resumed when a connection the upstream closed is replaced (a thaw after a freeze)."""
+"""The upstream's TLS: one context for every connection (the CA bundle loaded once), and
+connections the upstream closed under us (a freeze) told from upstream failures."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sentry_ext.config import load
 from sentry_ext.delivery.forwarder import Forwarder
 from sentry_ext.delivery.request import Request
 from sentry_ext.util.stats import Stats
-from sentry_ext.delivery.tls import ResumingContext
+from sentry_ext.delivery.tls import LazyCaContext
 from sentry_ext.delivery.transport import Outcome, Transport, closed_under_us
 from tools.fake_upstream import FakeUpstream
 from tools.tlsutil import openssl, self_signed, server_context
@@ -32,12 +32,12 @@ def _request() -> Request:
                                                    "X-Sentry-Auth": "Sentry sentry_key=%s" % KEY}, body, KEY)
 
 
-def test_a_replaced_connection_resumes_the_last_session(tmp_path: Path) -> None:
+def test_every_connection_shares_one_context_with_the_bundle_loaded_once(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     with FakeUpstream(tls=server_context(cert, key), idle_close_s=0.05) as upstream:
         transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(cert)}))
         context = transport.pool.conn_kw["ssl_context"]
-        assert isinstance(context, ResumingContext)
+        assert isinstance(context, LazyCaContext)
         assert "ca_certs" not in transport.pool.conn_kw  # loaded once, not per connection
         assert context.ca_file == str(cert) and context.cert_store_stats()["x509_ca"] == 0  # not at init
         for attempt in range(3):
@@ -49,7 +49,6 @@ def test_a_replaced_connection_resumes_the_last_session(tmp_path: Path) -> None:
             assert wait_until(lambda: upstream.idle_closes > closed, 5.0)  # the upstream closes it meanwhile
         assert context.ca_file is None and context.cert_store_stats()["x509_ca"] == 1  # at the first connection
         assert upstream.handshakes == 3
-        assert upstream.resumed == 2  # every connection after the first resumed the session
 
 
 def test_an_unreadable_ca_bundle_leaves_urllib3_to_report_it(tmp_path: Path) -> None:
@@ -142,6 +141,6 @@ def test_replies_before_a_snapshot_close_pooled_connections_but_keep_the_pool_an
             assert pipe.transport.pool is pool and pool.conn_kw["ssl_context"] is context
             idle = list(pool.pool.queue)
             assert idle and all(conn is None or conn.sock is None for conn in idle), idle
-        assert upstream.connections_opened == 3 and upstream.resumed >= 2  # same context: sessions resume
+        assert upstream.connections_opened == 3  # each reply closed its connection, the context stays
         pipe.after_restore("test")  # a restore still rebuilds both (a fresh TLS context on purpose)
         assert pipe.transport.pool is not pool and pipe.transport.pool.conn_kw["ssl_context"] is not context

@@ -198,7 +198,7 @@ def may_have_been_read(exc: BaseException) -> bool:
 
 
 def _tls_options(options: Dict[str, Any]) -> Dict[str, Any]:
-    """``options`` with one shared, session-resuming TLS context (tls.py) in place of the CA file
+    """``options`` with one shared TLS context (tls.py) in place of the CA file
     urllib3 would load into a new context for every connection. If the CA file cannot be loaded,
     urllib3's own handling stays (each connection then fails with the reason, as before)."""
     try:
