@@ -27,7 +27,7 @@ from .awslambda.extensions_api import LambdaApi, LambdaApiError, event_deadline
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional, Tuple
+    from typing import Any, Dict, Optional
 
     from .pipeline import Pipeline  # loaded on the init thread, after the first /event/next
 
@@ -71,7 +71,7 @@ class Extension:
         # while the pipeline still loads is handed over when it is built, before its ingest starts,
         # so the SDK's first envelopes are bound to their request in every flush mode.
         self._invoke_lock = threading.Lock()
-        self._last_invoke: Optional[Tuple[Dict[str, Any], bool]] = None  # with its flush decision
+        self._last_invoke: Optional[Dict[str, Any]] = None
         self._invoke_sink: Optional[Pipeline] = None
         self.flush_control = FlushControl.from_config(cfg)  # the one flush mode, shared with the pipeline
         self._polling = False
@@ -201,7 +201,7 @@ class Extension:
             with self._invoke_lock:
                 self._invoke_sink = pipeline
                 if self._last_invoke is not None:
-                    pipeline.invoked(*self._last_invoke)
+                    pipeline.invoked(self._last_invoke)
             pipeline.start()
             self.pipeline = pipeline
             pipeline.waiting_in_next(self._in_next)  # read after the line above: never a stale value
@@ -329,10 +329,10 @@ class Extension:
         """After an INVOKE: in ``end`` mode the pipeline waits for runtimeDone and drains, before the deadline."""
         background = self.flush_control.decide() is FlushDecision.BACKGROUND
         with self._invoke_lock:
-            self._last_invoke = (event, background)
+            self._last_invoke = event
             told = self._invoke_sink
         if told is not None:
-            told.invoked(event, background)  # every mode: which request runs now
+            told.invoked(event)  # every mode: which request runs now
         if background or not self.cfg.active:
             return
         now = time.monotonic()

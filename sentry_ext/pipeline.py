@@ -134,13 +134,11 @@ class Pipeline:
             self.metrics.feed(records)
         self.invocations.feed(records, lines)
 
-    def invoked(self, event: Dict[str, Any], background: bool = False) -> None:
-        """An INVOKE event (every flush mode): the request running from now on. ``background``:
-        no drain will wait on this invocation, so few upstream connections will do."""
+    def invoked(self, event: Dict[str, Any]) -> None:
+        """An INVOKE event (every flush mode): the request running from now on."""
         self.invocations.invoked(event.get("requestId"), event.get("tracing"))
         if self.unfinished is not None:
             self.unfinished.invoked(event)
-        self.forwarder.set_spread(background)
 
     def waiting_in_next(self, waiting: bool) -> None:
         """The lifecycle starts or ends a wait in /event/next, where a freeze may come: round trips

@@ -176,5 +176,5 @@ def test_round_trips_in_flight_while_waiting_in_event_next_are_not_sampled(tmp_p
     summary = next(line for line in log.splitlines() if "summary:" in line)
     counters = dict(part.split("=", 1) for part in summary.split() if "=" in part)
     # answered after the thaw or while frozen: none timed into the round-trip estimate, but for
-    # what the last invocation left queued (background mode spreads) for the SHUTDOWN drain to send
+    # what the last invocation left queued (background mode) for the SHUTDOWN drain to send
     assert sent - 2 <= int(counters.get("rtt_discarded", 0)) <= sent, summary

@@ -102,9 +102,6 @@ class Forwarder:
         self._last_error_log = 0.0
         self._spawn_failed = False
         self._bugs: Set[Optional[Tuple[str, str, int]]] = set()  # see _new_bug
-        # The queue's spread mode outside drains (buffer.py), set per invocation (set_spread): off
-        # until a `background` invocation, so Init and a loopback burst send as before.
-        self._spread = False
 
     @property
     def senders(self) -> int:
@@ -113,7 +110,6 @@ class Forwarder:
 
     def start(self) -> None:
         self.queue.on_backlog = self._on_backlog
-        self.queue.set_spread(self._spread)  # few connections while nothing waits on us (buffer.py)
         self.grow()
 
     def stop(self) -> None:
@@ -121,14 +117,6 @@ class Forwarder:
         self.queue.on_backlog = None
         with self.queue.cond:
             self.queue.cond.notify_all()
-
-    def set_spread(self, on: bool) -> None:
-        """Spread requests over few connections (``background``: nothing waits on them) or send
-        each at once (an ``end`` invocation: its drain, billed, waits on whatever is still queued
-        at runtimeDone, so held-back requests would cost it a round trip). A drain always sends at once."""
-        self._spread = on
-        if self._deadline is None and not self._stop.is_set():
-            self.queue.set_spread(on)
 
     def waiting_in_next(self, waiting: bool) -> None:
         """The lifecycle starts (True) or ends (False) a wait in /event/next, during which the
@@ -141,15 +129,12 @@ class Forwarder:
         first or the upstream is in a grace period that outlasts it."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._deadline = deadline
-        self.queue.set_spread(False)
         try:
             self.grow()  # a drain runs at the full concurrency the backlog calls for
             return self.queue.join(deadline)
         finally:
             self._deadline = None
             self.queue.hold(0.0)
-            if not self._stop.is_set():
-                self.queue.set_spread(self._spread)
 
     # -- the thread pool ----------------------------------------------------------------------
 

@@ -10,9 +10,6 @@ from typing import Callable, Deque, Dict, List, Optional
 from .request import Request
 
 
-SPREAD_TURNS = 2
-
-
 class BoundedQueue:
     """FIFO bounded by items and bytes; an item counts against the caps until ``done``."""
 
@@ -32,12 +29,6 @@ class BoundedQueue:
         self._held_until = 0.0  # monotonic; getters wait: too close to a deadline to start a request
         self._waiting = 0  # getters blocked in ``get``
         self._closed = False
-        # Spread mode (the forwarder sets it outside deadline-bounded drains): a request waits for
-        # one in flight to finish rather than go out beside it, unless more are queued than those
-        # in flight take next; each request in flight holds an upstream connection, and after a
-        # freeze each new one costs a TLS handshake (~1.7 ms CPU even resumed, ~24 ms of a
-        # 128 MB function's wall time). A drain lifts it: there latency is billed.
-        self.spread = False
         # Called (outside the lock) after a put that found more items queued than idle getters.
         self.on_backlog: Optional[Callable[[], None]] = None
 
@@ -66,33 +57,18 @@ class BoundedQueue:
                 if self._closed or now >= deadline:
                     return None
                 until = max(self._paused_until, self._held_until)
-                spread = self._spread_full()
-                if self._items and now >= until and not spread:
+                if self._items and now >= until:
                     req = self._items.popleft()
                     self._in_flight.append(req)
                     return req
                 wait = deadline - now
-                if self._items and not spread:
+                if self._items:
                     wait = min(wait, until - now)
                 self._waiting += 1
                 try:
                     self.cond.wait(max(wait, 0.001))
                 finally:
                     self._waiting -= 1
-
-    def _spread_full(self) -> bool:
-        # In spread mode one more goes out beside those in flight only when more are queued than
-        # they would take in their next two round trips (SPREAD_TURNS): a handful of envelopes
-        # share one connection, a backlog still fans out (the forwarder caps the threads).
-        in_flight = len(self._in_flight)
-        return self.spread and in_flight > 0 and len(self._items) <= SPREAD_TURNS * in_flight
-
-    def set_spread(self, on: bool) -> None:
-        """Turn spread mode on or off (off wakes the getters it held back)."""
-        with self.cond:
-            self.spread = on
-            if not on:
-                self.cond.notify_all()
 
     def _release(self, req: Request) -> bool:
         # take_all() may have handed the item to the spool already
@@ -108,8 +84,6 @@ class BoundedQueue:
             released = self._release(req)
             if released:
                 self._bytes -= req.size
-                if self.spread and self._items:
-                    self.cond.notify()  # a request held back for this connection may go now
             if not self._in_flight:  # idle now, or only paused items left: join re-checks either way
                 self._idle.notify_all()
             return released
