@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .queue import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 30.0
-IDLE_POLL_S = 1.0  # an idle sender looks this often whether it is surplus
+RETIRE_CHECK_MIN_S = 0.05  # an idle sender above the minimum looks again no sooner than this
 MAX_BUGS_KEPT = 32  # distinct sender bugs whose traceback was logged (then forgotten, and logged again)
 
 # Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
@@ -93,6 +93,9 @@ class Forwarder:
         # wait is no sample of the upstream's. ``_generation`` moves when a wait starts or ends.
         self._generation = 0
         self._in_next = False
+        # Before the first reply: when each request in flight went out (on ``clock``), and in which
+        # generation; a request unanswered for longer than a loopback takes says the upstream is far.
+        self._sent_at: Dict[int, Tuple[float, int]] = {}
         self.clock: Callable[[], float] = time.monotonic  # round trips are timed on it (tests step it)
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
@@ -119,8 +122,7 @@ class Forwarder:
     def stop(self) -> None:
         self._stop.set()
         self.queue.on_backlog = None
-        with self.queue.cond:
-            self.queue.cond.notify_all()
+        self.queue.kick()  # idle senders wait with no time limit: wake them to see the stop
 
     def set_spread(self, on: bool) -> None:
         """Spread requests over few connections (``background``: nothing waits on them) or send
@@ -163,8 +165,18 @@ class Forwarder:
             return 0
         with self._lock:
             outstanding, floor = len(self.queue), self.rtt.floor()
+            unanswered = self._unanswered_for() if floor is None else None
+            if unanswered is not None:
+                # No round trip measured yet, but a request has waited longer than a loopback
+                # takes: the upstream is at least that far. The burst gets its connections now,
+                # not one step per round trip (a first reply comes only after a handshake's
+                # round trips and the request's). No CPU check: this is no stretched sample.
+                floor, cpu = unanswered, 0.0
             # the CPU share is read only when more threads are wanted (it sums every thread's time)
-            cpu = self.cpu.read() if self.controller.need(outstanding, floor) > self._alive else 0.0
+            elif self.controller.need(outstanding, floor) > self._alive:
+                cpu = self.cpu.read()
+            else:
+                cpu = 0.0
             level = self.controller.update(outstanding, floor, cpu)
             count = level - self._alive
             if limit is not None:
@@ -202,12 +214,20 @@ class Forwarder:
                 return True
             return False
 
+    def _idle_wait(self) -> Optional[float]:
+        """How long an idle sender waits for a request: with no time limit at or below the minimum
+        (no wake-up while idle); above it, until the controller may lower the level and retire it."""
+        with self._lock:
+            if self._alive <= self.controller.minimum:
+                return None
+            return max(RETIRE_CHECK_MIN_S, self.controller.idle_left())
+
     def _run(self) -> None:
         while not self._stop.is_set():
             req = None
             attempts = 0
             try:
-                req = self.queue.get(timeout=IDLE_POLL_S)
+                req = self.queue.get(timeout=self._idle_wait())
                 if req is None:
                     if self._retire():
                         return
@@ -276,10 +296,32 @@ class Forwarder:
         floor = self.rtt.timeout()
         return None, remaining if floor is None else max(remaining, floor)
 
+    def _unanswered_for(self) -> Optional[float]:
+        """How long the oldest request in flight, sent in this generation outside a wait in
+        /event/next, has gone unanswered, if that is longer than a loopback round trip; None
+        otherwise (called under ``_lock``)."""
+        if not self._sent_at or self._in_next:
+            return None
+        generation = self._generation
+        starts = [at for at, gen in self._sent_at.values() if gen == generation]
+        if not starts:
+            return None
+        waited = self.clock() - min(starts)
+        return waited if waited >= self.controller.near_rtt_s else None
+
     def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
         generation = None if self._in_next else self._generation
         started = self.clock()
-        result = self.transport.send(req, read_timeout=read_timeout)
+        first = self.rtt.samples == 0
+        if first:
+            with self._lock:
+                self._sent_at[id(req)] = (started, self._generation)
+        try:
+            result = self.transport.send(req, read_timeout=read_timeout)
+        finally:
+            if first:
+                with self._lock:
+                    self._sent_at.pop(id(req), None)
         if result.status:
             elapsed = self.clock() - started
             # Not a sample: a round trip in flight while the lifecycle waited in /event/next (the
