@@ -7,11 +7,11 @@ deadline a request is started only if it can be answered before it (``rtt.py``).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+from .backoff import BACKOFF_BASE_S, BACKOFF_CAP_S, UpstreamHealth  # noqa: F401 (re-exported)
 from .queue import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
 from .request import Request
@@ -21,8 +21,6 @@ from .transport import Outcome, Result, Transport
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 30.0
 RETIRE_CHECK_MIN_S = 0.05  # an idle sender above the minimum looks again no sooner than this
 MAX_BUGS_KEPT = 32  # distinct sender bugs whose traceback was logged (then forgotten, and logged again)
 
@@ -30,43 +28,6 @@ MAX_BUGS_KEPT = 32  # distinct sender bugs whose traceback was logged (then forg
 ResponseHook = Callable[[Request, Result], None]
 # Called with (request, reason) when the extension gives a request up.
 DropHook = Callable[[Request, str], None]
-
-
-class UpstreamHealth:
-    """Consecutive-failure counter: a failing upstream is skipped for a jittered, growing grace period."""
-
-    def __init__(self, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S,
-                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self._clock = clock
-        self.failures = 0
-        # Jitter from the OS at each draw: a PRNG seeded in Init would be shared by every copy
-        # restored from a SnapStart snapshot, and their retries would fall in step.
-        self._rng = rng or random.SystemRandom()
-        self._lock = threading.Lock()
-        self._until = 0.0  # monotonic end of the current grace period
-
-    def failure(self) -> float:
-        """Record a failure; returns the grace period in seconds (full jitter over the upper half).
-
-        A failure inside the current grace period came from a request already in flight when it
-        began (parallel senders): same outage, so it does not escalate the period again.
-        """
-        now = self._clock()
-        with self._lock:
-            if now < self._until:
-                return self._until - now
-            self.failures += 1
-            ceiling = min(self.cap_s, self.base_s * (2 ** min(self.failures - 1, 20)))
-            grace = ceiling * (0.5 + self._rng.random() / 2)
-            self._until = now + grace
-            return grace
-
-    def success(self) -> None:
-        with self._lock:
-            self.failures = 0
-            self._until = 0.0
 
 
 class Forwarder:
