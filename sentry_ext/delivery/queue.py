@@ -72,7 +72,8 @@ class BoundedQueue:
                 return False
             self._items.append(req)
             self._bytes += req.size
-            self.cond.notify()
+            if not self._spread_full():  # a getter the spread rule would send back to wait is not woken
+                self.cond.notify()
             starved = len(self._items) > self._waiting
         if starved and self.on_backlog is not None:
             self.on_backlog()
