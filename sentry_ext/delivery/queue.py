@@ -59,7 +59,8 @@ class BoundedQueue:
         # freeze each new one costs a TLS handshake (~1.7 ms CPU even resumed, ~24 ms of a
         # 128 MB function's wall time). A drain lifts it: there latency is billed.
         self.spread = False
-        # Called (outside the lock) after a put that found more items queued than idle getters.
+        # Called (outside the lock) after a put that found more items queued than idle getters
+        # (and that the spread rule lets go out now).
         self.on_backlog: Optional[Callable[[], None]] = None
 
     def put(self, req: Request) -> bool:
@@ -72,9 +73,12 @@ class BoundedQueue:
                 return False
             self._items.append(req)
             self._bytes += req.size
-            if not self._spread_full():  # a getter the spread rule would send back to wait is not woken
+            # A getter the spread rule would send back to wait is not woken, nor is one more
+            # thread started for a request the rule holds back on purpose.
+            takeable = not self._spread_full()
+            if takeable:
                 self.cond.notify()
-            starved = len(self._items) > self._waiting
+            starved = takeable and len(self._items) > self._waiting
         if starved and self.on_backlog is not None:
             self.on_backlog()
         return True
