@@ -33,7 +33,7 @@ opens fewer connections by letting a backlog grow shows up there. ``--ours-env``
 extra settings, e.g. ``SENTRY_EXT_SENDERS=1 SENTRY_EXT_MAX_INFLIGHT=1`` (one connection): how many
 requests one connection delivers per thawed invocation.
 ``--baseline REV`` adds ours at that git revision (``git archive``, in ``adaptive``) to both
-suites, interleaved with this tree: before and after in one run.
+suites, and in ``end`` to the 128 MB one, interleaved with this tree: before and after in one run.
 
 ``--quick`` (the test suite's smoke run): 3 invocations, the baseline and ours in ``adaptive``.
 """
@@ -468,6 +468,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         baseline_note = ""
         if opts.baseline:
             base_opt, baseline_note = baseline_opt(tmp / "baseline", opts.baseline)
+            if not opts.quick:  # `end` as it was too (128 MB suite only): billed time, before and after
+                contenders.append(Contender("baseline-end", "ours at `%s` (before), `end`%s" % (
+                    baseline_note.split()[0], suffix), "ours", base_opt, EXTENSION_NAME, "end", ours_env))
             contenders.append(Contender("baseline", "ours at `%s` (before), `adaptive`%s" % (
                 baseline_note.split()[0], suffix), "ours", base_opt, EXTENSION_NAME, "adaptive", ours_env))
         peer_skipped, peer_note = ("not requested (use --peer node)", "") if opts.peer != "node" else (None, "")
