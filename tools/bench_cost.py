@@ -85,6 +85,8 @@ TARGETS = {
     "cpu_per_invocation_closed": ("<=", 0.4, "peer"),   # same, upstream closing idle connections in the freeze
     "billed_p50": ("<=", 0.6, "sdk"),                   # ours adaptive / SDK straight to the upstream, 128 MB
     "function_p50": ("<=", 0.55, "peer"),               # ours adaptive / Node extension, 128 MB
+    "billed_p50_end_vs_before": ("<=", 1.0, "baseline-end"),  # no worse than the --baseline revision
+    "billed_p50_adaptive_vs_before": ("<=", 1.0, "baseline"),
 }
 
 
@@ -417,6 +419,10 @@ def _targets(data: Dict[str, Any]) -> Dict[str, Any]:
                        ((cost.get("sdk") or {}).get("billed_ms") or {}).get("p50")),
         "function_p50": (((cost.get("adaptive") or {}).get("function_ms") or {}).get("p50"),
                          ((cost.get("peer") or {}).get("function_ms") or {}).get("p50")),
+        "billed_p50_end_vs_before": (((cost.get("end") or {}).get("billed_ms") or {}).get("p50"),
+                                     ((cost.get("baseline-end") or {}).get("billed_ms") or {}).get("p50")),
+        "billed_p50_adaptive_vs_before": (((cost.get("adaptive") or {}).get("billed_ms") or {}).get("p50"),
+                                          ((cost.get("baseline") or {}).get("billed_ms") or {}).get("p50")),
     }
     out = {}
     for name, (op, bound, against) in TARGETS.items():
