@@ -63,7 +63,7 @@ from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import cpu_ms, status_kib  # noqa: E402
-from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, free_port, function_env, local_dsn, make_opt  # noqa: E402
 from tools.stats import percentile  # noqa: E402
 from tools.tlsutil import self_signed, server_context  # noqa: E402
 
@@ -110,6 +110,8 @@ class Contender:
 
 
 def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, Dict[str, str]]:
+    if contender.kind == "floor":  # the SDK's own work: its posts find a closed local port at once
+        return {"env": {}, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, str(free_port()))}}
     if contender.kind == "sdk":
         return {"env": {}, "runtime_env": {"SENTRY_DSN": dsn, "SSL_CERT_FILE": str(cert)}}
     if contender.kind == "peer":
@@ -448,6 +450,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                         help="also run this git revision of ours in `adaptive` (e.g. main), interleaved")
     parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our extension (repeatable), e.g. SENTRY_EXT_MAX_INFLIGHT=1")
+    parser.add_argument("--floor", action="store_true",
+                        help="128 MB suite: also the sample function with no extension and its SDK's posts refused "
+                             "at once (the function duration no relay can go below)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
     parser.add_argument("--profile-case", choices=CASES, default="kept",
                         help="which CPU case --profile samples (default kept)")
@@ -467,6 +472,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         empty_opt = tmp / "none" / "opt"
         (empty_opt / "extensions").mkdir(parents=True)
         contenders = [Contender("sdk", "`sentry-sdk` straight to the upstream (no extension)", "sdk", empty_opt, None)]
+        if opts.floor:
+            contenders.append(Contender("floor", "`sentry-sdk` posting to a closed local port (no extension: the "
+                                        "function's own SDK work, the floor)", "floor", empty_opt, None))
         modes = ("adaptive",) if opts.quick else ("end", "background", "adaptive")
         suffix = "".join(" %s=%s" % kv for kv in sorted(ours_env.items()))
         contenders += [Contender(mode, "ours, `%s`%s" % (mode, suffix), "ours", ours_opt, EXTENSION_NAME, mode, ours_env)
