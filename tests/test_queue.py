@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 import time
 
+from helpers import wait_until
 from sentry_ext.delivery.queue import BoundedQueue
 from sentry_ext.delivery.request import Request
 
@@ -64,3 +65,41 @@ def test_take_all_closes_and_late_done_is_harmless() -> None:
     q.done(flying)
     q.requeue(flying)
     assert len(q) == 0 and not q.put(req())
+
+
+def _getters(q: BoundedQueue, names: list, got: dict, timeout=None) -> list:
+    """Start one getter per name, each waiting only after the one before it (a known order)."""
+    threads = []
+    for name in names:
+        before = q._waiting
+        thread = threading.Thread(target=lambda n=name: got.__setitem__(n, q.get(timeout=timeout)), daemon=True)
+        thread.start()
+        assert wait_until(lambda b=before: q._waiting == b + 1, 5)  # this getter waits now
+        threads.append(thread)
+    return threads
+
+
+def test_the_newest_waiting_getter_takes_the_next_item_and_an_untimed_one_waits_for_it() -> None:
+    q = BoundedQueue(max_items=10, max_bytes=10_000)
+    got: dict = {}
+    threads = _getters(q, ["old", "new"], got)
+    first = req()
+    assert q.put(first)
+    threads[1].join(5)
+    assert got == {"new": first}  # the one that began waiting last: warm thread, warm connection
+    second = req()
+    assert q.put(second)
+    threads[0].join(5)
+    assert got["old"] is second
+
+
+def test_kick_returns_every_waiting_getter_empty_handed() -> None:
+    q = BoundedQueue(max_items=10, max_bytes=10_000)
+    got: dict = {}
+    threads = _getters(q, ["a", "b"], got)
+    q.kick()
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive()
+    assert got == {"a": None, "b": None}
+    assert q.put(req()) and q.get(timeout=None) is not None  # a later get is not affected

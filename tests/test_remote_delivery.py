@@ -125,7 +125,8 @@ def test_what_neither_the_drain_nor_the_spool_could_take_is_counted_and_its_repo
 
     upstream.delay_s = 5.0  # nothing is answered before the SHUTDOWN deadline
     spool = tmp_path / "spool"
-    pipe = pipelines(spool=str(spool), SENTRY_EXT_SPOOL_MAX_BYTES=str(REPORT_RESERVE_BYTES + 1500))
+    pipe = pipelines(spool=str(spool), SENTRY_EXT_SPOOL_MAX_BYTES=str(REPORT_RESERVE_BYTES + 1500),
+                     SENTRY_EXT_MAX_INFLIGHT="4")  # 4 in flight: the ramp of a far upstream would send all 20
     _post_n(pipe, 0, 20)
     assert upstream.wait_for(lambda reqs: len(reqs) >= 4, 5)  # the senders are waiting on replies
     t0 = time.monotonic()
@@ -250,3 +251,31 @@ def test_shutdown_verdict_says_complete_only_when_everything_was_delivered(
 
     outcome = {"drained": int(drained), "spooled": spooled, "lost": lost, "dropped": dropped, "failed": 0}
     assert drain_verdict(outcome) == verdict
+
+
+def test_a_burst_to_a_far_upstream_opens_its_connections_before_the_first_reply(
+        upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    # No round trip measured yet, but requests in flight longer than a loopback takes: the
+    # backlog gets its connections now, not one more per reply (issue 22).
+    upstream.delay_s = 2.0
+    pipe = pipelines(SENTRY_EXT_SENDERS="2", SENTRY_EXT_MAX_INFLIGHT="16")
+    now = [time.monotonic()]
+    pipe.forwarder.clock = lambda: now[0]  # the forwarder's clock, stepped by hand
+    _post_n(pipe, 0, 2)
+    assert upstream.wait_for(lambda reqs: len(reqs) >= 2, 1.5)
+    now[0] += 0.05  # the two have gone unanswered for 50 ms: no loopback
+    _post_n(pipe, 100, 10)
+    assert upstream.wait_for(lambda reqs: len(reqs) >= 12, 1.5), len(upstream.requests)  # before any reply
+    assert pipe.forwarder.senders == 12
+    assert pipe.flush(5) and len({r.envelope.event_id for r in upstream.requests}) == 12
+
+
+def test_a_burst_to_a_near_upstream_stays_at_the_minimum(upstream: FakeUpstream, pipelines: StartPipeline) -> None:
+    upstream.delay_s = 0.2
+    pipe = pipelines(SENTRY_EXT_SENDERS="2", SENTRY_EXT_MAX_INFLIGHT="16")
+    now = [time.monotonic()]
+    pipe.forwarder.clock = lambda: now[0]  # never moves: every request in flight is 0 ms old
+    _post_n(pipe, 0, 12)
+    assert upstream.wait_for(lambda reqs: len(reqs) >= 2, 1.5)
+    assert pipe.forwarder.senders == 2 and len(upstream.requests) == 2
+    assert pipe.flush(10)

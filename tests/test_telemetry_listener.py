@@ -486,3 +486,24 @@ def test_a_malformed_content_length_is_a_clean_400(live: Live, value: bytes, exp
     assert not errors.records, [r.getMessage() for r in errors.records]
     assert live.batches == [] and live.stats.get("telemetry_refused") == 1
     assert status_of(post(live.port, live.listener.path, b"[]")) == 200  # still serving
+
+
+def test_only_a_whole_request_already_in_the_socket_is_served_on_the_accept_thread() -> None:
+    from sentry_ext.awslambda.telemetry_listener import _whole_request_waiting
+
+    head = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n"
+    cases = [(head + b"[{}]", True), (head + b"[{", False), (b"", False), (head[:20], False),
+             (b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
+             (b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n[", False),
+             (b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n", True)]
+    for data, whole in cases:
+        ours, theirs = socket.socketpair()
+        try:
+            if data:
+                theirs.sendall(data)
+            assert _whole_request_waiting(ours) is whole, data
+            if data:
+                assert ours.recv(len(data)) == data  # only peeked: nothing consumed
+        finally:
+            ours.close()
+            theirs.close()

@@ -17,9 +17,14 @@ Two suites, every contender interleaved round by round in one run:
   TLS handshakes (and resumed sessions) per invocation, for: the SDK sending straight to the
   upstream (no extension: the baseline), ours in ``end``, ``background`` and ``adaptive``, and
   Sentry's Node extension with the tunnel function (3 envelopes per invocation).
-- **CPU per invocation** on whole cores (no quota), same upstream: the extension process's CPU
-  (/proc) after 20 invocations less after 5, over 15: the thawed invocation's cost, not the burst's.
-  ``--profile`` adds a py-spy profile (if installed) of our extension across invocations 2-20.
+- **CPU per invocation** on whole cores (no quota), same upstream, in two cases side by side in
+  one run: the upstream **keeps** idle connections (a load balancer's long keep-alive) and it
+  **closes** them during every freeze (``--idle-close``). The extension process is counted by
+  ``perf stat`` (all its threads, those started later included) over thawed invocations
+  6-25: CPU (task-clock, ns), wake-ups (context switches) and system calls per invocation. Without
+  ``perf`` the CPU comes from /proc (clock ticks: (CPU after 25 − after 5) / 20) and the wake-ups
+  from the threads' ``*_ctxt_switches`` (threads that exited are missed); no syscall count.
+  ``--profile`` adds a py-spy profile (if installed) of our extension across invocations 2-25.
 
 Besides handshakes per invocation (counted from INVOKE to the end of its freeze), both suites
 report every handshake, the SHUTDOWN drain's included, per request the upstream accepted, and how
@@ -28,7 +33,7 @@ opens fewer connections by letting a backlog grow shows up there. ``--ours-env``
 extra settings, e.g. ``SENTRY_EXT_SENDERS=1 SENTRY_EXT_MAX_INFLIGHT=1`` (one connection): how many
 requests one connection delivers per thawed invocation.
 ``--baseline REV`` adds ours at that git revision (``git archive``, in ``adaptive``) to both
-suites, interleaved with this tree: before and after in one run.
+suites, and in ``end`` to the 128 MB one, interleaved with this tree: before and after in one run.
 
 ``--quick`` (the test suite's smoke run): 3 invocations, the baseline and ours in ``adaptive``.
 """
@@ -36,6 +41,7 @@ suites, interleaved with this tree: before and after in one run.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import shutil
@@ -57,7 +63,7 @@ from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
 from tools.procfs import cpu_ms, status_kib  # noqa: E402
-from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, function_env, local_dsn, make_opt  # noqa: E402
+from tools.sandbox import EXTENSION_NAME, SAMPLE_FUNCTION, free_port, function_env, local_dsn, make_opt  # noqa: E402
 from tools.stats import percentile  # noqa: E402
 from tools.tlsutil import self_signed, server_context  # noqa: E402
 
@@ -66,15 +72,21 @@ PERIOD_US = 20000
 DELAY_S = 0.08
 IDLE_CLOSE_S = 0.3
 FREEZE_S = 0.5
-CPU_RUNS = (5, 20)
+CPU_WARM = 5          # invocations before the counted window (the first burst, `adaptive` judging)
+CPU_COUNTED = 20      # thawed invocations counted
+CASES = ("kept", "closed")  # the CPU suite's two upstreams: idle connections kept / closed in the freeze
 FIGURES = ("function_ms", "post_runtime_ms", "billed_ms")
-CPU_KEPT = ("left_for_shutdown", "delivered", "expected")  # from the CPU suite's 20-invocation runs
+CPU_KEPT = ("left_for_shutdown", "delivered", "expected")  # from the CPU suite's runs
+COUNTERS = ("task-clock", "context-switches", "raw_syscalls:sys_enter")
 
 #: (figure, comparison, bound, against): the issue's targets, as ratios to a contender of the same run.
 TARGETS = {
-    "cpu_per_invocation": ("<=", 0.4, "peer"),          # ours (adaptive) / Node extension, whole cores
+    "cpu_per_invocation_kept": ("<=", 0.4, "peer"),     # ours (adaptive) / Node extension, whole cores
+    "cpu_per_invocation_closed": ("<=", 0.4, "peer"),   # same, upstream closing idle connections in the freeze
     "billed_p50": ("<=", 0.6, "sdk"),                   # ours adaptive / SDK straight to the upstream, 128 MB
-    "function_p50": ("<=", 0.8, "peer"),                # ours adaptive / Node extension, 128 MB
+    "function_p50": ("<=", 0.55, "peer"),               # ours adaptive / Node extension, 128 MB
+    "billed_p50_end_vs_before": ("<=", 1.0, "baseline-end"),  # no worse than the --baseline revision
+    "billed_p50_adaptive_vs_before": ("<=", 1.0, "baseline"),
 }
 
 
@@ -98,6 +110,8 @@ class Contender:
 
 
 def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, Dict[str, str]]:
+    if contender.kind == "floor":  # the SDK's own work: its posts find a closed local port at once
+        return {"env": {}, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, str(free_port()))}}
     if contender.kind == "sdk":
         return {"env": {}, "runtime_env": {"SENTRY_DSN": dsn, "SSL_CERT_FILE": str(cert)}}
     if contender.kind == "peer":
@@ -109,10 +123,12 @@ def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, D
 
 def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocations: int,
                 quota: Optional[CpuQuota], profile: Optional[Path] = None,
-                idle_close_s: Optional[float] = IDLE_CLOSE_S, ca_file: Optional[Path] = None) -> Dict[str, Any]:
+                idle_close_s: Optional[float] = IDLE_CLOSE_S, count_from: Optional[int] = None,
+                ca_file: Optional[Path] = None) -> Dict[str, Any]:
     """One sandbox: ``invocations`` invocations, each followed by a freeze; then SHUTDOWN. The
     extension trusts ``ca_file`` (default: the upstream's ``cert`` alone); each row has the
-    extension's CPU so far, read during its freeze."""
+    extension's CPU so far, read during its freeze. With ``count_from``, the extension's CPU,
+    wake-ups and syscalls over invocations ``count_from``+1 to the last (``counted``)."""
     spool = tmp / ("spool-%s-%d" % (contender.key, time.monotonic_ns()))
     rows: List[Dict[str, Any]] = []
     with FakeUpstream(delay_s=DELAY_S, idle_close_s=idle_close_s, tls=server_context(cert, key)) as upstream:
@@ -124,7 +140,10 @@ def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocati
             init_ms = emu.last_init_ms
             pid = emu.pids.get(contender.exe) if contender.exe else None
             spy = None
+            counter: Optional[Counter] = None
             for index in range(invocations):
+                if pid and count_from is not None and index == count_from:
+                    counter = Counter(pid, tmp / ("perf-%s-%d.csv" % (contender.key, time.monotonic_ns())))
                 shakes, resumed = upstream.handshakes, upstream.resumed
                 result = emu.invoke(contender.payload)
                 emu.wait_frozen_for(FREEZE_S)
@@ -139,6 +158,7 @@ def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocati
                     row["ext_rss_mib"] = (status_kib(pid, "VmRSS") or 0) / 1024.0
                     spy = _start_profile(pid, profile) if profile else None
             ext_cpu = cpu_ms(pid) if pid else None  # frozen now: nothing moves
+            counted = counter.stop() if counter is not None else None
             runtime_pid = emu.pids.get("runtime")
             runtime_cpu = cpu_ms(runtime_pid) if runtime_pid else None
             if spy is not None:
@@ -155,10 +175,77 @@ def run_sandbox(contender: Contender, tmp: Path, cert: Path, key: Path, invocati
     # handshakes_total and left_for_shutdown: what the per-invocation rows leave out. Requests still
     # queued after the last invocation go out in the SHUTDOWN drain, on connections of their own.
     return {"contender": contender.key, "invocations": invocations, "rows": rows, "ext_cpu_ms": ext_cpu,
+            "counted": counted,
             "runtime_cpu_ms": runtime_cpu, "delivered": delivered, "expected": expected,
             "extra_requests": accepted - delivered, "handshakes_total": handshakes, "accepted_requests": accepted,
             "left_for_shutdown": delivered - before_shutdown,
             "failed": len(failed), "log_tail": log[-3000:] if failed or delivered < expected else ""}
+
+
+class Counter:
+    """The extension process's CPU, context switches and syscalls from now until ``stop``: ``perf
+    stat`` on the process (every thread, later ones included), or /proc without perf."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
+        perf = shutil.which("perf")
+        if perf is not None:
+            self.proc = subprocess.Popen([perf, "stat", "-x", ",", "-e", ",".join(COUNTERS), "-p", str(pid),
+                                          "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
+        self.cpu0, self.switches0 = cpu_ms(pid), _switches(pid)
+
+    def stop(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"source": "/proc", "cpu_ms": None, "switches": None, "syscalls": None}
+        cpu1, switches1 = cpu_ms(self.pid), _switches(self.pid)
+        if self.cpu0 is not None and cpu1 is not None:
+            out["cpu_ms"] = cpu1 - self.cpu0
+        if self.switches0 is not None and switches1 is not None:
+            out["switches"] = switches1 - self.switches0
+        if self.proc is None:
+            return out
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return out
+        figures = parse_perf_stat(self.out.read_text() if self.out.exists() else "")
+        if figures.get("task-clock") is not None:
+            out.update(source="perf stat", cpu_ms=figures["task-clock"], switches=figures.get("context-switches"),
+                       syscalls=figures.get("raw_syscalls:sys_enter"))
+        return out
+
+
+def parse_perf_stat(text: str) -> Dict[str, Optional[float]]:
+    """``perf stat -x ,`` output: {event: value} (task-clock in ms; None for an event not counted)."""
+    out: Dict[str, Optional[float]] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or line.startswith("#"):
+            continue
+        try:
+            out[fields[2]] = float(fields[0])
+        except ValueError:
+            out[fields[2]] = None
+    return out
+
+
+def _switches(pid: int) -> Optional[int]:
+    """Voluntary and involuntary context switches of the live threads of ``pid`` (/proc)."""
+    total, found = 0, False
+    for task in glob.glob("/proc/%d/task/*/status" % pid):
+        try:
+            with open(task) as fh:
+                for line in fh:
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[1])
+                        found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return total if found else None
 
 
 def _delivered(requests: List[Any]) -> int:
@@ -245,17 +332,31 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def cpu_per_invocation(short: List[Dict[str, Any]], long: List[Dict[str, Any]]) -> Optional[float]:
-    """(CPU after 20 invocations − CPU after 5) / 15, medians of each."""
-    a = [r["ext_cpu_ms"] for r in short if r["ext_cpu_ms"] is not None]
-    b = [r["ext_cpu_ms"] for r in long if r["ext_cpu_ms"] is not None]
-    if not a or not b:
-        return None
-    return (percentile(b, 50) - percentile(a, 50)) / (CPU_RUNS[1] - CPU_RUNS[0])
+def counted_per_invocation(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per counted invocation: CPU ms, wake-ups (context switches) and syscalls, the median of the
+    runs with their range ([min, max]), and where they came from."""
+    out: Dict[str, Any] = {}
+    counted = [run["counted"] for run in runs if run.get("counted")]
+    for name, field in (("cpu_per_invocation_ms", "cpu_ms"), ("wakeups_per_invocation", "switches"),
+                        ("syscalls_per_invocation", "syscalls")):
+        values = [c[field] / CPU_COUNTED for c in counted if c.get(field) is not None]
+        out[name] = percentile(values, 50) if values else None
+        out[name + "_range"] = [min(values), max(values)] if values else None
+    out["counted_by"] = sorted({c["source"] for c in counted})
+    return out
 
 
 def _fmt(value: Optional[float], digits: int = 0) -> str:
     return "–" if value is None else "%.*f" % (digits, value)
+
+
+def _ranged(figure: Dict[str, Any], name: str, digits: int) -> str:
+    value, span = figure.get(name), figure.get(name + "_range")
+    if value is None:
+        return "–"
+    if not span or span[0] == span[1]:
+        return _fmt(value, digits)
+    return "%s [%s–%s]" % (_fmt(value, digits), _fmt(span[0], digits), _fmt(span[1], digits))
 
 
 def build_report(data: Dict[str, Any]) -> str:
@@ -281,19 +382,27 @@ def build_report(data: Dict[str, Any]) -> str:
     elif data.get("quota_skipped"):
         out.append("128 MB suite: SKIPPING (%s)." % data["quota_skipped"])
     if data.get("cpu"):
-        lines = ["CPU per invocation on whole cores (extension process, (CPU after %d − after %d invocations) / %d, "
-                 "medians of %d run(s) each):" % (CPU_RUNS[1], CPU_RUNS[0], CPU_RUNS[1] - CPU_RUNS[0], data["rounds"]),
-                 "", "| extension | CPU per invocation ms | TLS handshakes (resumed) per invocation "
-                 "| per request, SHUTDOWN included | left for SHUTDOWN | delivered |", "|---|---|---|---|---|---|"]
-        for key, figure in data["cpu"].items():
-            lines.append("| %s | %s | %s (%s) | %s | %s | %s/%s |" % (
-                labels[key], _fmt(figure["cpu_per_invocation_ms"], 2), _fmt(figure["handshakes_per_invocation"], 2),
-                _fmt(figure["resumed_per_invocation"], 2), _fmt(figure["handshakes_per_request"], 2),
-                _fmt(figure["left_for_shutdown"], 1), figure["delivered"], figure["expected"]))
+        cases = data["cpu"]
+        sources = sorted({src for by in cases.values() for f in by.values() for src in f.get("counted_by", [])})
+        lines = ["Per thawed invocation on whole cores (extension process, invocations %d-%d of %d, %s; medians of %d "
+                 "run(s), [range]); upstream HTTPS %d ms away, idle connections kept / closed after %s s (each %.1f s "
+                 "freeze outlasts it):" % (CPU_WARM + 1, CPU_WARM + CPU_COUNTED, CPU_WARM + CPU_COUNTED,
+                                           " and ".join(sources) or "–", data["rounds"], DELAY_S * 1000,
+                                           data.get("idle_close_s") or "never", FREEZE_S),
+                 "", "| connections | extension | CPU ms | wake-ups | syscalls | TLS handshakes (resumed) "
+                 "| per request, SHUTDOWN included | left for SHUTDOWN | delivered |", "|---|---|---|---|---|---|---|---|---|"]
+        for case, by in cases.items():
+            for key, figure in by.items():
+                lines.append("| %s | %s | %s | %s | %s | %s (%s) | %s | %s | %s/%s |" % (
+                    case, labels[key], _ranged(figure, "cpu_per_invocation_ms", 2),
+                    _ranged(figure, "wakeups_per_invocation", 0), _ranged(figure, "syscalls_per_invocation", 0),
+                    _fmt(figure["handshakes_per_invocation"], 2), _fmt(figure["resumed_per_invocation"], 2),
+                    _fmt(figure["handshakes_per_request"], 2), _fmt(figure["left_for_shutdown"], 1),
+                    figure["delivered"], figure["expected"]))
         out.append("\n".join(lines))
     if data.get("profile"):
-        out.append("Where ours spends it (py-spy, invocations 2-20, on-CPU samples): " + ", ".join(
-            "%s %.0f %%" % kv for kv in data["profile"].items()))
+        out.append("Where ours spends it (py-spy, invocations 2-%d, on-CPU samples): %s" % (
+            CPU_WARM + CPU_COUNTED, ", ".join("%s %.0f %%" % kv for kv in data["profile"].items())))
     if data.get("targets"):
         out.append("\n".join("- %s: %s (target %s %s× %s) %s" % (
             name, _fmt(t["ratio"], 2), t["op"], t["bound"], labels.get(t["against"], t["against"]),
@@ -305,13 +414,20 @@ def build_report(data: Dict[str, Any]) -> str:
 
 def _targets(data: Dict[str, Any]) -> Dict[str, Any]:
     cost, cpu = data.get("cost") or {}, data.get("cpu") or {}
+    kept, closed = cpu.get("kept") or {}, cpu.get("closed") or {}
     values = {
-        "cpu_per_invocation": ((cpu.get("adaptive") or {}).get("cpu_per_invocation_ms"),
-                               (cpu.get("peer") or {}).get("cpu_per_invocation_ms")),
+        "cpu_per_invocation_kept": ((kept.get("adaptive") or {}).get("cpu_per_invocation_ms"),
+                                    (kept.get("peer") or {}).get("cpu_per_invocation_ms")),
+        "cpu_per_invocation_closed": ((closed.get("adaptive") or {}).get("cpu_per_invocation_ms"),
+                                      (closed.get("peer") or {}).get("cpu_per_invocation_ms")),
         "billed_p50": (((cost.get("adaptive") or {}).get("billed_ms") or {}).get("p50"),
                        ((cost.get("sdk") or {}).get("billed_ms") or {}).get("p50")),
         "function_p50": (((cost.get("adaptive") or {}).get("function_ms") or {}).get("p50"),
                          ((cost.get("peer") or {}).get("function_ms") or {}).get("p50")),
+        "billed_p50_end_vs_before": (((cost.get("end") or {}).get("billed_ms") or {}).get("p50"),
+                                     ((cost.get("baseline-end") or {}).get("billed_ms") or {}).get("p50")),
+        "billed_p50_adaptive_vs_before": (((cost.get("adaptive") or {}).get("billed_ms") or {}).get("p50"),
+                                          ((cost.get("baseline") or {}).get("billed_ms") or {}).get("p50")),
     }
     out = {}
     for name, (op, bound, against) in TARGETS.items():
@@ -331,12 +447,18 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 invocations, baseline and adaptive only")
     parser.add_argument("--only", choices=["128mb", "cpu"], default=None, help="run only one of the two suites")
     parser.add_argument("--idle-close", type=float, default=IDLE_CLOSE_S,
-                        help="the upstream closes connections idle this long, s (default %.1f; 0: never)" % IDLE_CLOSE_S)
+                        help="the upstream closes connections idle this long, s (default %.1f; 0: never; the CPU "
+                             "suite's \"closed\" case uses it too, its \"kept\" case never closes)" % IDLE_CLOSE_S)
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="also run this git revision of ours in `adaptive` (e.g. main), interleaved")
     parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our extension (repeatable), e.g. SENTRY_EXT_MAX_INFLIGHT=1")
+    parser.add_argument("--floor", action="store_true",
+                        help="128 MB suite: also the sample function with no extension and its SDK's posts refused "
+                             "at once (the function duration no relay can go below)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
+    parser.add_argument("--profile-case", choices=CASES, default="kept",
+                        help="which CPU case --profile samples (default kept)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/cost-<time>.json)")
     opts = parser.parse_args(args)
     ours_env = dict(item.partition("=")[::2] for item in opts.ours_env)
@@ -353,6 +475,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         empty_opt = tmp / "none" / "opt"
         (empty_opt / "extensions").mkdir(parents=True)
         contenders = [Contender("sdk", "`sentry-sdk` straight to the upstream (no extension)", "sdk", empty_opt, None)]
+        if opts.floor:
+            contenders.append(Contender("floor", "`sentry-sdk` posting to a closed local port (no extension: the "
+                                        "function's own SDK work, the floor)", "floor", empty_opt, None))
         modes = ("adaptive",) if opts.quick else ("end", "background", "adaptive")
         suffix = "".join(" %s=%s" % kv for kv in sorted(ours_env.items()))
         contenders += [Contender(mode, "ours, `%s`%s" % (mode, suffix), "ours", ours_opt, EXTENSION_NAME, mode, ours_env)
@@ -360,6 +485,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
         baseline_note = ""
         if opts.baseline:
             base_opt, baseline_note = baseline_opt(tmp / "baseline", opts.baseline)
+            if not opts.quick:  # `end` as it was too (128 MB suite only): billed time, before and after
+                contenders.append(Contender("baseline-end", "ours at `%s` (before), `end`%s" % (
+                    baseline_note.split()[0], suffix), "ours", base_opt, EXTENSION_NAME, "end", ours_env))
             contenders.append(Contender("baseline", "ours at `%s` (before), `adaptive`%s" % (
                 baseline_note.split()[0], suffix), "ours", base_opt, EXTENSION_NAME, "adaptive", ours_env))
         peer_skipped, peer_note = ("not requested (use --peer node)", "") if opts.peer != "node" else (None, "")
@@ -378,7 +506,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
             print("SKIPPING the 128 MB suite: %s" % why_not)
             data["quota_skipped"] = why_not
         raw: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}
-        cpu_raw: Dict[str, Dict[int, List[Dict[str, Any]]]] = {}
+        cpu_raw: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
         cpu_set = [c for c in contenders if c.key in ("adaptive", "baseline", "peer")]
         for round_no in range(opts.rounds):
             order = contenders if round_no % 2 == 0 else list(reversed(contenders))
@@ -392,26 +520,27 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                     data["quota"] = {"quota_us": quota.quota_us, "period_us": quota.period_us}
                     data["cgroup"] = str(quota.path)
             if opts.only != "128mb" and not opts.quick:
-                for count in CPU_RUNS:
+                for case in CASES:
                     for contender in (cpu_set if round_no % 2 == 0 else list(reversed(cpu_set))):
-                        say("CPU per invocation, round %d: %s, %d invocations ..." % (round_no + 1, contender.label,
-                                                                                       count))
+                        say("CPU per invocation, round %d, connections %s: %s ..." % (round_no + 1, case,
+                                                                                     contender.label))
                         profile = opts.profile if (opts.profile and contender.key == "adaptive" and round_no == 0
-                                                   and count == CPU_RUNS[1]) else None
-                        run = run_sandbox(contender, tmp, cert, key, count, None, profile, idle)
-                        cpu_raw.setdefault(contender.key, {}).setdefault(count, []).append(run)
+                                                   and case == opts.profile_case) else None
+                        run = run_sandbox(contender, tmp, cert, key, CPU_WARM + CPU_COUNTED, None, profile,
+                                          None if case == "kept" else idle, count_from=CPU_WARM)
+                        cpu_raw.setdefault(case, {}).setdefault(contender.key, []).append(run)
     if any(raw.values()):
         data["cost"] = {key: summarize(runs) for key, runs in raw.items() if runs}
     if cpu_raw:
-        data["cpu"] = {key: {"cpu_per_invocation_ms": cpu_per_invocation(by[CPU_RUNS[0]], by[CPU_RUNS[1]]),
-                             **{k: v for k, v in summarize(by[CPU_RUNS[1]]).items()
-                                if k.endswith(("per_invocation", "per_request")) or k in CPU_KEPT}}
-                       for key, by in cpu_raw.items()}
+        data["cpu"] = {case: {key: {**counted_per_invocation(runs),
+                                    **{k: v for k, v in summarize(runs).items()
+                                       if k.endswith(("per_invocation", "per_request")) or k in CPU_KEPT}}
+                              for key, runs in by.items()} for case, by in cpu_raw.items()}
     data["targets"] = _targets(data) if not opts.quick else {}
     if opts.profile:
         data["profile"] = profile_breakdown(opts.profile)
     data.update(machine=info, command=command_line(script, args),
-                raw={"cost": raw, "cpu": {k: {str(n): v for n, v in by.items()} for k, by in cpu_raw.items()}},
+                raw={"cost": raw, "cpu": cpu_raw},
                 elapsed_s=round(time.monotonic() - started, 1))
     report = build_report(data)
     out = save_results(data, opts.out, "cost", opts.quick)

@@ -54,11 +54,12 @@ BURSTS = (3, 30, 300, 2000)
 DELAYS_S = (0.08, 0.2)
 FREEZE_S = 0.5
 SAMPLE_EVERY_S = 0.01
+HANDSHAKE_RTTS = 3.0  # a new connection: TCP's round trip and TLS's, and the slack a real one has
 
 #: (delay ms, burst, figure) -> (comparison, bound): the issue's targets for our extension.
 TARGETS: Dict[Tuple[int, int, str], Tuple[str, float]] = {
     (80, 300, "before_freeze_pct"): (">=", 100.0),
-    (80, 300, "post_runtime_ms"): ("<=", 400.0),
+    (80, 300, "post_runtime_ms"): ("<=", 600.0),  # issue 22: with handshakes modelled (--handshake-rtts)
     (80, 300, "duplicates"): ("<=", 0),
     (80, 2000, "by_end_pct"): (">=", 100.0),
     (80, 2000, "rss_peak_mib"): ("<=", 40.0),
@@ -114,9 +115,10 @@ class ProcSampler:
         return self.peak_threads
 
 
-def run_burst(contender: Contender, tmp: Path, cert: Path, key: Path, delay_s: float, burst: int) -> Dict[str, Any]:
+def run_burst(contender: Contender, tmp: Path, cert: Path, key: Path, delay_s: float, burst: int,
+              handshake_rtts: float = 0.0) -> Dict[str, Any]:
     """One sandbox: a burst invocation, a freeze, an empty invocation, a freeze, SHUTDOWN."""
-    with FakeUpstream(delay_s=delay_s, tls=server_context(cert, key)) as upstream:
+    with FakeUpstream(delay_s=delay_s, tls=server_context(cert, key), handshake_rtts=handshake_rtts) as upstream:
         if contender.kind == "peer":
             env: Dict[str, str] = {"SENTRY_DSN": upstream.dsn(), "NODE_EXTRA_CA_CERTS": str(cert)}
             port = PEER_PORT
@@ -249,11 +251,20 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
     parser.add_argument("--loopback-runs", type=int, default=4, help="loopback ingest runs per contender (default 4)")
     parser.add_argument("--only", choices=["remote", "loopback"], default=None, help="run only one of the two suites")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench-results/remote-<time>.json)")
+    parser.add_argument("--bursts", default=None, help="comma-separated bursts (default %s)" % ",".join(map(str, BURSTS)))
+    parser.add_argument("--delays-ms", default=None, help="comma-separated upstream delays, ms (default 80,200)")
+    parser.add_argument("--handshake-rtts", type=float, default=HANDSHAKE_RTTS,
+                        help="round trips a new connection's handshake takes upstream (default %g: TCP's and TLS's; "
+                             "0: free, as on loopback)" % HANDSHAKE_RTTS)
     opts = parser.parse_args(args)
     started = time.monotonic()
     info = machine()
     bursts = (3, 30) if opts.quick else BURSTS
     delays = (0.08,) if opts.quick else DELAYS_S
+    if opts.bursts:
+        bursts = tuple(int(b) for b in opts.bursts.split(","))
+    if opts.delays_ms:
+        delays = tuple(float(d) / 1000.0 for d in opts.delays_ms.split(","))
     with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-remote-") as tmp_name:
         tmp = Path(tmp_name)
         cert, key = self_signed(tmp / "tls")
@@ -278,7 +289,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
                 order = contenders if index % 2 == 0 else list(reversed(contenders))
                 for contender in order:
                     say("remote: %d ms, burst %d, %s ..." % (delay_s * 1000, burst, contender.label))
-                    remote.append(run_burst(contender, tmp, cert, key, delay_s, burst))
+                    remote.append(run_burst(contender, tmp, cert, key, delay_s, burst, opts.handshake_rtts))
         remote.sort(key=lambda r: (r["delay_ms"], r["burst"], [c.key for c in contenders].index(r["contender"])))
         loopback: Dict[str, Any] = {}
         ours_like = [c for c in contenders if c.kind == "ours"]
@@ -286,7 +297,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_remote.py"
             say("loopback ingest burst: %d run(s) each of %s ..." % (opts.loopback_runs, ", ".join(c.key for c in ours_like)))
             loopback = loopback_ingest(ours_like, tmp, opts.loopback_runs, False)
     data: Dict[str, Any] = {
-        "command": command_line(script, args),
+        "command": command_line(script, args), "handshake_rtts": opts.handshake_rtts,
         "machine": info, "quick": opts.quick, "labels": labels, "baseline": baseline_note,
         "peer_note": peer_note, "peer_skipped": peer_skipped if opts.peer == "node" else None,
         "remote": remote, "loopback": loopback,

@@ -403,6 +403,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):  # TLS: handshake here, off the accept loop
             self.request.settimeout(READ_TIMEOUT_S)
+            upstream = self.server.upstream
+            if upstream.handshake_rtts > 0 and upstream.delay_s > 0:
+                time.sleep(upstream.handshake_rtts * upstream.delay_s)  # the round trips a remote handshake takes
             self.request.do_handshake()
             self.server.upstream._note_handshake(self.request.session_reused)
         super().setup()
@@ -646,6 +649,7 @@ class FakeUpstream:
         delay_s: float = 0.0,
         idle_close_s: Optional[float] = None,
         tls: Optional[ssl.SSLContext] = None,
+        handshake_rtts: float = 0.0,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the fake upstream only listens on loopback (127.0.0.1)")
@@ -655,6 +659,9 @@ class FakeUpstream:
         self.idle_close_s = idle_close_s
         #: Server-side TLS context: serve HTTPS (``base_url`` and ``dsn`` say ``https``).
         self.tls = tls
+        #: A new TLS connection waits this many ``delay_s`` round trips before its handshake
+        #: completes (TCP's and TLS's own, which the loopback would otherwise make free).
+        self.handshake_rtts = float(handshake_rtts)
         self._handshakes = 0
         self._resumed = 0
         self.default = Reply()

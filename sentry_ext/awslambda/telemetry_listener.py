@@ -30,6 +30,11 @@ MAX_CONNECTIONS = 8
 MAX_DEPTH = 32
 CLIENT_TIMEOUT_S = 5.0
 EVICT_AFTER_S = 0.05
+# Lambda posts one batch per connection the moment it connects: when the whole request is in the
+# socket already at the accept (at most INLINE_PEEK_BYTES), the accept thread serves it itself and
+# closes the connection: no thread started, no hand-off, and no read can block, nor any wait slow
+# the accept loop down. Anything else (larger, later, kept alive) gets a thread as before.
+INLINE_PEEK_BYTES = 65536
 REFUSALS = {404: "not the subscribed path", 405: "not a POST", 411: "no single Content-Length",
             413: "batch too large", 503: "listener busy"}
 
@@ -45,10 +50,17 @@ class _Handler(BoundedHandler):
 
     def setup(self) -> None:
         self.timeout = CLIENT_TIMEOUT_S  # Lambda posts a whole batch at once: a slow client is not Lambda
+        self.inline = threading.get_ident() == self.server.accept_ident
         super().setup()
 
+    def handle(self) -> None:
+        if self.inline:  # one request, whole in the socket already (TelemetryListener.process_request)
+            self.handle_one_request()
+        else:
+            super().handle()
+
     def _answer(self, status: int, close: bool = False) -> None:
-        if close:
+        if close or self.inline:
             self.close_connection = True
         self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\n%s\r\n" % (
             status, RESPONSE_REASONS.get(status, "").encode("latin-1"), b"Connection: close\r\n" if close else b""))
@@ -162,6 +174,29 @@ def within_depth(value: Any, limit: int) -> bool:
     return True
 
 
+def _whole_request_waiting(conn: socket.socket) -> bool:
+    """True if a complete request with a Content-Length body (at most INLINE_PEEK_BYTES) is in
+    ``conn``'s receive buffer now; nothing is consumed, nothing waited for."""
+    try:
+        data = conn.recv(INLINE_PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (OSError, ValueError):  # BlockingIOError: nothing there yet
+        return False
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return False
+    length = None
+    for line in data[:head_end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and length is not None):
+            return False
+        if name == b"content-length":
+            length = content_length(value.decode("latin-1").strip())
+            if length is None:
+                return False
+    return len(data) >= head_end + 4 + (length or 0)
+
+
 class TelemetryListener(BoundedServer):
     """The Telemetry API's HTTP destination, served from daemon threads: hands each batch (a list
     of records, each nesting at most MAX_DEPTH deep) to ``on_batch``.
@@ -183,6 +218,21 @@ class TelemetryListener(BoundedServer):
         self._path_bytes = self.path.encode("ascii")
         self._refusals_logged: Set[int] = set()  # statuses whose first refusal was logged
         self._refusals_lock = threading.Lock()
+
+    accept_ident: Optional[int] = None  # the accept thread's, once it served a request itself
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if _whole_request_waiting(request) and self._slots.acquire(blocking=False):
+            self.accept_ident = threading.get_ident()
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+                self._slots.release()
+            return
+        super().process_request(request, client_address)
 
     def first_refusal(self, status: int) -> bool:
         """Whether this is the first refusal with ``status`` (the one to log)."""

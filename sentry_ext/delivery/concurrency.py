@@ -71,6 +71,12 @@ class ConcurrencyController:
         return self.level
 
 
+    def idle_left(self) -> float:
+        """Seconds until the level may next fall: an idle thread above ``minimum`` needs to look
+        whether it is surplus only then."""
+        return self._busy_at + self.idle_s - self._clock()
+
+
 class CpuShare:
     """The share of one core this process used over the last window of at least ``window_s``
     (injected clocks); ``read`` is cheap between windows (it returns the last value)."""

@@ -7,11 +7,11 @@ deadline a request is started only if it can be answered before it (``rtt.py``).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
+from .backoff import BACKOFF_BASE_S, BACKOFF_CAP_S, UpstreamHealth  # noqa: F401 (re-exported)
 from .queue import BoundedQueue
 from .concurrency import ConcurrencyController, CpuShare
 from .request import Request
@@ -21,52 +21,13 @@ from .transport import Outcome, Result, Transport
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 30.0
-IDLE_POLL_S = 1.0  # an idle sender looks this often whether it is surplus
+RETIRE_CHECK_MIN_S = 0.05  # an idle sender above the minimum looks again no sooner than this
 MAX_BUGS_KEPT = 32  # distinct sender bugs whose traceback was logged (then forgotten, and logged again)
 
 # Called with (request, result) after every upstream reply (any status): the pipeline learns rate limits here.
 ResponseHook = Callable[[Request, Result], None]
 # Called with (request, reason) when the extension gives a request up.
 DropHook = Callable[[Request, str], None]
-
-
-class UpstreamHealth:
-    """Consecutive-failure counter: a failing upstream is skipped for a jittered, growing grace period."""
-
-    def __init__(self, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S,
-                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self._clock = clock
-        self.failures = 0
-        # Jitter from the OS at each draw: a PRNG seeded in Init would be shared by every copy
-        # restored from a SnapStart snapshot, and their retries would fall in step.
-        self._rng = rng or random.SystemRandom()
-        self._lock = threading.Lock()
-        self._until = 0.0  # monotonic end of the current grace period
-
-    def failure(self) -> float:
-        """Record a failure; returns the grace period in seconds (full jitter over the upper half).
-
-        A failure inside the current grace period came from a request already in flight when it
-        began (parallel senders): same outage, so it does not escalate the period again.
-        """
-        now = self._clock()
-        with self._lock:
-            if now < self._until:
-                return self._until - now
-            self.failures += 1
-            ceiling = min(self.cap_s, self.base_s * (2 ** min(self.failures - 1, 20)))
-            grace = ceiling * (0.5 + self._rng.random() / 2)
-            self._until = now + grace
-            return grace
-
-    def success(self) -> None:
-        with self._lock:
-            self.failures = 0
-            self._until = 0.0
 
 
 class Forwarder:
@@ -93,6 +54,9 @@ class Forwarder:
         # wait is no sample of the upstream's. ``_generation`` moves when a wait starts or ends.
         self._generation = 0
         self._in_next = False
+        # Before the first reply: when each request in flight went out (on ``clock``), and in which
+        # generation; a request unanswered for longer than a loopback takes says the upstream is far.
+        self._sent_at: Dict[int, Tuple[float, int]] = {}
         self.clock: Callable[[], float] = time.monotonic  # round trips are timed on it (tests step it)
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
@@ -115,8 +79,7 @@ class Forwarder:
     def stop(self) -> None:
         self._stop.set()
         self.queue.on_backlog = None
-        with self.queue.cond:
-            self.queue.cond.notify_all()
+        self.queue.kick()  # idle senders wait with no time limit: wake them to see the stop
 
     def waiting_in_next(self, waiting: bool) -> None:
         """The lifecycle starts (True) or ends (False) a wait in /event/next, during which the
@@ -148,8 +111,18 @@ class Forwarder:
             return 0
         with self._lock:
             outstanding, floor = len(self.queue), self.rtt.floor()
+            unanswered = self._unanswered_for() if floor is None else None
+            if unanswered is not None:
+                # No round trip measured yet, but a request has waited longer than a loopback
+                # takes: the upstream is at least that far. The burst gets its connections now,
+                # not one step per round trip (a first reply comes only after a handshake's
+                # round trips and the request's). No CPU check: this is no stretched sample.
+                floor, cpu = unanswered, 0.0
             # the CPU share is read only when more threads are wanted (it sums every thread's time)
-            cpu = self.cpu.read() if self.controller.need(outstanding, floor) > self._alive else 0.0
+            elif self.controller.need(outstanding, floor) > self._alive:
+                cpu = self.cpu.read()
+            else:
+                cpu = 0.0
             level = self.controller.update(outstanding, floor, cpu)
             count = level - self._alive
             if limit is not None:
@@ -187,12 +160,20 @@ class Forwarder:
                 return True
             return False
 
+    def _idle_wait(self) -> Optional[float]:
+        """How long an idle sender waits for a request: with no time limit at or below the minimum
+        (no wake-up while idle); above it, until the controller may lower the level and retire it."""
+        with self._lock:
+            if self._alive <= self.controller.minimum:
+                return None
+            return max(RETIRE_CHECK_MIN_S, self.controller.idle_left())
+
     def _run(self) -> None:
         while not self._stop.is_set():
             req = None
             attempts = 0
             try:
-                req = self.queue.get(timeout=IDLE_POLL_S)
+                req = self.queue.get(timeout=self._idle_wait())
                 if req is None:
                     if self._retire():
                         return
@@ -261,10 +242,32 @@ class Forwarder:
         floor = self.rtt.timeout()
         return None, remaining if floor is None else max(remaining, floor)
 
+    def _unanswered_for(self) -> Optional[float]:
+        """How long the oldest request in flight, sent in this generation outside a wait in
+        /event/next, has gone unanswered, if that is longer than a loopback round trip; None
+        otherwise (called under ``_lock``)."""
+        if not self._sent_at or self._in_next:
+            return None
+        generation = self._generation
+        starts = [at for at, gen in self._sent_at.values() if gen == generation]
+        if not starts:
+            return None
+        waited = self.clock() - min(starts)
+        return waited if waited >= self.controller.near_rtt_s else None
+
     def _send(self, req: Request, read_timeout: Optional[float]) -> Result:
         generation = None if self._in_next else self._generation
         started = self.clock()
-        result = self.transport.send(req, read_timeout=read_timeout)
+        first = self.rtt.samples == 0
+        if first:
+            with self._lock:
+                self._sent_at[id(req)] = (started, self._generation)
+        try:
+            result = self.transport.send(req, read_timeout=read_timeout)
+        finally:
+            if first:
+                with self._lock:
+                    self._sent_at.pop(id(req), None)
         if result.status:
             elapsed = self.clock() - started
             # Not a sample: a round trip in flight while the lifecycle waited in /event/next (the

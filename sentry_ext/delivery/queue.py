@@ -10,6 +10,26 @@ from typing import Callable, Deque, Dict, List, Optional
 from .request import Request
 
 
+class _LastInFirstOut(threading.Condition):
+    """A condition whose ``notify`` wakes the waiter that began waiting last. Senders wait on the
+    queue: the one that finished most recently takes the next request (its stack, its connection
+    and the CPU's caches are warm), and the threads a past burst left idle stay idle, so the
+    forwarder can retire them (``threading.Condition`` wakes the longest-waiting one: every
+    request went to a different thread and none was ever idle for long)."""
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters  # type: ignore[attr-defined]
+        while waiters and n > 0:
+            waiter = waiters.pop()  # the newest; a waiter that timed out removes itself (wait's finally)
+            try:
+                waiter.release()
+            except RuntimeError:  # already released
+                continue
+            n -= 1
+
+
 class BoundedQueue:
     """FIFO bounded by items and bytes; an item counts against the caps until ``done``."""
 
@@ -23,11 +43,12 @@ class BoundedQueue:
         # Two conditions on one lock: a put wakes one sender, not all of them (each needless
         # wake-up costs a GIL hand-off the ingest threads wait behind), and only a flush waits
         # for the queue to go idle.
-        self.cond = threading.Condition(lock)   # getters: an item (or a resume) is there
+        self.cond = _LastInFirstOut(lock)   # getters: an item (or a resume) is there
         self._idle = threading.Condition(lock)  # join: nothing queued or in flight, or a pause changed
         self._paused_until = 0.0  # monotonic; getters wait while upstream is in its grace period
         self._held_until = 0.0  # monotonic; getters wait: too close to a deadline to start a request
         self._waiting = 0  # getters blocked in ``get``
+        self._kicks = 0  # ``kick`` calls: a getter waiting through one returns None
         self._closed = False
         # Called (outside the lock) after a put that found more items queued than idle getters.
         self.on_backlog: Optional[Callable[[], None]] = None
@@ -48,27 +69,35 @@ class BoundedQueue:
             self.on_backlog()
         return True
 
-    def get(self, timeout: float) -> Optional[Request]:
-        """Take the oldest item, waiting up to ``timeout`` (and past any pause); None if none."""
-        deadline = time.monotonic() + timeout
+    def get(self, timeout: Optional[float]) -> Optional[Request]:
+        """Take the oldest item, waiting up to ``timeout`` (and past any pause; None: until an
+        item comes or the queue closes, with no wake-up meanwhile); None if none."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
+            kicks = self._kicks
             while True:
                 now = time.monotonic()
-                if self._closed or now >= deadline:
+                if self._closed or kicks != self._kicks or (deadline is not None and now >= deadline):
                     return None
                 until = max(self._paused_until, self._held_until)
                 if self._items and now >= until:
                     req = self._items.popleft()
                     self._in_flight.append(req)
                     return req
-                wait = deadline - now
+                wait = None if deadline is None else deadline - now
                 if self._items:
-                    wait = min(wait, until - now)
+                    wait = until - now if wait is None else min(wait, until - now)
                 self._waiting += 1
                 try:
-                    self.cond.wait(max(wait, 0.001))
+                    self.cond.wait(None if wait is None else max(wait, 0.001))
                 finally:
                     self._waiting -= 1
+
+    def kick(self) -> None:
+        """Make every getter waiting now return None (its owner has something else to check)."""
+        with self.cond:
+            self._kicks += 1
+            self.cond.notify_all()
 
     def _release(self, req: Request) -> bool:
         # take_all() may have handed the item to the spool already

@@ -9,6 +9,8 @@ and the bytes of bodies being read; ``BoundedHandler`` reads headers with the bo
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import socket
 import sys
 import threading
@@ -56,11 +58,49 @@ class BoundedServer(ThreadingHTTPServer):
         self._waiting: Dict[socket.socket, float] = {}  # connection -> since when it waits on its client
         self._waiting_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # shutdown() wakes the accept loop through it
 
     def start(self, name: str) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name=name, daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        """Accept until ``shutdown``: blocked in poll with no timeout, so an idle server never
+        wakes (``serve_forever`` wakes every poll interval to look for a shutdown request)."""
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = selector.select()
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the accept loop and wait until it has stopped (at once if it never started)."""
+        self._stopping = True
+        if self._thread is None:
+            return
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Cap concurrent connections: a flood of idle sockets must not become a flood of threads,
