@@ -19,8 +19,8 @@ reversed every other round; the existing benchmark code takes each figure:
   (the background init), then 4 threads × 500 posts: posts/s and CPU per envelope;
 - CPU per thawed invocation: tools/bench_cost.py ``run_sandbox`` (the sample function in the
   emulator, ``adaptive``, HTTPS upstream 80 ms away closing connections idle for 0.3 s, so each
-  0.5 s freeze outlasts them) and ``cpu_per_invocation``: CPU after 20 invocations less after 5,
-  over 15, both read (during the freeze) in the same sandbox. ``--ca certifi`` (default) has the
+  0.5 s freeze outlasts them), counted as that suite counts it: the extension's CPU over the
+  thawed invocations after the first ``CPU_WARM`` (``perf stat`` where there is one, else /proc). ``--ca certifi`` (default) has the
   extension trust certifi's bundle with the upstream's certificate appended, as a Lambda loads the
   whole bundle (loading it is part of what a TLS context costs); ``--ca self``: the certificate
   alone, as tools/bench_cost.py does. ``--cpu-share 128mb`` runs these sandboxes in tools/bench_cost.py's
@@ -138,21 +138,23 @@ def measure_startup(trees: List[Tree], order: List[Tree], tmp: Path, dsn: str, c
 
 
 def measure_cpu(order: List[Tree], tmp: Path, cert: Path, key: Path, ca: Optional[Path], share_128mb: bool) -> None:
-    """One 20-invocation sandbox per tree: CPU per thawed invocation, handshakes, billed time."""
-    first, last = bench_cost.CPU_RUNS
+    """One sandbox per tree, counted as the cost suite counts it (``bench_cost``: the extension's
+    CPU over the thawed invocations after the first ``CPU_WARM``, by ``perf stat`` where there is
+    one): CPU per thawed invocation, handshakes, billed time."""
+    warm, last = bench_cost.CPU_WARM, bench_cost.CPU_WARM + bench_cost.CPU_COUNTED
     for tree in order:
         say("CPU per invocation: %s ..." % tree.key)
         contender = bench_cost.Contender(tree.key, tree.key, "ours", tree.opt, EXTENSION_NAME, "adaptive")
         if share_128mb:
             with CpuQuota(lambda_quota_us(bench_cost.MEMORY_MB, bench_cost.PERIOD_US), bench_cost.PERIOD_US) as quota:
-                run = bench_cost.run_sandbox(contender, tmp, cert, key, last, quota, ca_file=ca)
+                run = bench_cost.run_sandbox(contender, tmp, cert, key, last, quota, count_from=warm, ca_file=ca)
         else:
-            run = bench_cost.run_sandbox(contender, tmp, cert, key, last, None, ca_file=ca)
+            run = bench_cost.run_sandbox(contender, tmp, cert, key, last, None, count_from=warm, ca_file=ca)
         rows = run["rows"]
         ok = len(rows) == last and not run["failed"]
         tree.samples["cpu_per_invocation_ms"].append(
-            bench_cost.cpu_per_invocation([rows[first - 1]], [rows[last - 1]]) if ok else None)
-        thawed = rows[first:] if ok else []  # invocations 6-20, as the CPU figure
+            bench_cost.counted_per_invocation([run])["cpu_per_invocation_ms"] if ok else None)
+        thawed = rows[warm:] if ok else []  # the counted invocations
         for figure, field in (("handshakes_per_invocation", "handshakes"), ("resumed_per_invocation", "resumed")):
             tree.samples[figure].append(sum(r[field] for r in thawed) / len(thawed) if thawed else None)
         tree.samples["billed_ms"].append(median([r.get("billed_ms") for r in thawed]))
