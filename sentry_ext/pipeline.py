@@ -210,8 +210,6 @@ class Pipeline:
     def flush(self, timeout: float) -> bool:
         """Deliver everything queued and in flight, pending client reports included, within ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
-        if self.metrics is not None:
-            self.metrics.flush()  # the figures of the reports since the last drain: one envelope
         reported = self.reports.send() if self.discards.has_pending else True
         done = self.forwarder.flush(timeout)
         if done and not reported and self.reports.send():

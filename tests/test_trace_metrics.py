@@ -15,7 +15,7 @@ from helpers import KEY, StartPipeline, wait_until
 from sentry_ext.awslambda.telemetry_records import Report, parse_batch
 from sentry_ext.config import load
 from sentry_ext.delivery.request import Request
-from sentry_ext.insight.metrics import CONTENT_TYPE, ReportMetrics, estimated_cost
+from sentry_ext.insight.metrics import CONTENT_TYPE, MAX_AGE_S, ReportMetrics, estimated_cost
 from sentry_ext.protocol.body import decode_body
 from sentry_ext.protocol.envelope import Envelope, category
 from tools.fake_upstream import FakeUpstream
@@ -109,8 +109,11 @@ def test_an_old_batch_leaves_with_the_next_report() -> None:
     clock = [100.0]
     metrics = ReportMetrics(load(ENV), sink, lambda rid: {}, clock=lambda: clock[0])
     metrics.feed(parse_batch([report("a")]))
-    clock[0] += 11.0
+    clock[0] += MAX_AGE_S - 1
     metrics.feed(parse_batch([report("b")]))
+    assert not sink.requests and len(metrics) > 0  # not yet: one request per many invocations
+    clock[0] += 1.0
+    metrics.feed(parse_batch([report("c")]))
     assert len(sink.requests) == 1 and len(metrics) == 0
 
 
@@ -125,6 +128,7 @@ def test_a_rate_limited_batch_is_dropped_and_reported_in_its_own_categories(
     pipe = pipelines(SENTRY_EXT_METRICS="on")
     pipe.limits.update(KEY, 200, {"X-Sentry-Rate-Limits": "60:trace_metric:project"})
     pipe.on_telemetry([report("a"), report("b")])
+    pipe.metrics.flush()  # as at SHUTDOWN (a drain leaves the batch to grow)
     assert pipe.flush(5.0)
     assert wait_until(lambda: upstream.items("client_report"), 5)
     (report_item,) = [json.loads(p) for _, _, p in upstream.items("client_report")]
@@ -144,6 +148,8 @@ def test_metrics_off_builds_nothing(pipelines: StartPipeline, upstream: FakeUpst
 def test_metrics_reach_the_upstream(pipelines: StartPipeline, upstream: FakeUpstream) -> None:
     pipe = pipelines()
     pipe.on_telemetry([report("a", initDurationMs=300.0)])
+    assert pipe.flush(5.0) and upstream.items("trace_metric") == []  # a drain leaves the batch to grow
+    pipe.metrics.flush()  # as at SHUTDOWN
     start = time.monotonic()
     assert pipe.flush(5.0) and time.monotonic() - start < 5.0
     (_, header, payload) = upstream.items("trace_metric")[0]

@@ -11,8 +11,10 @@ header ``{"type": "trace_metric", "item_count": N, "content_type":
 its failure event and transaction use).
 
 Batched: figures wait in ``pending`` (at most ``max_items``, the figures of one report never
-split) and leave as one gzip'd envelope per ``flush`` (the pipeline's drain, SHUTDOWN), or when
-the batch is full or older than ``MAX_AGE_S`` when a report arrives.
+split) and leave as one gzip'd envelope when the batch is full or older than ``MAX_AGE_S`` when a
+report arrives, and at SHUTDOWN (``flush``). Not at every drain: one more upstream request per
+invocation costs more than the figures are worth (a new TLS connection after each freeze: ~1.5 ms
+of CPU, ~40 ms of post-runtime at 128 MB; tools/BENCHMARKS.md, issue 22).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ COST_UNIT = "usd"
 PRICE_PER_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
 PRICE_PER_REQUEST = 0.0000002
 MAX_ITEMS = 100  # figures per envelope (and pending at most)
-MAX_AGE_S = 10.0  # a batch this old leaves with the next report even without a drain
+MAX_AGE_S = 60.0  # a batch this old leaves with the next report
 GZIP_LEVEL = 1
 
 
