@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import errno
 import http.client
 import logging
 import queue
+import socket
 import ssl
 import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -19,9 +21,11 @@ import urllib3  # noqa: E402
 from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: E402
 from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
+from urllib3.connection import _get_default_user_agent  # noqa: E402
 
 from ..config import Config  # noqa: E402
 from ..util.records import Record  # noqa: E402
+from . import http1  # noqa: E402
 from .request import Request  # noqa: E402
 from .tls import client_context  # noqa: E402
 
@@ -224,6 +228,8 @@ class Transport:
         self._read_s = cfg.read_timeout_ms / 1000.0
         self._connect_s = cfg.connect_timeout_ms / 1000.0
         self._timeout = urllib3.Timeout(connect=self._connect_s, read=self._read_s)
+        self._fixed = http1.fixed_head(self.pool) if not self._absolute and self.pool.proxy is None else None
+        self._agent = _get_default_user_agent()
 
     def read_timeout_for(self, read_timeout: Optional[float] = None) -> float:
         """The read timeout (s) ``send`` applies when asked to cap it at ``read_timeout``."""
@@ -239,7 +245,13 @@ class Transport:
             timeout = urllib3.Timeout(connect=min(self._connect_s, capped), read=capped)
         target = self.dsn.api_url(req.upstream_path) if self._absolute else self.dsn.path + req.upstream_path
         _ATTEMPT.reused, _ATTEMPT.written, _ATTEMPT.head = False, False, False
+        head = None
+        if self._fixed is not None:
+            head = http1.encode_head(target, self._fixed, req.headers, len(req.body), self._agent)
         try:
+            if head is not None:
+                reply = self._exchange(target, head, req.body, timeout)
+                return _result(reply.status, reply.headers, reply.body)
             resp = self.pool.urlopen("POST", target, body=req.body, headers=req.headers,
                                      retries=False, redirect=False, preload_content=True, timeout=timeout)
         except ReadTimeoutError as exc:
@@ -258,16 +270,54 @@ class Transport:
             return Result(Outcome.STALE, error=_describe(exc), maybe_delivered=may_have_been_read(exc))
         except HTTPError as exc:
             return Result(Outcome.RETRY, error=_describe(exc))
-        status = resp.status
-        headers = resp.headers
-        if 200 <= status < 300:
-            return Result(Outcome.OK, status, headers)
-        if status == 429:
-            return Result(Outcome.RATE_LIMITED, status, headers, "HTTP 429")
-        if status >= 500 or status == 408:
-            return Result(Outcome.RETRY, status, headers, "HTTP %d" % status)
-        body = (resp.data or b"")[:200].decode("utf-8", "replace")
-        return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
+        return _result(resp.status, resp.headers, resp.data)
+
+    def _exchange(self, target: str, head: bytes, body: bytes, timeout: Any) -> http1.Reply:
+        """One request on a pooled connection without urlopen (http1.py), raising what urlopen
+        would raise (retries=False), so that ``send`` classifies every failure as before."""
+        pool = self.pool
+        conn = pool._get_conn()  # a pooled connection found dropped is closed here: connect anew
+        try:
+            fresh = conn.sock is None
+            if fresh:
+                conn.timeout = timeout.connect_timeout
+                try:
+                    conn.connect()  # _Tracked.connect: not reused
+                except OSError as exc:  # a handshake's timeout is a read timeout to urllib3
+                    raise _wrap(exc, pool, target, timeout.connect_timeout, False) from exc
+            else:
+                _ATTEMPT.reused = conn.served > 0
+            sock, read_s = conn.sock, timeout.read_timeout
+            if sock.gettimeout() != read_s:  # one ioctl when it changes, not three per request
+                sock.settimeout(read_s)
+            try:
+                # One write on a warm connection; two on a new one, as urllib3's: a close just after
+                # the handshake then fails the second, before the request went out whole (test_tls.py).
+                if not fresh and len(body) < http1.JOIN_BELOW:
+                    sock.sendall(head + body)
+                else:
+                    sock.sendall(head)
+                    sock.sendall(body)
+                _ATTEMPT.written = True
+            except OSError as exc:  # urllib3 reads the reply after a reset or a broken pipe
+                if isinstance(exc, ssl.SSLError) or exc.errno not in (errno.EPIPE, errno.EPROTOTYPE, errno.ECONNRESET):
+                    raise _wrap(exc, pool, target, read_s, True) from exc
+            try:
+                reply = http1.read_reply(sock, _on_head)
+            except OSError as exc:
+                raise _wrap(exc, pool, target, read_s, False) from exc
+            except http1.BadLength as exc:  # urllib3's InvalidHeader
+                raise HTTPError(str(exc)) from exc
+            except http.client.HTTPException as exc:
+                raise ProtocolError("Connection broken: %r" % exc if _ATTEMPT.head else "Connection aborted.",
+                                    exc) from exc
+        except BaseException:
+            conn.close()
+            pool._put_conn(None)  # as urlopen: the slot opens a new connection next time
+            raise
+        conn.served += 1
+        pool._put_conn(conn if reply.keep else conn.close())  # a closed one leaves None in its slot
+        return reply
 
     def close_connections(self) -> None:
         """Close every idle pooled connection, keeping the pool and its TLS context: the next send
@@ -303,6 +353,30 @@ class Transport:
             old.clear()
         else:
             old.close()
+
+
+def _wrap(exc: OSError, pool: Any, target: str, seconds: float, writing: bool) -> Exception:
+    """urllib3's exception for a socket error in its urlopen."""
+    if isinstance(exc, ssl.SSLError):  # CertificateError included
+        return SSLError(exc)
+    if not writing and (isinstance(exc, socket.timeout) or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)):
+        return ReadTimeoutError(pool, target, "Read timed out. (read timeout=%s)" % seconds)
+    return ProtocolError("Connection aborted.", exc)
+
+
+def _on_head() -> None:
+    _ATTEMPT.head = True
+
+
+def _result(status: int, headers: Any, data: Optional[bytes]) -> Result:
+    if 200 <= status < 300:
+        return Result(Outcome.OK, status, headers)
+    if status == 429:
+        return Result(Outcome.RATE_LIMITED, status, headers, "HTTP 429")
+    if status >= 500 or status == 408:
+        return Result(Outcome.RETRY, status, headers, "HTTP %d" % status)
+    body = (data or b"")[:200].decode("utf-8", "replace")
+    return Result(Outcome.SEND_ERROR, status, headers, "HTTP %d %s" % (status, body))
 
 
 def closed_under_us(exc: BaseException) -> bool:
