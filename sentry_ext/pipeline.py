@@ -107,18 +107,19 @@ class Pipeline:
         data.update(flush_mode=self.flush_control.mode, upstream=self.cfg.dsn.masked() if self.cfg.dsn else None)
         return data
 
-    def _before_queue(self, req: Request, header: Optional[Dict[str, Any]]) -> Any:
+    def _before_queue(self, req: Request, header: Optional[Dict[str, Any]], decoded: Optional[bytes] = None) -> Any:
+        """``decoded``: the body as the ingest decoded it for the header, when small (else None)."""
         # Periodic reports ride on ingest traffic: background mode never calls flush().
         self.reports.maybe_send()
         # Which request the envelope names: read from its body (decoded, up to 1 MiB) at most once,
         # and only if a tracker below cannot tell otherwise.
-        request_id_of = functools.lru_cache(maxsize=1)(functools.partial(aws_request_id, req))
+        request_id_of = functools.lru_cache(maxsize=1)(functools.partial(aws_request_id, req, decoded))
         # the SDK's trace for a failure event (and logs), of the request the envelope names
         self.invocations.note_envelope(header, request_id_of)
         if self.log_router is not None:
             self.log_router.note_sdk_envelope(req, header)  # the one-time duplicates hint
         if self.unfinished is not None:  # did the SDK send this request's transaction itself?
-            self.unfinished.note_envelope(req, header, request_id_of)
+            self.unfinished.note_envelope(req, header, request_id_of, decoded)
         return self.ingest_limits(req)
 
     def on_telemetry(self, batch: Any) -> None:

@@ -6,7 +6,7 @@ import zlib
 import pytest
 
 from sentry_ext.protocol.envelope import Envelope, EnvelopeError, category, parse_header
-from sentry_ext.protocol.body import HEADER_LINE_LIMIT, first_line
+from sentry_ext.protocol.body import HEADER_LINE_LIMIT, SHARED_DECODE_LIMIT, decode_body, first_line, header_and_body
 
 SAMPLE = (b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","dsn":"https://e12d836b15bb49d7bbf99e64295d995b@sentry.io/42"}\n'
           b'{"type":"attachment","length":10,"content_type":"text/plain","filename":"hello.txt"}\n'
@@ -67,6 +67,45 @@ def test_first_line_bounds_decompression() -> None:
         first_line(b"not gzip at all", "gzip")
     with pytest.raises(EnvelopeError):
         first_line(b"{}", "br")
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    raw = zlib.compressobj(wbits=-15)
+    return raw.compress(data) + raw.flush()
+
+
+@pytest.mark.parametrize("body, encoding", [
+    (SAMPLE, ""), (gzip.compress(SAMPLE), "gzip"), (gzip.compress(SAMPLE), "x-gzip"),
+    (zlib.compress(SAMPLE), "deflate"), (_raw_deflate(SAMPLE), "deflate"),
+    (gzip.compress(SAMPLE) + b"\x00" * 8, "gzip"),  # padding after the member
+    (gzip.compress(SAMPLE) + gzip.compress(b"more\n"), "gzip"),  # two members: decoded elsewhere
+    (zlib.compress(SAMPLE) + b"junk", "deflate"),
+    (gzip.compress(SAMPLE)[:-12], "gzip"),  # truncated: the header line still reads
+    (gzip.compress(SAMPLE[:100]), "gzip"),  # no newline at all
+    (gzip.compress(b"{}\n" + bytes(range(256)) * 300), "gzip"),  # decodes past the shared limit
+])
+def test_header_and_body_agree_with_first_line_and_decode_body(body: bytes, encoding: str) -> None:
+    line, decoded = header_and_body(body, encoding)
+    assert line == first_line(body, encoding)
+    if decoded is not None:
+        assert decoded == decode_body(body, encoding, 1 << 20) and len(decoded) <= SHARED_DECODE_LIMIT
+
+
+def test_header_and_body_shares_only_a_whole_small_single_stream() -> None:
+    assert header_and_body(gzip.compress(SAMPLE), "gzip")[1] == SAMPLE
+    assert header_and_body(_raw_deflate(SAMPLE), "deflate")[1] == SAMPLE
+    assert header_and_body(SAMPLE, "")[1] is None  # identity: nothing to decode
+    assert header_and_body(gzip.compress(SAMPLE) + gzip.compress(b"x"), "gzip")[1] is None
+    assert header_and_body(gzip.compress(SAMPLE)[:-12], "gzip")[1] is None
+
+
+def test_header_and_body_errors_as_first_line() -> None:
+    for body, encoding in ((b"not gzip at all", "gzip"), (b"{}", "br"),
+                           (gzip.compress(b"{" + b" " * (HEADER_LINE_LIMIT + 10)), "gzip")):
+        with pytest.raises(EnvelopeError):
+            first_line(body, encoding)
+        with pytest.raises(EnvelopeError):
+            header_and_body(body, encoding)
 
 
 def test_parse_header() -> None:

@@ -22,10 +22,11 @@ DECODE_LIMIT = 1024 * 1024  # decoded bytes looked through (a larger body: not l
 _AWS_REQUEST_ID = re.compile(rb'"aws_request_id"\s*:\s*"([^"\\]{1,64})"')
 
 
-def aws_request_id(req: Request) -> Optional[str]:
-    """The AWS request id the envelope's events name (the first one), or None."""
+def aws_request_id(req: Request, decoded: Optional[bytes] = None) -> Optional[str]:
+    """The AWS request id the envelope's events name (the first one), or None. ``decoded``: the
+    body already decoded whole (``header_and_body``), if it was."""
     try:
-        body = decode_body(req.body, req.encoding, DECODE_LIMIT)
+        body = decoded if decoded is not None else decode_body(req.body, req.encoding, DECODE_LIMIT)
     except EnvelopeError:
         return None
     match = _AWS_REQUEST_ID.search(body)

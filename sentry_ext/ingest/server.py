@@ -16,7 +16,7 @@ from ..delivery.request import Request
 from ..config import Config
 from ..protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
 from ..protocol.envelope import EnvelopeError, parse_header
-from ..protocol.body import first_line
+from ..protocol.body import header_and_body
 from ..util.http_numbers import content_length
 from ..util.stats import Stats
 
@@ -31,7 +31,9 @@ QUEUE_FULL_HEADERS = {"Retry-After": str(QUEUE_FULL_BACKOFF_S),
                       "X-Sentry-Rate-Limits": "%d::organization:extension_queue_full" % QUEUE_FULL_BACKOFF_S}
 
 # Returns (status, body, extra headers) for an accepted request, or None to use the default flow.
-IngestHook = Callable[[Request, Optional[Dict[str, Any]]], Optional[Tuple[int, Dict[str, Any], Dict[str, str]]]]
+# Called with the request, its envelope header and its body decoded (when small and compressed).
+IngestHook = Callable[[Request, Optional[Dict[str, Any]], Optional[bytes]],
+                      Optional[Tuple[int, Dict[str, Any], Dict[str, str]]]]
 
 
 class BadRequest(Exception):
@@ -173,8 +175,9 @@ class IngestHandler(BoundedHandler):
         self.server.client_wait(self.connection, False)
         encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
         header: Optional[Dict[str, Any]] = None
+        decoded = None  # the body decoded for its header, if small: shared with the hook, not queued
         if endpoint == "envelope":
-            header = self._envelope_header(body, encoding, required=kind == "tunnel")
+            header, decoded = self._envelope_header(body, encoding, required=kind == "tunnel")
         public_key = self._authenticate(project, query, header)
         if kind == "tunnel":
             upstream_path = "/api/%s/envelope/?sentry_key=%s&sentry_version=7" % (dsn.project_id, public_key)
@@ -188,16 +191,16 @@ class IngestHandler(BoundedHandler):
         event_id = header.get("event_id") if header else None
         req = Request(upstream_path=upstream_path, headers=headers, body=body, public_key=public_key,
                       event_id=event_id if isinstance(event_id, str) else None)
-        self._enqueue(req, header)
+        self._enqueue(req, header, decoded)
 
-    def _enqueue(self, req: Request, header: Optional[Dict[str, Any]]) -> None:
+    def _enqueue(self, req: Request, header: Optional[Dict[str, Any]], decoded: Optional[bytes] = None) -> None:
         server = self.server
         stats = server.stats
         stats.incr("received")
         stats.incr("bytes_received", len(req.body))
         hook = server.before_queue
         if hook is not None:
-            answer = hook(req, header)
+            answer = hook(req, header, decoded)
             if answer is not None:
                 status, payload, extra = answer
                 self._reply(status, payload, extra)
@@ -292,11 +295,14 @@ class IngestHandler(BoundedHandler):
                 raise BadRequest(400, "chunk not followed by CRLF", close=True)
         raise BadRequest(400, "too many chunks", close=True)
 
-    def _envelope_header(self, body: bytes, encoding: str, required: bool) -> Optional[Dict[str, Any]]:
+    def _envelope_header(self, body: bytes, encoding: str,
+                         required: bool) -> Tuple[Optional[Dict[str, Any]], Optional[bytes]]:
+        """The envelope header, and the body decoded whole if that was cheap (``header_and_body``)."""
         if encoding in ("br", "zstd") and not required:
-            return None  # not inspectable with the stdlib; forwarded untouched
+            return None, None  # not inspectable with the stdlib; forwarded untouched
         try:
-            return parse_header(first_line(body, encoding))
+            line, decoded = header_and_body(body, encoding)
+            return parse_header(line), decoded
         except EnvelopeError as exc:
             raise BadRequest(400, "malformed envelope: %s" % exc) from None
 

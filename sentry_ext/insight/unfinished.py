@@ -44,10 +44,13 @@ _TRANSACTION_ITEMS = (b'\n{"type":"transaction"', b'\n{"type": "transaction"')
 _DSC_FIELDS = ("trace_id", "sample_rate", "sampled", "release", "environment")
 
 
-def holds_transaction(req: Request) -> Optional[bool]:
+def holds_transaction(req: Request, decoded: Optional[bytes] = None) -> Optional[bool]:
     """Whether an SDK envelope holds a ``transaction`` item; None when its body cannot be read
     here (brotli, zstd, corrupt). An SDK puts its transaction first, right after the envelope
-    header: a compressed body is decoded only as far as ``PREFIX_BYTES``."""
+    header: a compressed body is decoded only as far as ``PREFIX_BYTES`` (``decoded``: the body
+    already decoded whole, if it was)."""
+    if decoded is not None:
+        return _found(decoded[:PREFIX_BYTES])
     encoding = req.encoding
     if encoding in ("", "identity"):
         return _found(req.body)
@@ -167,14 +170,15 @@ class UnfinishedTracker:
         self._emit(found)
 
     def note_envelope(self, req: Request, header: Optional[Mapping[str, Any]],
-                      request_id_of: Optional[Callable[[], Optional[str]]] = None) -> None:
+                      request_id_of: Optional[Callable[[], Optional[str]]] = None,
+                      decoded: Optional[bytes] = None) -> None:
         """An SDK envelope (before it is queued): its trace's sampling context, and whether it
-        holds the request's own transaction."""
+        holds the request's own transaction (``decoded``: its body decoded, if the ingest did)."""
         with self._lock:
             target = self._unambiguous()
             if target is not None and target.sdk_transaction and target.dsc is not None:
                 return  # nothing left to learn about this request
-        held = holds_transaction(req)
+        held = holds_transaction(req, decoded)
         if held is None:
             held = True  # cannot look inside: it may be the transaction, and a double is worse than none
         dsc = _dsc(header) if target is None or target.dsc is None else None

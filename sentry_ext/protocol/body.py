@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .envelope import EnvelopeError, category, header_bytes, json_object, parse_header
 
 HEADER_LINE_LIMIT = 64 * 1024  # bytes of decoded envelope header we are willing to inspect
+# A compressed body up to a quarter of this is decoded whole at once when its header line is read,
+# and what it decodes to (if it fits) is shared with the other readers of the same post.
+SHARED_DECODE_LIMIT = 64 * 1024
 INSPECTABLE_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")  # what the stdlib can decode
 
 # Scanning an envelope's items (``scan_items``: counting a dropped request, rate limits at ingest)
@@ -51,6 +54,28 @@ def first_line(body: bytes, encoding: str) -> bytes:
             raise EnvelopeError("envelope header line longer than %d bytes" % HEADER_LINE_LIMIT)
         return head
     return head[:end]
+
+
+def header_and_body(body: bytes, encoding: str) -> Tuple[bytes, Optional[bytes]]:
+    """``first_line(body, encoding)`` and, for a compressed body that decodes to at most
+    SHARED_DECODE_LIMIT bytes, the decoded body (as ``decode_body`` gives it; else None): the
+    readers of one SDK post inflate it once between them, not once each. Raises as ``first_line``."""
+    if encoding not in ("gzip", "x-gzip", "deflate") or len(body) > SHARED_DECODE_LIMIT // 4:
+        return first_line(body, encoding), None
+    wbits = zlib_wbits(body, encoding)
+    decomp = zlib.decompressobj(wbits)
+    try:
+        out = decomp.decompress(body, SHARED_DECODE_LIMIT + 1)  # the first stream's start, as _inflate_prefix's
+    except zlib.error:
+        return first_line(body, encoding), None  # maybe corrupt past the header line only: as before
+    end = out.find(b"\n", 0, HEADER_LINE_LIMIT + 1)
+    if end < 0 and len(out) > HEADER_LINE_LIMIT:
+        raise EnvelopeError("envelope header line longer than %d bytes" % HEADER_LINE_LIMIT)
+    line = out if end < 0 else out[:end]
+    # decode_body's conditions for a whole body in one stream (gzip: nothing but padding after it)
+    whole = (decomp.eof and not decomp.unconsumed_tail and len(out) <= SHARED_DECODE_LIMIT
+             and (wbits != 31 or not decomp.unused_data.strip(b"\x00")))
+    return line, out if whole else None
 
 
 def zlib_wbits(body: bytes, encoding: str) -> int:
