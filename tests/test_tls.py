@@ -51,6 +51,26 @@ def test_every_connection_shares_one_context_with_the_bundle_loaded_once(tmp_pat
         assert upstream.handshakes == 3
 
 
+def test_a_new_connection_resumes_the_last_session_after_the_upstream_closed_the_idle_one(
+        tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with FakeUpstream(tls=server_context(cert, key)) as upstream:
+        transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(cert)}))
+        context = transport.pool.conn_kw["ssl_context"]
+        for sends in range(1, 5):
+            transport.close_connections()  # as the upstream closing it during a freeze
+            assert transport.send(_request()).outcome == Outcome.OK
+            assert upstream.handshakes == sends
+        assert upstream.resumed == 3  # every connection after the first skipped the certificate
+        kept = context.session_to_resume
+        assert kept is not None and kept.has_ticket
+        transport.drop_connections()  # after a SnapStart restore: a new pool and context, no old session
+        assert transport.pool.conn_kw["ssl_context"] is not context
+        assert transport.pool.conn_kw["ssl_context"].session_to_resume is None
+        assert transport.send(_request()).outcome == Outcome.OK
+        assert upstream.resumed == 3
+
+
 def test_an_unreadable_ca_bundle_leaves_urllib3_to_report_it(tmp_path: Path) -> None:
     with FakeUpstream(tls=server_context(*self_signed(tmp_path))) as upstream:
         transport = Transport(load({"SENTRY_DSN": upstream.dsn(), "SSL_CERT_FILE": str(tmp_path / "missing.pem")}))

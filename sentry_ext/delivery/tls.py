@@ -4,6 +4,13 @@ urllib3, given no context, builds a new ``SSLContext`` for every connection and 
 bundle into it: certifi's bundle costs ~16 ms of CPU each time (development VM), which after a
 freeze (the upstream closed the idle connections) is paid again per connection, i.e. per
 invocation. Here the context is made once, and the bundle loaded once, at the first connection.
+
+It also offers the upstream's last TLS session to each new connection (urllib3 passes no
+``session=``): an upstream that closed the idle connections during a freeze then skips sending
+its certificate chain and we skip verifying it. The transport hands the context a session once a
+new connection's reply is in (a TLS 1.3 ticket arrives after the handshake) and the session was
+not itself a resumption: reading one costs CPython a copy of it, with its certificate. A session
+the upstream no longer accepts only means a full handshake, after which its new one is kept.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ class LazyCaContext(ssl.SSLContext):
     def __new__(cls, *args: Any, **kwargs: Any) -> "LazyCaContext":
         self = super().__new__(cls, *args, **kwargs)
         self.ca_file = None
+        self.session_to_resume = None
         self._ca_lock = threading.Lock()
         return self
 
     ca_file: Optional[str]  # loaded before the first connection (then None)
+    session_to_resume: Optional[ssl.SSLSession]  # offered to every new client connection
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
         if self.ca_file is not None:
@@ -31,7 +40,25 @@ class LazyCaContext(ssl.SSLContext):
                 if self.ca_file is not None:
                     self.load_verify_locations(cafile=self.ca_file)
                     self.ca_file = None
+        if kwargs.get("session") is None and not kwargs.get("server_side"):
+            kwargs["session"] = self.session_to_resume
         return super().wrap_socket(*args, **kwargs)
+
+
+def keep_session(sock: Any) -> None:
+    """Offer the session of ``sock``, a new connection whose reply is in, to later connections of
+    its context, unless it resumed one (that one works) or is no TLS socket of a ``LazyCaContext``."""
+    context = getattr(sock, "context", None)
+    if not isinstance(context, LazyCaContext):
+        return
+    try:
+        if sock.session_reused:
+            return
+        session = sock.session
+    except (ValueError, OSError):  # closed meanwhile
+        return
+    if session is not None and session.has_ticket:
+        context.session_to_resume = session
 
 
 def client_context(ca_file: str) -> LazyCaContext:

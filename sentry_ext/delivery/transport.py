@@ -18,16 +18,15 @@ from ..util.lean_imports import HTTP2_PACKAGE, bind_parent, certifi_bundle
 lean_imports.install()  # before urllib3: keeps importlib.metadata out (lean_imports.py)
 
 import urllib3  # noqa: E402
-from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: E402
+from urllib3.connection import HTTPConnection, HTTPSConnection, _get_default_user_agent  # noqa: E402
 from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError  # noqa: E402
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # noqa: E402
-from urllib3.connection import _get_default_user_agent  # noqa: E402
 
 from ..config import Config  # noqa: E402
 from ..util.records import Record  # noqa: E402
 from . import http1  # noqa: E402
 from .request import Request  # noqa: E402
-from .tls import client_context  # noqa: E402
+from .tls import client_context, keep_session  # noqa: E402
 
 bind_parent(HTTP2_PACKAGE)
 
@@ -316,13 +315,14 @@ class Transport:
             pool._put_conn(None)  # as urlopen: the slot opens a new connection next time
             raise
         conn.served += 1
+        if fresh:
+            keep_session(sock)  # a TLS 1.3 ticket came with (or before) the reply
         pool._put_conn(conn if reply.keep else conn.close())  # a closed one leaves None in its slot
         return reply
 
     def close_connections(self) -> None:
-        """Close every idle pooled connection, keeping the pool and its TLS context: the next send
-        connects afresh. Cheap (no new pool or context), for the replies before a SnapStart
-        snapshot; a connection in use now is idle, and closed, after its own reply's call."""
+        """Close every idle pooled connection, keeping the pool and its TLS context (cheap), for the
+        replies before a SnapStart snapshot; one in use now is closed after its own reply's call."""
         pools = [self.pool]
         if isinstance(self.pool, urllib3.PoolManager):
             pools = [self.pool.pools.get(key) for key in self.pool.pools.keys()]
