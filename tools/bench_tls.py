@@ -1,8 +1,10 @@
 """What one upstream connection costs the client: the floor under the "connections closed" case.
 
-    .venv/bin/python tools/bench_tls.py [--requests N] [--rounds R]
+    .venv/bin/python tools/bench_tls.py [--requests N] [--rounds R] [--chain]
 
-The fake upstream (HTTPS, self-signed P-256 certificate, no delay) runs in a child process, so only
+The fake upstream (HTTPS, self-signed P-256 certificate as in ``tools/bench.py --cost``, no delay;
+with ``--chain`` a public CA's shape instead: leaf and intermediate sent, RSA, the root trusted
+among certifi's bundle) runs in a child process, so only
 the client's work is counted: the CPU time (``time.thread_time``, user + system) of this thread per
 request, medians over ``--rounds`` interleaved rounds of ``--requests`` each, for
 
@@ -12,7 +14,8 @@ request, medians over ``--rounds`` interleaved rounds of ``--requests`` each, fo
 - ``ssl, resumed session``: the same with the previous connection's TLS session offered;
 - ``ssl, kept connection``: one POST and its reply on a connection kept open;
 - ``ours, new connection`` and ``ours, kept connection``: ``Transport.send`` (urllib3, our TLS
-  context), a one-connection pool whose connection is closed before each new-connection request.
+  context), a one-connection pool whose connection is closed before each new-connection request;
+  a new connection offers the last TLS session, as the extension's do.
 
 "per new connection" is new minus kept: what a connection the upstream closed during a freeze adds to
 the request sent on it. ``tools/bench.py --cost`` counts about 3 of them per thawed invocation in its
@@ -38,7 +41,7 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # run as a script: make ``tools`` and ``sentry_ext`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.tlsutil import self_signed  # noqa: E402
+from tools.tlsutil import ca_chain, self_signed  # noqa: E402
 
 SERVER = """
 import sys
@@ -186,10 +189,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per case and round (default 300)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--chain", action="store_true",
+                        help="a three-certificate RSA chain whose root is trusted among certifi's bundle "
+                             "(default: the cost benchmark's self-signed P-256 certificate, trusted alone)")
     opts = parser.parse_args(argv)
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="sentry-ext-bench-tls-") as tmp:
-        cert, key = self_signed(Path(tmp))
+        if opts.chain:
+            import certifi
+            cert, key, root = ca_chain(Path(tmp) / "chain")
+            trusted = Path(tmp) / "trusted.pem"
+            trusted.write_text(Path(certifi.where()).read_text() + root.read_text())
+        else:
+            cert, key = self_signed(Path(tmp))
+            trusted = cert
         server = subprocess.Popen([sys.executable, "-c", SERVER, str(cert), str(key), str(root)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
@@ -198,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not dsn:
                 raise RuntimeError("the fake upstream did not start")
             started = time.monotonic()
-            results = measure(dsn, str(cert), opts.requests, opts.rounds)
+            results = measure(dsn, str(trusted), opts.requests, opts.rounds)
             elapsed = time.monotonic() - started
         finally:
             if server.stdin is not None:
@@ -209,8 +222,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 server.kill()
                 server.wait(5)
     print(report(results))
-    print("\n%s: %d rounds x %d requests per case, interleaved, %.0f s; Python %s, %s"
-          % (Path(sys.argv[0]).name, opts.rounds, opts.requests, elapsed, sys.version.split()[0], ssl.OPENSSL_VERSION))
+    print("\n%s%s: %d rounds x %d requests per case, interleaved, %.0f s; Python %s, %s"
+          % (Path(sys.argv[0]).name, " --chain" if opts.chain else "", opts.rounds, opts.requests, elapsed,
+             sys.version.split()[0], ssl.OPENSSL_VERSION))
     return 0
 
 
