@@ -33,7 +33,7 @@ SETTINGS = (
     ("host", None, "127.0.0.1", None, "ingest address (loopback only)"),
     ("port", "SENTRY_EXT_PORT", 5333, (1, 65535), "ingest port"),
     ("max_body_bytes", "SENTRY_EXT_MAX_BODY_BYTES", 4 * MIB, (1024, 200 * MIB), "largest SDK body"),
-    ("queue_max_items", "SENTRY_EXT_QUEUE_MAX_ITEMS", 1000, (1, 100000), "queue bound in requests"),
+    ("queue_max_items", "SENTRY_EXT_QUEUE_MAX_ITEMS", 4000, (1, 100000), "queue bound in requests"),
     ("queue_max_bytes", "SENTRY_EXT_QUEUE_MAX_BYTES", 8 * MIB, (64 * 1024, 512 * MIB), "queue bound in bytes"),
     ("flush_mode", "SENTRY_EXT_FLUSH", "end", FLUSH_MODES, "when the queue is drained"),
     ("flush_timeout_ms", "SENTRY_EXT_FLUSH_TIMEOUT_MS", 2000, (0, 900000), "longest drain after an invocation"),
