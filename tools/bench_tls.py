@@ -110,15 +110,23 @@ class RawClient:
             self.sock = None
 
 
-def per_request(action: Callable[[], None], count: int) -> float:
-    """ms of this thread's CPU per call of ``action``."""
-    start = time.thread_time()
+def per_request(action: Callable[[], None], count: int, pause_s: float = 0.0) -> float:
+    """ms of this thread's CPU per call of ``action``, each call after ``pause_s`` asleep."""
+    if not pause_s:
+        start = time.thread_time()
+        for _ in range(count):
+            action()
+        return (time.thread_time() - start) * 1000.0 / count
+    total = 0.0
     for _ in range(count):
+        time.sleep(pause_s)  # caches cool meanwhile, as in a freeze
+        start = time.thread_time()
         action()
-    return (time.thread_time() - start) * 1000.0 / count
+        total += time.thread_time() - start
+    return total * 1000.0 / count
 
 
-def measure(dsn: str, cafile: str, requests: int, rounds: int) -> Dict[str, List[float]]:
+def measure(dsn: str, cafile: str, requests: int, rounds: int, pause_s: float = 0.0) -> Dict[str, List[float]]:
     from sentry_ext.config import load
     from sentry_ext.delivery.request import Request
     from sentry_ext.delivery.transport import Outcome, Transport
@@ -164,7 +172,7 @@ def measure(dsn: str, cafile: str, requests: int, rounds: int) -> Dict[str, List
         for name, action, prepare in (cases if round_no % 2 == 0 else list(reversed(cases))):
             if prepare is not None:
                 prepare()
-            results[name].append(per_request(action, requests))
+            results[name].append(per_request(action, requests, pause_s))
     raw.close()
     if raw.resumed == 0:
         results.pop("ssl, resumed session")  # the upstream gave no session to resume
@@ -189,6 +197,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per case and round (default 300)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--pause-ms", type=float, default=0.0,
+                        help="sleep this long before each request, uncounted (caches cool as in a freeze; "
+                             "default 0: a warm loop)")
     parser.add_argument("--chain", action="store_true",
                         help="a three-certificate RSA chain whose root is trusted among certifi's bundle "
                              "(default: the cost benchmark's self-signed P-256 certificate, trusted alone)")
@@ -211,7 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not dsn:
                 raise RuntimeError("the fake upstream did not start")
             started = time.monotonic()
-            results = measure(dsn, str(trusted), opts.requests, opts.rounds)
+            results = measure(dsn, str(trusted), opts.requests, opts.rounds, opts.pause_ms / 1000.0)
             elapsed = time.monotonic() - started
         finally:
             if server.stdin is not None:
@@ -222,8 +233,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 server.kill()
                 server.wait(5)
     print(report(results))
-    print("\n%s%s: %d rounds x %d requests per case, interleaved, %.0f s; Python %s, %s"
-          % (Path(sys.argv[0]).name, " --chain" if opts.chain else "", opts.rounds, opts.requests, elapsed,
+    print("\n%s%s%s: %d rounds x %d requests per case, interleaved, %.0f s; Python %s, %s"
+          % (Path(sys.argv[0]).name, " --chain" if opts.chain else "",
+             " --pause-ms %g" % opts.pause_ms if opts.pause_ms else "", opts.rounds, opts.requests, elapsed,
              sys.version.split()[0], ssl.OPENSSL_VERSION))
     return 0
 
