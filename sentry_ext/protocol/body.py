@@ -48,12 +48,17 @@ def first_line(body: bytes, encoding: str) -> bytes:
         head = _inflate_prefix(body, encoding)
     else:
         raise EnvelopeError("cannot inspect a %r body" % encoding)
-    end = head.find(b"\n")
+    return _header_line(head)
+
+
+def _header_line(decoded: bytes) -> bytes:
+    """The envelope header line at the start of ``decoded``; EnvelopeError past HEADER_LINE_LIMIT."""
+    end = decoded.find(b"\n", 0, HEADER_LINE_LIMIT + 1)
     if end < 0:
-        if len(head) > HEADER_LINE_LIMIT:
+        if len(decoded) > HEADER_LINE_LIMIT:
             raise EnvelopeError("envelope header line longer than %d bytes" % HEADER_LINE_LIMIT)
-        return head
-    return head[:end]
+        return decoded
+    return decoded[:end]
 
 
 def header_and_body(body: bytes, encoding: str) -> Tuple[bytes, Optional[bytes]]:
@@ -68,10 +73,7 @@ def header_and_body(body: bytes, encoding: str) -> Tuple[bytes, Optional[bytes]]
         out = decomp.decompress(body, SHARED_DECODE_LIMIT + 1)  # the first stream's start, as _inflate_prefix's
     except zlib.error:
         return first_line(body, encoding), None  # maybe corrupt past the header line only: as before
-    end = out.find(b"\n", 0, HEADER_LINE_LIMIT + 1)
-    if end < 0 and len(out) > HEADER_LINE_LIMIT:
-        raise EnvelopeError("envelope header line longer than %d bytes" % HEADER_LINE_LIMIT)
-    line = out if end < 0 else out[:end]
+    line = _header_line(out)
     # decode_body's conditions for a whole body in one stream (gzip: nothing but padding after it)
     whole = (decomp.eof and not decomp.unconsumed_tail and len(out) <= SHARED_DECODE_LIMIT
              and (wbits != 31 or not decomp.unused_data.strip(b"\x00")))
