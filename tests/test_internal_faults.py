@@ -348,7 +348,10 @@ def test_main_loop_survives_an_exception_handling_an_invoke(caplog: pytest.LogCa
 ], ids=["500", "not-an-event", "bad-length", "bad-chunk", "json-bomb", "garbage", "closed"])
 def test_main_loop_survives_a_broken_event_next_reply(reply: bytes, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="sentry_ext")
-    stub = StubLambda([reply, invoke("after"), {"eventType": "SURPRISE"}])
+    # A kept connection closed with no byte of a reply is taken for one the server closed while idle:
+    # the request goes once more, on a fresh connection, where the same close is the error.
+    broken = [reply, reply] if reply == b"" else [reply]
+    stub = StubLambda(broken + [invoke("after"), {"eventType": "SURPRISE"}])
     try:
         ext = Extension(load({"AWS_LAMBDA_RUNTIME_API": stub.address}), "sentry-lambda-extension",
                         LambdaApi(stub.address))
@@ -358,7 +361,7 @@ def test_main_loop_survives_a_broken_event_next_reply(reply: bytes, caplog: pyte
     finally:
         stub.close()
     assert handled == ["after"]
-    assert stub.nexts() == 4
+    assert stub.nexts() == 3 + len(broken)
     assert any("event/next failed" in r.getMessage() for r in caplog.records)
     assert any("unknown event type" in r.getMessage() for r in caplog.records)
 

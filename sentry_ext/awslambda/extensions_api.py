@@ -59,11 +59,24 @@ def _split_addr(addr: str) -> Tuple[str, int]:
     return host.strip("[]"), number
 
 
-def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
+class _Stale(Exception):
+    """A kept connection the server had closed: nothing of a reply came, so the request is resent."""
+
+
+def _read_response(sock: socket.socket, reused: bool = False) -> Tuple[int, Dict[str, str], bytes, bool]:
+    """The reply (status, headers, body) and whether the connection may carry the next request.
+    On a ``reused`` connection, an end or reset before any byte of the reply raises ``_Stale``."""
     buf = b""
     while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            if reused and not buf:
+                raise _Stale() from None
+            raise
         if not chunk:
+            if reused and not buf:
+                raise _Stale()
             raise LambdaApiError("connection closed before the response headers")
         buf += chunk
         if len(buf) > 65536 and b"\r\n\r\n" not in buf:
@@ -79,8 +92,11 @@ def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
+    # Kept only for an HTTP/1.1 reply whose body ended exactly where its Content-Length said.
+    keep = parts[0] == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = _read_chunked(sock, rest)
+        keep = False  # the last chunk's trailer is left unread
     elif "content-length" in headers:
         length = _number(headers["content-length"], "Content-Length")
         if length > MAX_RESPONSE_BYTES:
@@ -91,14 +107,19 @@ def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, str], bytes]:
             if not chunk:
                 raise LambdaApiError("connection closed mid-body")
             body += chunk
+        keep = keep and len(body) == length
+    elif status in (204, 304) and keep:  # no body; the server keeps the connection open
+        body = rest
+        keep = not rest
     else:
+        keep = False
         body = rest
         while len(body) <= MAX_RESPONSE_BYTES:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             body += chunk
-    return status, headers, body
+    return status, headers, body, keep
 
 
 def _read_chunked(sock: socket.socket, buf: bytes) -> bytes:
@@ -134,13 +155,15 @@ class LambdaApi:
         self._connect_host = self.host.encode("ascii") if self.host.isascii() else self.host
         self.extension_id: Optional[str] = None
         self.register_body = b""
+        self._sock: Optional[socket.socket] = None  # kept open between requests (HTTP/1.1 keep-alive)
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
                 headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0,
                 on_sent: Optional[Callable[[], None]] = None) -> Tuple[int, Dict[str, str], bytes]:
-        """One HTTP request on a fresh connection; ``timeout=None`` waits forever (long poll)."""
-        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (self.host, self.port),
-                 "Connection: close"]
+        """One HTTP request, on the connection kept from the last one (HTTP/1.1 keep-alive) if it is
+        still open; ``timeout=None`` waits forever (long poll). A kept connection the server closed
+        before any byte of the reply is replaced by a fresh one, once; any other failure raises."""
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (self.host, self.port)]
         if self.extension_id:
             lines.append("Lambda-Extension-Identifier: %s" % self.extension_id)
         for name, value in (headers or {}).items():
@@ -150,15 +173,42 @@ class LambdaApi:
             lines.append("Content-Type: application/json")
             lines.append("Content-Length: %d" % len(payload))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+        sock, self._sock = self._sock, None
         try:
-            with socket.create_connection((self._connect_host, self.port), timeout=5.0) as sock:
-                sock.settimeout(timeout)
-                sock.sendall(data)
-                if on_sent is not None:
-                    on_sent()
-                return _read_response(sock)
+            if sock is not None:
+                try:
+                    return self._exchange(sock, data, timeout, on_sent, True)
+                except _Stale:
+                    on_sent = None  # ran once already
+            sock = socket.create_connection((self._connect_host, self.port), timeout=5.0)
+            return self._exchange(sock, data, timeout, on_sent, False)
         except OSError as exc:
             raise LambdaApiError("%s %s failed: %s" % (method, path, exc)) from None
+
+    def _exchange(self, sock: socket.socket, data: bytes, timeout: Optional[float],
+                  on_sent: Optional[Callable[[], None]], reused: bool) -> Tuple[int, Dict[str, str], bytes]:
+        """Send ``data`` and read the reply on ``sock``, which is kept for the next request if the
+        reply allows it and closed otherwise (also on any exception, a StopSignal's included)."""
+        try:
+            if sock.gettimeout() != timeout:
+                sock.settimeout(timeout)
+            try:
+                sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                if reused:
+                    raise _Stale() from None
+                raise
+            if on_sent is not None:
+                on_sent()
+            status, headers, body, keep = _read_response(sock, reused)
+        except BaseException:
+            sock.close()
+            raise
+        if keep:
+            self._sock = sock
+        else:
+            sock.close()
+        return status, headers, body
 
     def _json(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None,
               headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0,
