@@ -15,7 +15,6 @@ from urllib3.exceptions import SSLError
 from helpers import KEY, PROJECT, envelope, wait_until
 from sentry_ext.delivery.queue import BoundedQueue
 from sentry_ext.config import load
-from sentry_ext.delivery import http1
 from sentry_ext.delivery.forwarder import Forwarder
 from sentry_ext.delivery.request import Request
 from sentry_ext.util.stats import Stats
@@ -85,21 +84,16 @@ def _freeze_after_first_handshake(monkeypatch: pytest.MonkeyPatch, upstream: Fak
     closed it as idle: what a freeze that begins just after the handshake does. Returns a list
     that holds one entry once that happened."""
     frozen: List[int] = []
+    real_connect = urllib3.connection.HTTPSConnection.connect
 
-    def frozen_after(real_connect: Any) -> Any:
-        def connect(conn: Any) -> Any:
-            closes = upstream.idle_closes
-            done = real_connect(conn)
-            if not frozen:
-                assert wait_until(lambda: upstream.idle_closes > closes, 5.0)
-                frozen.append(1)
-            return done
-        return connect
+    def connect(conn: Any) -> None:
+        closes = upstream.idle_closes
+        real_connect(conn)
+        if not frozen:
+            assert wait_until(lambda: upstream.idle_closes > closes, 5.0)
+            frozen.append(1)
 
-    # Either way of connecting: urllib3's, or http1's that the transport takes for its own TLS context.
-    monkeypatch.setattr(urllib3.connection.HTTPSConnection, "connect",
-                        frozen_after(urllib3.connection.HTTPSConnection.connect))
-    monkeypatch.setattr(http1, "connect_tls", frozen_after(http1.connect_tls))
+    monkeypatch.setattr(urllib3.connection.HTTPSConnection, "connect", connect)
     return frozen
 
 

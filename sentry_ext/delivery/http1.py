@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import http.client
 import re
-import socket
 from typing import Any, Dict, List, Mapping, Optional, Tuple
-
-from .tls import LazyCaContext
 
 MAX_HEAD = 65536  # bytes of status line and headers (http.client allows 100 lines of 64 KiB)
 BODY_KEPT = 4096  # bytes of a reply body kept (only an error's first 200 are shown); the rest is read and dropped
@@ -60,40 +57,6 @@ def fixed_head(pool: Any) -> str:
     lines = [line.decode("latin-1") for line in conn._buffer[1:]]
     conn._buffer.clear()
     return "".join(line + "\r\n" for line in lines)
-
-
-def connect_tls(conn: Any) -> bool:
-    """Connect urllib3's HTTPS ``conn`` (of make_pool's pool, no proxy) as its ``connect`` would, less
-    its Python work per connection (ALPN set again, the date, host name and HTTP/2 probe checks,
-    hostname/IP parsing: ~0.03 ms of CPU, tools/bench_tls.py): urllib3's own socket (``_new_conn``: its socket options and
-    exceptions), then the handshake with the pool's context, which checks the certificate and the
-    host name. Returns False, having done nothing, if the context is not tls.py's (the caller then
-    calls ``conn.connect()``); a failed handshake raises the ``ssl`` module's error, as urllib3's."""
-    context = getattr(conn, "ssl_context", None)
-    if not isinstance(context, LazyCaContext):
-        return False
-    sock = conn._new_conn()
-    try:
-        conn.sock = context.wrap_socket(sock, server_hostname=_tls_name(conn.host))
-    except BaseException:
-        sock.close()
-        raise
-    conn.is_verified = True  # as urllib3 sets it (CERT_REQUIRED): its pool warns otherwise
-    return True
-
-
-def _tls_name(host: str) -> str:
-    """The name urllib3 hands ``ssl`` for ``host``: an IPv6 address without brackets or zone."""
-    name = host.strip("[]")
-    if "%" in name:
-        name = name[:name.rfind("%")]
-    if name == host:
-        return host
-    try:
-        socket.inet_pton(socket.AF_INET6, name)
-    except (OSError, ValueError):
-        return host
-    return name
 
 
 class BadLength(ValueError):

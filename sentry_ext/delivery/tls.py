@@ -73,7 +73,6 @@ def client_context(ca_file: str) -> LazyCaContext:
     if getattr(context, "post_handshake_auth", None) is not None:
         context.post_handshake_auth = True
     context.hostname_checks_common_name = False
-    context.set_alpn_protocols(["http/1.1"])  # urllib3's ALPN_PROTOCOLS, which its connect sets each time
     if not os.access(ca_file, os.R_OK) or not os.path.isfile(ca_file):
         raise FileNotFoundError("no readable file %s" % ca_file)
     context.ca_file = ca_file

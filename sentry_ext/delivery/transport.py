@@ -280,12 +280,12 @@ class Transport:
             fresh = conn.sock is None
             if fresh:
                 conn.timeout = timeout.connect_timeout
-                try:  # TLS without urllib3's Python work per connection (http1.py), else _Tracked.connect
-                    if not http1.connect_tls(conn):
-                        conn.connect()
+                try:
+                    conn.connect()  # _Tracked.connect: not reused
                 except OSError as exc:  # a handshake's timeout is a read timeout to urllib3
                     raise _wrap(exc, pool, target, timeout.connect_timeout, False) from exc
-            _ATTEMPT.reused = not fresh and conn.served > 0
+            else:
+                _ATTEMPT.reused = conn.served > 0
             sock, read_s = conn.sock, timeout.read_timeout
             if sock.gettimeout() != read_s:  # one ioctl when it changes, not three per request
                 sock.settimeout(read_s)
@@ -314,7 +314,7 @@ class Transport:
             conn.close()
             pool._put_conn(None)  # as urlopen: the slot opens a new connection next time
             raise
-        conn.served = 1 if fresh else conn.served + 1  # connect_tls leaves the count of the closed socket
+        conn.served += 1
         if fresh:
             keep_session(sock)  # a TLS 1.3 ticket came with (or before) the reply
         pool._put_conn(conn if reply.keep else conn.close())  # a closed one leaves None in its slot
