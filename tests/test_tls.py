@@ -4,6 +4,7 @@ connections the upstream closed under us (a freeze) told from upstream failures.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from pathlib import Path
 from typing import Any, List
@@ -18,7 +19,7 @@ from sentry_ext.config import load
 from sentry_ext.delivery.forwarder import Forwarder
 from sentry_ext.delivery.request import Request
 from sentry_ext.util.stats import Stats
-from sentry_ext.delivery.tls import LazyCaContext
+from sentry_ext.delivery.tls import LazyCaContext, client_context
 from sentry_ext.delivery.transport import Outcome, Transport, closed_under_us
 from tools.fake_upstream import FakeUpstream
 from tools.tlsutil import openssl, self_signed, server_context
@@ -77,6 +78,24 @@ def test_an_unreadable_ca_bundle_leaves_urllib3_to_report_it(tmp_path: Path) -> 
         result = transport.send(_request())
         assert result.outcome == Outcome.RETRY and "No such file" in result.error
         assert upstream.requests == []
+
+
+@pytest.mark.parametrize("host, verified", [("127.0.0.1", True), ("[127.0.0.1]", True), ("example.com", False)])
+def test_a_connection_whose_caller_names_no_host_is_checked_against_the_upstreams(
+        tmp_path: Path, host: str, verified: bool) -> None:
+    # urllib3 1.26 names no host for an IP address: with check_hostname on, ``ssl`` refused every
+    # such connection (ValueError), and every envelope to an upstream at an IP went to waste.
+    cert, key = self_signed(tmp_path)  # subjectAltName IP:127.0.0.1
+    with FakeUpstream(tls=server_context(cert, key)) as upstream:
+        context = client_context(str(cert), host)
+        with socket.create_connection(("127.0.0.1", upstream.port), timeout=5) as raw:
+            if not verified:
+                with pytest.raises(ssl.SSLCertVerificationError, match="example.com"):
+                    context.wrap_socket(raw)
+                return
+            with context.wrap_socket(raw) as tls:
+                assert tls.server_hostname == "127.0.0.1" and tls.version() is not None
+        assert wait_until(lambda: upstream.handshakes == 1, 5.0)  # the upstream's side completed too
 
 
 def _freeze_after_first_handshake(monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream) -> List[int]:

@@ -28,11 +28,15 @@ class LazyCaContext(ssl.SSLContext):
         self = super().__new__(cls, *args, **kwargs)
         self.ca_file = None
         self.session_to_resume = None
+        self.upstream_host = None
         self._ca_lock = threading.Lock()
         return self
 
     ca_file: Optional[str]  # loaded before the first connection (then None)
     session_to_resume: Optional[ssl.SSLSession]  # offered to every new client connection
+    # The name checked when a caller names none: urllib3 1.26 passes no server_hostname for an IP
+    # address (no SNI for one), and check_hostname then refuses the connection outright.
+    upstream_host: Optional[str]
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
         if self.ca_file is not None:
@@ -40,8 +44,11 @@ class LazyCaContext(ssl.SSLContext):
                 if self.ca_file is not None:
                     self.load_verify_locations(cafile=self.ca_file)
                     self.ca_file = None
-        if kwargs.get("session") is None and not kwargs.get("server_side"):
-            kwargs["session"] = self.session_to_resume
+        if not kwargs.get("server_side") and len(args) == 1:
+            if kwargs.get("session") is None:
+                kwargs["session"] = self.session_to_resume
+            if kwargs.get("server_hostname") is None:
+                kwargs["server_hostname"] = self.upstream_host
         return super().wrap_socket(*args, **kwargs)
 
 
@@ -61,12 +68,12 @@ def keep_session(sock: Any) -> None:
         context.session_to_resume = session
 
 
-def client_context(ca_file: str) -> LazyCaContext:
+def client_context(ca_file: str, host: Optional[str] = None) -> LazyCaContext:
     """The upstream's context: what urllib3's default context is (TLS 1.2+, certificates and host
     names verified, no compression), with ``ca_file`` loaded once, before the first connection:
     certifi's bundle is 1.6 MiB of RSS and ~16 ms of CPU, which a sandbox that never sends (and
-    Init, at 128 MB ~14 times as long in wall time) need not pay. Raises OSError now if
-    ``ca_file`` cannot be read."""
+    Init, at 128 MB ~14 times as long in wall time) need not pay; ``host``, the upstream's, is
+    checked on a connection whose caller names none. Raises OSError now if ``ca_file`` cannot be read."""
     context = LazyCaContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION
@@ -76,4 +83,6 @@ def client_context(ca_file: str) -> LazyCaContext:
     if not os.access(ca_file, os.R_OK) or not os.path.isfile(ca_file):
         raise FileNotFoundError("no readable file %s" % ca_file)
     context.ca_file = ca_file
+    if host:
+        context.upstream_host = host.strip("[]").partition("%")[0]  # an IPv6 address: no brackets, no zone
     return context

@@ -99,7 +99,7 @@ def make_pool(cfg: Config) -> Tuple[Any, bool]:
     assert dsn is not None
     options = pool_options(cfg)
     if dsn.scheme == "https":
-        options = _tls_options(options)
+        options = _tls_options(options, dsn.host)
     if cfg.proxy_url and not proxy_bypassed(dsn.host, dsn.port, cfg.no_proxy):
         log.info("sending upstream through proxy %s", cfg.proxy_url.split("@")[-1])
         manager = urllib3.ProxyManager(cfg.proxy_url, num_pools=1, **options)
@@ -200,12 +200,12 @@ def may_have_been_read(exc: BaseException) -> bool:
     return True
 
 
-def _tls_options(options: Dict[str, Any]) -> Dict[str, Any]:
-    """``options`` with one shared TLS context (tls.py) in place of the CA file
-    urllib3 would load into a new context for every connection. If the CA file cannot be loaded,
+def _tls_options(options: Dict[str, Any], host: str) -> Dict[str, Any]:
+    """``options`` with one shared TLS context (tls.py) for the upstream ``host`` in place of the CA
+    file urllib3 would load into a new context for every connection. If the CA file cannot be loaded,
     urllib3's own handling stays (each connection then fails with the reason, as before)."""
     try:
-        context = client_context(options["ca_certs"])
+        context = client_context(options["ca_certs"], host)
     except (OSError, ssl.SSLError) as exc:
         log.warning("cannot load the CA bundle %s (%s): upstream connections will fail", options["ca_certs"], exc)
         return options
