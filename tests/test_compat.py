@@ -2,8 +2,8 @@
 
 - vermin fails the suite on syntax or stdlib use newer than 3.9 in ``sentry_ext``, ``tools``, ``bin``;
 - a real Python 3.9, when this machine has one, compiles every file (what vermin cannot see);
-- ``sentry_ext.delivery.transport`` and ``tls`` are exercised with urllib3 1.26 (what a pip-installed extension may meet
-  next to botocore on Python < 3.10); the layer vendors urllib3 2.6, so there it does not arise.
+- ``sentry_ext.delivery.transport`` and ``tls`` are exercised with urllib3 1.26 (what a pip-installed
+  extension may meet next to botocore on Python < 3.10); the layer vendors urllib3 2.6, so there it does not arise.
 """
 
 from __future__ import annotations
@@ -86,6 +86,6 @@ def test_transport_and_forwarder_work_with_urllib3_126(urllib3_126: Path) -> Non
                            capture_output=True, text=True, cwd=str(ROOT))
     assert check.stdout.strip() == URLLIB3_126, check.stderr
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                           "tests/test_forwarder.py", "tests/test_tls.py"], env=env, capture_output=True, text=True, cwd=str(ROOT),
-                          timeout=600)
+                           "tests/test_forwarder.py", "tests/test_tls.py"], env=env, capture_output=True, text=True,
+                          cwd=str(ROOT), timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
