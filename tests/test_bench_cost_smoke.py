@@ -7,14 +7,16 @@ numbers are not targets, but every envelope must arrive and every figure must be
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import run_quick_bench
-from tools.bench_cost import main as cost_main, summarize
+from tools.bench_cost import IDLE_CLOSE_S, Contender, main as cost_main, run_sandbox, summarize
+from tools.bench_support import opt_floor
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us
-from tools.tlsutil import openssl
+from tools.tlsutil import openssl, self_signed
 
 TIME_LIMIT_S = 120
 
@@ -72,3 +74,18 @@ def test_ours_env_takes_extension_settings_only() -> None:
     with pytest.raises(SystemExit) as exc:
         cost_main(["--ours-env", "PATH=/tmp"])
     assert exc.value.code == 2
+
+
+@pytest.mark.skipif(openssl() is None, reason="no openssl command for the upstream's certificate")
+def test_floor_relay_relays_every_envelope_in_both_cases(tmp_path: Path) -> None:
+    # tools/floor_relay.py, the CPU suite's floor (--floor-relay), through the emulator with the real
+    # SDK: every envelope reaches the upstream, whether connections survive the freeze or not.
+    cert, key = self_signed(tmp_path / "tls")
+    relay = Contender("floor-relay", "floor", "relay", opt_floor(tmp_path / "relay", sys.executable,
+                                                                 "floor_relay.py", "floor-relay"), "floor-relay")
+    for idle_close_s in (None, IDLE_CLOSE_S):
+        run = run_sandbox(relay, tmp_path, cert, key, 3, None, idle_close_s=idle_close_s)
+        assert run["failed"] == 0 and run["delivered"] == run["expected"] == 9, run
+        assert run["ext_cpu_ms"] is not None  # the process the suite counts is the relay's
+        if idle_close_s:  # every thawed invocation found its connections closed: new ones, resumed
+            assert all(row["handshakes"] >= 1 for row in run["rows"][1:]), run["rows"]

@@ -57,8 +57,8 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.bench_remote import baseline_opt  # noqa: E402
-from tools.bench_support import (PEER_NAME, PEER_PORT, command_line, loadavg, machine, peer_opt,  # noqa: E402
-                                 save_results, say)
+from tools.bench_support import (PEER_NAME, PEER_PORT, command_line, loadavg, machine, opt_floor,  # noqa: E402
+                                 peer_opt, save_results, say)
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us  # noqa: E402
 from tools.emulator import Emulator  # noqa: E402
 from tools.fake_upstream import FakeUpstream  # noqa: E402
@@ -117,6 +117,9 @@ def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, D
     if contender.kind == "peer":
         return {"env": {"SENTRY_DSN": dsn, "NODE_EXTRA_CA_CERTS": str(cert)},
                 "runtime_env": {"SENTRY_TUNNEL_URL": "http://127.0.0.1:%d/envelope" % PEER_PORT, "SENTRY_DSN": dsn}}
+    if contender.kind == "relay":  # tools/floor_relay.py: the ports and upstream settings it reads, no more
+        env = function_env(dsn, spool, SSL_CERT_FILE=str(cert))
+        return {"env": env, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, env["SENTRY_EXT_PORT"])}}
     env = function_env(dsn, spool, SENTRY_EXT_FLUSH=contender.mode, SSL_CERT_FILE=str(cert), **contender.extra_env)
     return {"env": env, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, env["SENTRY_EXT_PORT"])}}
 
@@ -456,6 +459,9 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
     parser.add_argument("--floor", action="store_true",
                         help="128 MB suite: also the sample function with no extension and its SDK's posts refused "
                              "at once (the function duration no relay can go below)")
+    parser.add_argument("--floor-relay", action="store_true",
+                        help="CPU suite: also tools/floor_relay.py, the least a Python relay of the extension's shape "
+                             "does per invocation (the floor under ours)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of ours (adaptive) to this file")
     parser.add_argument("--profile-case", choices=CASES, default="kept",
                         help="which CPU case --profile samples (default kept)")
@@ -497,7 +503,10 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                 contenders.append(Contender("peer", "Sentry Node extension (tunnel function)", "peer", peer_dir, PEER_NAME))
             if peer_skipped:
                 say("SKIPPING the Node extension peer: %s" % peer_skipped)
-        labels = {c.key: c.label for c in contenders}
+        relay = [Contender("floor-relay", "floor: `tools/floor_relay.py` (the I/O alone, stdlib, `python -IS`)",
+                           "relay", opt_floor(tmp / "relay", sys.executable, "floor_relay.py", "floor-relay"),
+                           "floor-relay")] if opts.floor_relay else []  # the CPU suite only
+        labels = {c.key: c.label for c in contenders + relay}
         data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds, "idle_close_s": idle,
                                 "peer_skipped": peer_skipped, "peer_note": peer_note, "baseline": baseline_note}
         why_not = CpuQuota.unavailable()
@@ -505,9 +514,10 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
             say("SKIPPING the 128 MB suite: %s" % why_not)
             print("SKIPPING the 128 MB suite: %s" % why_not)
             data["quota_skipped"] = why_not
-        raw: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}
+        raw: Dict[str, List[Dict[str, Any]]] = {c.key: [] for c in contenders}  # the 128 MB suite
         cpu_raw: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
-        cpu_set = [c for c in contenders if c.key in ("adaptive", "baseline", "peer")]
+        cpu_set = [c for c in contenders if c.key in ("adaptive", "baseline")] + relay + [
+            c for c in contenders if c.key == "peer"]
         for round_no in range(opts.rounds):
             order = contenders if round_no % 2 == 0 else list(reversed(contenders))
             if opts.only != "cpu" and why_not is None:

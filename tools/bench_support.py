@@ -114,12 +114,13 @@ def port_free(port: int) -> bool:
 # ------------------------------------------------------------------------------ /opt layouts
 
 
-def opt_floor(base: Path, python: str) -> Path:
-    """``<base>/opt/extensions/floor-extension``: tools/floor_extension.py with ``#!<python> -IS``."""
+def opt_floor(base: Path, python: str, script: str = "floor_extension.py", name: str = "floor-extension") -> Path:
+    """``<base>/opt/extensions/<name>``: ``tools/<script>`` (the cold-start floor, or the CPU suite's
+    floor_relay.py) with ``#!<python> -IS``."""
     opt = base / "opt"
     (opt / "extensions").mkdir(parents=True, exist_ok=True)
-    source = (ROOT / "tools" / "floor_extension.py").read_text()
-    target = opt / "extensions" / "floor-extension"
+    source = (ROOT / "tools" / script).read_text()
+    target = opt / "extensions" / name
     target.write_text("#!%s -IS\n%s" % (python, source))
     target.chmod(0o755)
     return opt
