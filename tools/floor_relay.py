@@ -27,6 +27,7 @@ import socket
 import ssl
 import sys
 import threading
+import weakref
 from urllib.parse import urlsplit
 
 MAX_POLLS = 10_000_000  # bounded, yet forever for any real sandbox
@@ -86,6 +87,7 @@ class Upstream:
         self.host_line = b"Host: %s:%d\r\n" % (parts.hostname.encode(), self.addr[1])
         self.context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
         self.session = None
+        self.asked = weakref.WeakSet()  # connections whose session was looked at
         self.idle = []
         self.lock = threading.Lock()
 
@@ -114,8 +116,10 @@ class Upstream:
                 conn.close()
         else:
             return
-        if not conn.session_reused:
-            self.session = conn.session  # a TLS 1.3 ticket comes after the handshake: read it now
+        if conn not in self.asked:  # a new connection's first reply is in, and with it a TLS 1.3 ticket
+            self.asked.add(conn)
+            if not conn.session_reused:
+                self.session = conn.session  # CPython copies a session read: once per full handshake
         if any(line.lower() == b"connection: close" for line in lines):
             conn.close()
             return
