@@ -32,6 +32,8 @@ many envelopes were still queued when the last invocation ended ("left for SHUTD
 opens fewer connections by letting a backlog grow shows up there. ``--ours-env`` runs ours with
 extra settings, e.g. ``SENTRY_EXT_SENDERS=1 SENTRY_EXT_MAX_INFLIGHT=1`` (one connection): how many
 requests one connection delivers per thawed invocation.
+``--floor-relay`` adds ``tools/floor_relay.py`` to the CPU suite: the least a stdlib Python relay
+of our shape pays per invocation for the same I/O, so ours minus it is our own per-event work.
 ``--baseline REV`` adds ours at that git revision (``git archive``, in ``adaptive``) to both
 suites, and in ``end`` to the 128 MB one, interleaved with this tree: before and after in one run.
 
