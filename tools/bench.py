@@ -498,8 +498,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--cost", action="store_true",
                         help="run the 128 MB / CPU-per-invocation suite (tools/bench_cost.py) instead; it takes its own "
                              "options (--peer, --offline, --rounds N, --quick, --only 128mb|cpu, --profile FILE, "
-                             "--idle-close S, --baseline REV, --ours-env NAME=VALUE, --floor-relay, --out FILE: see tools/bench.py "
-                             "--cost --help)")
+                             "--idle-close S, --baseline REV, --ours-env NAME=VALUE, --floor-relay, --out FILE: "
+                             "see tools/bench.py --cost --help)")
     parser.add_argument("--quick", action="store_true", help="smoke run: few runs, small bursts (numbers not for publishing)")
     parser.add_argument("--runs", type=int, default=None, help="cold-start rounds (default 15, quick 3)")
     parser.add_argument("--peer", choices=["none", "node"], default="none", help="also run Sentry's Node extension")
