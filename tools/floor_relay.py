@@ -106,16 +106,18 @@ class Upstream:
 
     def send(self, path, headers, body):
         for fresh in (False, True):  # a pooled connection that fails is replaced once, as the extension does
-            conn = self._connection(fresh)
+            conn = None
             try:
+                conn = self._connection(fresh)
                 conn.sendall(b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s"
                              % (path, self.host_line, headers, len(body), body))
                 lines, _, _ = read_message(conn, b"")
                 break
-            except (OSError, EOFError):
-                conn.close()
+            except (OSError, EOFError, ValueError):  # ValueError: a reply with no numeric Content-Length
+                if conn is not None:
+                    conn.close()
         else:
-            return
+            return  # lost: a floor counts nothing
         if conn not in self.asked:  # a new connection's first reply is in, and with it a TLS 1.3 ticket
             self.asked.add(conn)
             if not conn.session_reused:
@@ -142,7 +144,7 @@ def ingest_connection(conn, work):
         while True:
             try:
                 lines, body, buf = read_message(conn, buf)
-            except (OSError, EOFError):
+            except (OSError, EOFError, ValueError):
                 return
             headers = b""
             for line in lines[1:]:
@@ -165,10 +167,10 @@ def telemetry_batch(conn):
     with conn:
         try:
             _, body, _ = read_message(conn, b"")
-        except (OSError, EOFError):
+            json.loads(body)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except (OSError, EOFError, ValueError):  # the accept loop serves on: Lambda retries a batch
             return
-        json.loads(body)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 def listen(port):
