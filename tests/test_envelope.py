@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 
 import pytest
 
-from sentry_ext.protocol.envelope import Envelope, EnvelopeError, category, parse_header
+from sentry_ext.protocol.envelope import Envelope, EnvelopeError, category, json_object, parse_header
 from sentry_ext.protocol.body import HEADER_LINE_LIMIT, SHARED_DECODE_LIMIT, decode_body, first_line, header_and_body
 
 SAMPLE = (b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","dsn":"https://e12d836b15bb49d7bbf99e64295d995b@sentry.io/42"}\n'
@@ -124,3 +125,24 @@ def test_categories() -> None:
     assert category("check_in") == "monitor"
     assert category("replay_recording") == "replay"
     assert category("something_new") == "default"
+
+
+@pytest.mark.parametrize("line", [
+    b'{"a":1}', b'  {"a": [1, 2]}  \n', b'{"a":1} x', b"", b"  ", b"[1]", b'{"a":', b'\xef\xbb\xbf{"a":1}',
+    '{"é":1}'.encode("utf-16"), b'{"a":"\xff"}', b'{"a":"\\ud800"}', b'{"a":1}{', b'\x0b{"a":1}', b'1', b'"x"',
+    b'{"a":1}\x00', b'{"a": NaN}', b"\t{}\r",
+])
+def test_json_object_parses_as_json_loads(line: bytes) -> None:
+    # json_object goes to json's C scanner directly (util/json_text.py); it must accept exactly what
+    # json.loads(bytes) accepts, with the same value.
+    try:
+        expected = json.loads(line)
+    except ValueError:
+        expected = ValueError
+    try:
+        got = json_object(line, "header")
+    except EnvelopeError as exc:
+        got = ValueError if "not valid JSON" in str(exc) or "empty" in str(exc) else TypeError
+    if expected is not ValueError and not isinstance(expected, dict):
+        expected = TypeError  # valid JSON, not an object
+    assert repr(got) == repr(expected)

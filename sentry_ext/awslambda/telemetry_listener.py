@@ -15,6 +15,7 @@ import socket
 import threading
 from typing import Any, Callable, List, Optional, Set, Tuple
 
+from ..util import json_text
 from ..util.http_server import RESPONSE_REASONS, BoundedHandler, BoundedServer
 from ..util.http_numbers import content_length
 from ..util.stats import Stats
@@ -49,8 +50,11 @@ class _Handler(BoundedHandler):
     server: "TelemetryListener"
 
     def setup(self) -> None:
-        self.timeout = CLIENT_TIMEOUT_S  # Lambda posts a whole batch at once: a slow client is not Lambda
         self.inline = threading.get_ident() == self.server.accept_ident
+        if self.inline:  # the whole request is in the socket, the reply one write: no read can block
+            self.timeout, self.disable_nagle_algorithm = None, False  # no syscalls to set either up
+        else:
+            self.timeout = CLIENT_TIMEOUT_S  # Lambda posts a whole batch at once: a slow client is not Lambda
         super().setup()
 
     def handle(self) -> None:
@@ -87,8 +91,8 @@ class _Handler(BoundedHandler):
 
     def _length(self) -> Tuple[int, int]:
         """``(the body's length, 0)``, or ``(0, the status refusing it)``."""
-        lengths = self.headers.get_all("Content-Length") or []
-        if self.headers.get("Transfer-Encoding") is not None or len(lengths) != 1:
+        lengths = self.headers.get_all("content-length") or []
+        if self.headers.get("transfer-encoding") is not None or len(lengths) != 1:
             return 0, 411
         length = content_length(lengths[0])
         if length is None:
@@ -127,7 +131,7 @@ class _Handler(BoundedHandler):
         try:
             text = body.decode(json.detect_encoding(body), "surrogatepass")  # as json.loads(bytes) does
             body = b""
-            batch = json.loads(text)
+            batch = json_text.loads(text)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             batch = None
         if not isinstance(batch, list):

@@ -147,9 +147,9 @@ def tracing_value(value: Any) -> Optional[str]:
     return _text(value.get("value")) if isinstance(value, dict) else None
 
 
-def _metrics(record: Dict[str, Any], name: str) -> Optional[float]:
+def _metrics(record: Dict[str, Any]) -> Dict[str, Any]:
     metrics = record.get("metrics")
-    return _number(metrics.get(name)) if isinstance(metrics, dict) else None
+    return metrics if isinstance(metrics, dict) else {}
 
 
 # -- one parser per record type ----------------------------------------------------------------
@@ -168,7 +168,7 @@ def _init_runtime_done(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]
 def _init_report(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
     status = _status(r.get("status"))
     return None if status is None else InitReport(t, time, _text(r.get("phase")), status,
-                                                  _text(r.get("errorType")), _metrics(r, "durationMs"))
+                                                  _text(r.get("errorType")), _number(_metrics(r).get("durationMs")))
 
 
 def _start(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
@@ -180,7 +180,7 @@ def _runtime_done(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
     rid, status = request_id(r.get("requestId")), _status(r.get("status"))
     if rid is None or status is None:
         return None
-    return RuntimeDone(t, time, rid, status, _text(r.get("errorType")), _metrics(r, "durationMs"),
+    return RuntimeDone(t, time, rid, status, _text(r.get("errorType")), _number(_metrics(r).get("durationMs")),
                        tracing_value(r.get("tracing")))
 
 
@@ -188,9 +188,11 @@ def _report(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
     rid, status = request_id(r.get("requestId")), _status(r.get("status"))
     if rid is None or status is None:
         return None
-    return Report(t, time, rid, status, _text(r.get("errorType")), _metrics(r, "durationMs"),
-                  _metrics(r, "billedDurationMs"), _metrics(r, "memorySizeMB"), _metrics(r, "maxMemoryUsedMB"),
-                  _metrics(r, "initDurationMs"), _metrics(r, "restoreDurationMs"), tracing_value(r.get("tracing")))
+    m = _metrics(r)
+    return Report(t, time, rid, status, _text(r.get("errorType")), _number(m.get("durationMs")),
+                  _number(m.get("billedDurationMs")), _number(m.get("memorySizeMB")),
+                  _number(m.get("maxMemoryUsedMB")), _number(m.get("initDurationMs")),
+                  _number(m.get("restoreDurationMs")), tracing_value(r.get("tracing")))
 
 
 def _restore_start(t: str, time: str, r: Dict[str, Any]) -> Record:
@@ -205,7 +207,7 @@ def _restore_runtime_done(t: str, time: str, r: Dict[str, Any]) -> Optional[Reco
 def _restore_report(t: str, time: str, r: Dict[str, Any]) -> Optional[Record]:
     status = _status(r.get("status"))
     return None if status is None else RestoreReport(t, time, status, _text(r.get("errorType")),
-                                                     _metrics(r, "durationMs"))
+                                                     _number(_metrics(r).get("durationMs")))
 
 
 def _logs_dropped(t: str, time: str, r: Dict[str, Any]) -> Record:

@@ -62,7 +62,7 @@ class Forwarder:
         self._threads: List[threading.Thread] = []
         self._alive = 0  # threads started and not retired
         self._started = 0
-        self._stop = threading.Event()
+        self._stopped = False  # a plain flag, read before every request (an Event's is_set is a Python call)
         self._last_error_log = 0.0
         self._spawn_failed = False
         self._bugs: Set[Optional[Tuple[str, str, int]]] = set()  # see _new_bug
@@ -77,7 +77,7 @@ class Forwarder:
         self.grow()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped = True
         self.queue.on_backlog = None
         self.queue.kick()  # idle senders wait with no time limit: wake them to see the stop
 
@@ -107,7 +107,7 @@ class Forwarder:
 
     def grow(self, limit: Optional[int] = None) -> int:
         """Start the sender threads the controller calls for (at most ``limit``); returns how many."""
-        if self._stop.is_set():
+        if self._stopped:
             return 0
         with self._lock:
             outstanding, floor = len(self.queue), self.rtt.floor()
@@ -169,7 +169,7 @@ class Forwarder:
             return max(RETIRE_CHECK_MIN_S, self.controller.idle_left())
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopped:
             req = None
             attempts = 0
             try:
@@ -308,8 +308,7 @@ class Forwarder:
         if outcome == Outcome.OK:
             self.health.success()
             self.queue.resume()
-            self.stats.incr("forwarded")
-            self.stats.incr("bytes_forwarded", len(req.body))
+            self.stats.add(forwarded=1, bytes_forwarded=len(req.body))
             self.queue.done(req)
             log.debug("forwarded %s (%d bytes) -> %d", req.upstream_path, len(req.body), result.status)
             return

@@ -68,7 +68,7 @@ class Reply:
 
     def __init__(self, status: int, headers: Dict[str, str], body: bytes, keep: bool) -> None:
         self.status = status
-        self.headers = headers  # as received; repeated names joined with ", " (like urllib3's)
+        self.headers = headers  # names in lower case; a repeated name's values joined with ", " (as urllib3's)
         self.body = body  # at most BODY_KEPT bytes
         self.keep = keep  # the connection may carry another request
 
@@ -157,25 +157,19 @@ def read_reply(sock: object, on_head: object = None) -> Reply:
         status = int(parts[1])
         if status >= 200 or status == 101:
             break
-    headers: Dict[str, str] = {}
     lowered: Dict[str, str] = {}
     name = ""
     for raw in lines:
         text = raw.decode("latin-1")
         if text[:1] in (" ", "\t") and name:  # an obsolete folded continuation
-            headers[name] += " " + text.strip()
+            lowered[name] += " " + text.strip()
             continue
         name, sep, value = text.partition(":")
         if not sep:
             name = ""
             continue
-        name, value = name.strip(), value.strip()
-        if name in headers:
-            headers[name] += ", " + value
-        else:
-            headers[name] = value
-        lower = name.lower()
-        lowered[lower] = lowered[lower] + ", " + value if lower in lowered else value
+        name, value = name.strip().lower(), value.strip()
+        lowered[name] = lowered[name] + ", " + value if name in lowered else value
     if on_head is not None:
         on_head()  # type: ignore[operator]
     connection = lowered.get("connection", "").lower()
@@ -213,4 +207,4 @@ def read_reply(sock: object, on_head: object = None) -> Reply:
         keep = False
     if reader.buf:
         keep = False  # bytes past the reply: the connection is out of step
-    return Reply(status, headers, b"".join(kept), keep)
+    return Reply(status, lowered, b"".join(kept), keep)

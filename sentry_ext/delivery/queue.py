@@ -39,7 +39,7 @@ class BoundedQueue:
         self._items: Deque[Request] = collections.deque()
         self._in_flight: List[Request] = []
         self._bytes = 0
-        lock = threading.Lock()
+        self._lock = lock = threading.Lock()  # ``with self._lock`` (C): ``with self.cond`` is the same, in Python
         # Two conditions on one lock: a put wakes one sender, not all of them (each needless
         # wake-up costs a GIL hand-off the ingest threads wait behind), and only a flush waits
         # for the queue to go idle.
@@ -55,14 +55,14 @@ class BoundedQueue:
 
     def put(self, req: Request) -> bool:
         """Queue ``req``; returns False if the item or byte cap would be exceeded."""
-        with self.cond:
+        with self._lock:
             if self._closed:
                 return False
-            if (len(self._items) + len(self._in_flight) >= self.max_items
-                    or self._bytes + req.size > self.max_bytes):
+            size = req.size
+            if len(self._items) + len(self._in_flight) >= self.max_items or self._bytes + size > self.max_bytes:
                 return False
             self._items.append(req)
-            self._bytes += req.size
+            self._bytes += size
             self.cond.notify()
             starved = len(self._items) > self._waiting
         if starved and self.on_backlog is not None:
@@ -73,7 +73,7 @@ class BoundedQueue:
         """Take the oldest item, waiting up to ``timeout`` (and past any pause; None: until an
         item comes or the queue closes, with no wake-up meanwhile); None if none."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
+        with self._lock:
             kicks = self._kicks
             while True:
                 now = time.monotonic()
@@ -95,7 +95,7 @@ class BoundedQueue:
 
     def kick(self) -> None:
         """Make every getter waiting now return None (its owner has something else to check)."""
-        with self.cond:
+        with self._lock:
             self._kicks += 1
             self.cond.notify_all()
 
@@ -109,7 +109,7 @@ class BoundedQueue:
 
     def done(self, req: Request) -> bool:
         """Release an item taken with ``get`` (delivered or dropped); False if it was not in flight."""
-        with self.cond:
+        with self._lock:
             released = self._release(req)
             if released:
                 self._bytes -= req.size
@@ -119,7 +119,7 @@ class BoundedQueue:
 
     def requeue(self, req: Request) -> None:
         """Put an in-flight item back at the front (it keeps its place in the caps)."""
-        with self.cond:
+        with self._lock:
             if self._release(req) and not self._closed:
                 self._items.appendleft(req)
                 self.cond.notify()
@@ -127,14 +127,14 @@ class BoundedQueue:
 
     def pause_until(self, until: float) -> None:
         """Hold back ``get`` until the monotonic time ``until`` (upstream grace period)."""
-        with self.cond:
+        with self._lock:
             self._paused_until = max(self._paused_until, until)
             self._idle.notify_all()
 
     def hold(self, until: float) -> None:
         """Hold back ``get`` until the monotonic time ``until`` (a deadline too close to start a
         request before it); ``hold(0)`` ends it. Unlike a pause, a success does not end it."""
-        with self.cond:
+        with self._lock:
             self._held_until = until
             if not until:
                 self.cond.notify_all()
@@ -142,7 +142,7 @@ class BoundedQueue:
 
     def resume(self) -> None:
         """End a pause early (upstream answered again); cheap when there is none."""
-        with self.cond:
+        with self._lock:
             if self._paused_until:
                 self._paused_until = 0.0
                 self.cond.notify_all()
@@ -151,7 +151,7 @@ class BoundedQueue:
     def join(self, deadline: float) -> bool:
         """Wait until nothing is queued or in flight, or until ``deadline`` (monotonic), or until a
         pause reaches past the deadline; returns True only when everything was delivered."""
-        with self.cond:
+        with self._lock:
             while self._items or self._in_flight:
                 now = time.monotonic()
                 until = max(self._paused_until, self._held_until)
@@ -162,7 +162,7 @@ class BoundedQueue:
 
     def take_all(self) -> List[Request]:
         """Close the queue and hand back everything queued or in flight (for the spool)."""
-        with self.cond:
+        with self._lock:
             self._closed = True
             taken = list(self._in_flight) + list(self._items)
             self._items.clear()
@@ -173,9 +173,9 @@ class BoundedQueue:
             return taken
 
     def depth(self) -> Dict[str, int]:
-        with self.cond:
+        with self._lock:
             return {"queued": len(self._items), "in_flight": len(self._in_flight), "bytes": self._bytes}
 
     def __len__(self) -> int:
-        with self.cond:
+        with self._lock:
             return len(self._items) + len(self._in_flight)

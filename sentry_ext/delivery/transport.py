@@ -286,7 +286,7 @@ class Transport:
                     raise _wrap(exc, pool, target, timeout.connect_timeout, False) from exc
             else:
                 _ATTEMPT.reused = conn.served > 0
-            sock, read_s = conn.sock, timeout.read_timeout
+            sock, read_s = conn.sock, self._read_s if timeout is self._timeout else timeout.read_timeout
             if sock.gettimeout() != read_s:  # one ioctl when it changes, not three per request
                 sock.settimeout(read_s)
             try:

@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import __version__
@@ -15,7 +16,7 @@ from ..delivery.queue import BoundedQueue
 from ..delivery.request import Request
 from ..config import Config
 from ..protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from ..protocol.envelope import EnvelopeError, parse_header
+from ..protocol.envelope import EnvelopeError, json_object
 from ..protocol.body import header_and_body
 from ..util.http_numbers import content_length
 from ..util.stats import Stats
@@ -64,9 +65,22 @@ class IngestServer(BoundedServer):
         self.accepted_headers: Optional[Callable[[Request], Dict[str, str]]] = None
         # Told about each request the ingest side gives up (reason "queue_overflow"), for client reports.
         self.on_drop: Optional[Callable[[Request, str], None]] = None
+        self._auth: Tuple[str, Optional[str]] = ("", None)  # the last X-Sentry-Auth value and its key
 
     def start(self, name: str = "sentry-ext-ingest") -> None:
         super().start(name)
+
+    def auth_key(self, value: str) -> Optional[str]:
+        """The ``sentry_key`` of an X-Sentry-Auth value (an SDK sends the same one every time:
+        the last one is remembered); BadRequest 403 if it is malformed."""
+        seen, key = self._auth
+        if value != seen:
+            try:
+                key = parse_auth_header(value).get("sentry_key")
+            except DsnError as exc:
+                raise BadRequest(403, "bad X-Sentry-Auth: %s" % exc) from None
+            self._auth = (value, key)
+        return key
 
 
 class IngestHandler(BoundedHandler):
@@ -81,20 +95,17 @@ class IngestHandler(BoundedHandler):
 
     # -- responses -----------------------------------------------------------------------------
 
-    def _reply(self, status: int, payload: Dict[str, Any], headers: Optional[Dict[str, str]] = None,
+    def _reply(self, status: int, payload: Any, headers: Optional[Dict[str, str]] = None,
                close: bool = False) -> None:
-        # One write with a prebuilt head: send_response/send_header cost as much as the rest of a post.
-        body = json.dumps(payload).encode("utf-8")
-        lines = ["HTTP/1.1 %d %s" % (status, RESPONSE_REASONS.get(status, "")),
-                 "Content-Type: application/json", "Content-Length: %d" % len(body)]
-        for name, value in (headers or {}).items():
-            lines.append("%s: %s" % (name, value))
+        """One write: the head and ``payload`` as JSON (bytes: already JSON)."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+        extra = "".join("%s: %s\r\n" % item for item in headers.items()) if headers else ""
         if close:
-            lines.append("Connection: close")
+            extra += "Connection: close\r\n"
             self.close_connection = True
-        lines.append("\r\n")
-        self.wfile.write("\r\n".join(lines).encode("latin-1") + body)
-        log.debug("%s %s %s -> %d", self.client_address[0], self.command, self.path, status)
+        head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+            status, RESPONSE_REASONS.get(status, ""), len(body), extra)
+        self.connection.sendall(head.encode("latin-1") + body)
 
     def _fail(self, exc: BadRequest) -> None:
         self.server.stats.reject(exc.status)
@@ -171,9 +182,16 @@ class IngestHandler(BoundedHandler):
             else:
                 project, endpoint = match.group("project"), match.group("endpoint").rstrip("/")
             kind = "api"
-        body = self._read_body()
+        length = self._declared_length()
+        if length is None:
+            body = self._read_chunked(self.server.cfg.max_body_bytes)
+        else:
+            self._reserve(length)
+            body = self.rfile.read(length)
+            if len(body) != length:
+                raise ConnectionError("client sent %d of %d bytes" % (len(body), length))
         self.server.client_wait(self.connection, False)
-        encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
+        encoding = (self.headers.get("content-encoding") or "").lower()  # values come stripped
         header: Optional[Dict[str, Any]] = None
         decoded = None  # the body decoded for its header, if small: shared with the hook, not queued
         if endpoint == "envelope":
@@ -185,9 +203,8 @@ class IngestHandler(BoundedHandler):
             upstream_path = path if not query else "%s?%s" % (path, query)
         headers = {}
         for name in FORWARDED_HEADERS:
-            value = self.headers.get(name)
-            if value is not None:
-                headers[name] = value
+            if name in self.headers:
+                headers[name] = self.headers[name]
         event_id = header.get("event_id") if header else None
         req = Request(upstream_path=upstream_path, headers=headers, body=body, public_key=public_key,
                       event_id=event_id if isinstance(event_id, str) else None)
@@ -196,8 +213,7 @@ class IngestHandler(BoundedHandler):
     def _enqueue(self, req: Request, header: Optional[Dict[str, Any]], decoded: Optional[bytes] = None) -> None:
         server = self.server
         stats = server.stats
-        stats.incr("received")
-        stats.incr("bytes_received", len(req.body))
+        stats.add(received=1, bytes_received=len(req.body))
         hook = server.before_queue
         if hook is not None:
             answer = hook(req, header, decoded)
@@ -213,9 +229,10 @@ class IngestHandler(BoundedHandler):
             if server.on_drop is not None:  # after the reply: counting may parse the body
                 server.on_drop(req, "queue_overflow")
             return
-        log.debug("queued %s (%d bytes)", req.upstream_path, len(req.body))
         extra = server.accepted_headers(req) if server.accepted_headers is not None else None
-        self._reply(200, {"id": req.event_id} if req.event_id else {}, extra)
+        # json.dumps({"id": event_id}), byte for byte
+        self._reply(200, b'{"id": %s}' % encode_basestring_ascii(req.event_id).encode() if req.event_id else b"{}",
+                    extra)
 
     # -- input checks --------------------------------------------------------------------------
 
@@ -223,37 +240,30 @@ class IngestHandler(BoundedHandler):
         """The body's Content-Length, or None for a chunked body; BadRequest for anything else
         (both or neither framing, conflicting or malformed lengths, a length over the cap)."""
         cap = self.server.cfg.max_body_bytes
-        te_values = self.headers.get_all("Transfer-Encoding") or []
-        cl_values = self.headers.get_all("Content-Length") or []
-        if te_values:
-            if cl_values:
+        headers = self.headers
+        value = headers.get("content-length")
+        if "transfer-encoding" in headers:
+            if value is not None:
                 raise BadRequest(400, "both Transfer-Encoding and Content-Length", close=True)
-            codings = [c.strip().lower() for v in te_values for c in v.split(",") if c.strip()]
+            codings = [c.strip().lower() for v in headers.get_all("transfer-encoding") for c in v.split(",")
+                       if c.strip()]
             if codings != ["chunked"]:
                 raise BadRequest(501, "unsupported Transfer-Encoding %r" % ",".join(codings)[:60], close=True)
             return None
-        if not cl_values:
+        if value is None:
             raise BadRequest(411, "Content-Length required", close=True)
-        lengths = {v.strip() for v in ",".join(cl_values).split(",")}
-        if len(lengths) != 1:
-            raise BadRequest(400, "conflicting Content-Length headers", close=True)
-        length = content_length(lengths.pop())
+        if "content-length" in headers.repeated or "," in value:  # a list (RFC 9110 8.6): all the same, or refused
+            lengths = {v.strip() for v in ",".join(headers.get_all("content-length")).split(",")}
+            if len(lengths) != 1:
+                raise BadRequest(400, "conflicting Content-Length headers", close=True)
+            value = lengths.pop()
+        length = content_length(value)
         if length is None:
             raise BadRequest(400, "invalid Content-Length", close=True)
         if length > cap:
             # Answer without reading the body; the connection cannot be reused after that.
             raise BadRequest(413, "body of %d bytes exceeds the %d-byte cap" % (length, cap), close=True)
         return length
-
-    def _read_body(self) -> bytes:
-        length = self._declared_length()
-        if length is None:
-            return self._read_chunked(self.server.cfg.max_body_bytes)
-        self._reserve(length)
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise ConnectionError("client sent %d of %d bytes" % (len(body), length))
-        return body
 
     def _reserve(self, nbytes: int) -> None:
         if not self.server.reserve(nbytes):
@@ -302,7 +312,7 @@ class IngestHandler(BoundedHandler):
             return None, None  # not inspectable with the stdlib; forwarded untouched
         try:
             line, decoded = header_and_body(body, encoding)
-            return parse_header(line), decoded
+            return json_object(line, "envelope header"), decoded
         except EnvelopeError as exc:
             raise BadRequest(400, "malformed envelope: %s" % exc) from None
 
@@ -312,15 +322,12 @@ class IngestHandler(BoundedHandler):
         dsn = self.server.dsn
         keys: List[str] = []
         projects: List[str] = [] if project is None else [project]
-        auth_value = self.headers.get("X-Sentry-Auth")
+        auth_value = self.headers.get("x-sentry-auth")
         if auth_value:
-            try:
-                key = parse_auth_header(auth_value).get("sentry_key")
-            except DsnError as exc:
-                raise BadRequest(403, "bad X-Sentry-Auth: %s" % exc) from None
+            key = self.server.auth_key(auth_value)
             if key:
                 keys.append(key)
-        key = query_auth(query)
+        key = query_auth(query) if query else None
         if key is not None:
             keys.append(key)
         env_dsn = header.get("dsn") if header else None
@@ -335,8 +342,10 @@ class IngestHandler(BoundedHandler):
             projects.append(parsed.project_id)
         if not keys:
             raise BadRequest(403, "missing authentication (X-Sentry-Auth, sentry_key or envelope dsn)")
-        if any(k != dsn.public_key for k in keys):
-            raise BadRequest(403, "unknown public key: this extension only relays for its SENTRY_DSN")
-        if any(p != dsn.project_id for p in projects):
-            raise BadRequest(403, "project does not match the extension's SENTRY_DSN")
+        for key in keys:
+            if key != dsn.public_key:
+                raise BadRequest(403, "unknown public key: this extension only relays for its SENTRY_DSN")
+        for project in projects:
+            if project != dsn.project_id:
+                raise BadRequest(403, "project does not match the extension's SENTRY_DSN")
         return dsn.public_key

@@ -104,7 +104,9 @@ class Invocations:
         self._init_error: Optional[str] = None
         self._init_report: Optional[InitReport] = None
         self._init_decided = False
-        self._cond = threading.Condition()
+        # ``with self._lock`` (C) where nothing waits; the condition, on the same lock, to wait and notify
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         # Held from a decision until its callback returned: whoever settles next (the lifecycle
         # before a drain) waits for a failure another thread decided to be queued first.
         self._deciding = threading.RLock()
@@ -116,7 +118,7 @@ class Invocations:
         attributed from its ``function`` records, by ``id()`` of the record (the breadcrumbs)."""
         failures: List[Failure] = []
         with self._deciding:
-            with self._cond:
+            with self._lock:
                 for record in records:
                     if isinstance(record, FunctionLog):
                         line = logs.get(id(record)) if logs else None
@@ -132,7 +134,7 @@ class Invocations:
         rid = valid_request_id(request_id)
         if rid is None:
             return
-        with self._cond:
+        with self._lock:
             req = self._touch(rid)
             req.invoked = True
             req.xray = req.xray or tracing_value(tracing)
@@ -151,10 +153,15 @@ class Invocations:
         the running request's again: an envelope can arrive before the INVOKE of its request was
         seen (``background`` mode), and the running request's trace, or its lack of one, would then
         be wrong. A request id not seen yet is kept until that request's INVOKE or records come."""
+        req = self._current  # read without the lock: a stale value only means the long way below
+        known = req.sdk_trace if req is not None else None
+        trace = header.get("trace") if header else None
+        if known is not None and isinstance(trace, dict) and trace.get("trace_id") == known["trace_id"]:
+            return  # the running request's trace again (most posts): nothing to learn
         found = _trace_of(header)
         if found is None:
             return
-        with self._cond:
+        with self._lock:
             req = self._current
             if req is not None and req.sdk_trace is not None and req.sdk_trace["trace_id"] == found["trace_id"]:
                 return  # the running request's trace again
@@ -162,7 +169,7 @@ class Invocations:
             if ask:
                 self._lookups += 1
         rid = self._named_request(request_id_of) if ask else None
-        with self._cond:
+        with self._lock:
             if rid is not None:
                 req = self._requests.get(rid)
                 if req is None:
@@ -189,13 +196,13 @@ class Invocations:
 
     def current_request_id(self) -> Optional[str]:
         """The request running now, or last (on-demand runs one at a time); None before any."""
-        with self._cond:
+        with self._lock:
             return self._current.request_id if self._current is not None else None
 
     def sdk_trace(self, request_id: str) -> Dict[str, str]:
         """The SDK's trace for ``request_id`` (trace_id, release, environment as its envelopes
         carried them); empty if none was seen."""
-        with self._cond:
+        with self._lock:
             req = self._requests.get(request_id)
             return dict(req.sdk_trace) if req is not None and req.sdk_trace else {}
 
@@ -204,7 +211,7 @@ class Invocations:
     def wait(self, request_id: str, deadline: float, kinds: Tuple[str, ...] = ("runtimeDone",)) -> bool:
         """Whether a record of ``kinds`` ("start", "runtimeDone", "report") arrived for
         ``request_id`` by ``deadline`` (monotonic)."""
-        with self._cond:
+        with self._lock:
             for _ in range(1_000_000):
                 req = self._requests.get(request_id)
                 if req is not None and any(getattr(req, _ATTR[kind]) is not None for kind in kinds):
@@ -220,7 +227,7 @@ class Invocations:
         failed Init with no request) has the records to decide on, until ``deadline``. A failure
         decided from those records has been handed to ``on_failure`` when this returns True."""
         known = False
-        with self._cond:
+        with self._lock:
             for _ in range(1_000_000):
                 if self._outcome_known():
                     known = True
@@ -238,7 +245,7 @@ class Invocations:
         """Decide ``request_id`` now with the records at hand (once); its failure, if any, goes to
         ``on_failure`` before this returns."""
         with self._deciding:
-            with self._cond:
+            with self._lock:
                 req = self._requests.get(request_id)
                 failure = self._decide(req) if req is not None else None
             self._emit([failure] if failure else [])
@@ -248,7 +255,7 @@ class Invocations:
         """Decide every request and the Init still undecided (at SHUTDOWN)."""
         failures: List[Failure] = []
         with self._deciding:
-            with self._cond:
+            with self._lock:
                 for req in list(self._requests.values()):
                     failure = self._decide(req)
                     if failure is not None:

@@ -69,14 +69,15 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=
 
 
 def _attr(name: str, value: Any) -> str:
-    """``"name":{"value":...,"type":...}`` of one typed attribute, as JSON text."""
+    """``"name":{"value":...,"type":...}`` of one typed attribute, as JSON text (``name``: one of
+    ours, plain ASCII: it needs no escaping)."""
     if isinstance(value, bool):
         typed = '{"value":%s,"type":"boolean"}' % ("true" if value else "false")
     elif isinstance(value, int):
         typed = '{"value":%d,"type":"integer"}' % value
     else:
         typed = '{"value":%s,"type":"string"}' % _encode(str(value))
-    return "%s:%s" % (_encode(name), typed)
+    return '"%s":%s' % (name, typed)
 
 
 class ReportMetrics:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import re
 import threading
 import time
 import zlib
@@ -40,7 +41,7 @@ OVERLAP_LOOKBACK = 8  # recent requests looked at for one still running beside t
 PREFIX_BYTES = 16384  # decoded bytes of a compressed SDK body looked through for a transaction item
 # Item header lines as sentry-python and sentry-javascript write them (compact JSON, type first),
 # and as Python's json.dumps does by default.
-_TRANSACTION_ITEMS = (b'\n{"type":"transaction"', b'\n{"type": "transaction"')
+_TRANSACTION_ITEM = re.compile(rb'\n\{"type": ?"transaction"')
 _DSC_FIELDS = ("trace_id", "sample_rate", "sampled", "release", "environment")
 
 
@@ -50,20 +51,17 @@ def holds_transaction(req: Request, decoded: Optional[bytes] = None) -> Optional
     header: a compressed body is decoded only as far as ``PREFIX_BYTES`` (``decoded``: the body
     already decoded whole, if it was)."""
     if decoded is not None:
-        return _found(decoded[:PREFIX_BYTES])
+        return _TRANSACTION_ITEM.search(decoded, 0, PREFIX_BYTES) is not None
     encoding = req.encoding
     if encoding in ("", "identity"):
-        return _found(req.body)
+        return _TRANSACTION_ITEM.search(req.body) is not None
     if encoding not in ("gzip", "x-gzip", "deflate"):
         return None
     try:
-        return _found(zlib.decompressobj(zlib_wbits(req.body, encoding)).decompress(req.body, PREFIX_BYTES))
+        prefix = zlib.decompressobj(zlib_wbits(req.body, encoding)).decompress(req.body, PREFIX_BYTES)
     except zlib.error:
         return None
-
-
-def _found(data: bytes) -> bool:
-    return _TRANSACTION_ITEMS[0] in data or _TRANSACTION_ITEMS[1] in data
+    return _TRANSACTION_ITEM.search(prefix) is not None
 
 
 class Unfinished:
@@ -243,10 +241,11 @@ class UnfinishedTracker:
     def _unambiguous(self) -> Optional[_Request]:
         """The request an SDK envelope arriving now belongs to, when that is clear."""
         req = self._current
-        if req is None or req.ended:
+        if req is None or req.runtime_done is not None or req.report is not None:  # ``ended``, inline
             return None
         for other in itertools.islice(reversed(self._requests.values()), OVERLAP_LOOKBACK):
-            if other is not req and other.start is not None and not other.ended:
+            # started and not ended (``ended``, inline: this runs for every SDK post)
+            if other is not req and other.start is not None and other.runtime_done is None and other.report is None:
                 return None  # overlapping requests (Managed Instances)
         return req
 

@@ -43,12 +43,10 @@ def first_line(body: bytes, encoding: str) -> bytes:
     Raises EnvelopeError for an undecodable body or a header line over HEADER_LINE_LIMIT.
     """
     if encoding in ("", "identity"):
-        head = body[:HEADER_LINE_LIMIT + 1]
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        head = _inflate_prefix(body, encoding)
-    else:
-        raise EnvelopeError("cannot inspect a %r body" % encoding)
-    return _header_line(head)
+        return _header_line(body)
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return _header_line(_inflate_prefix(body, encoding))
+    raise EnvelopeError("cannot inspect a %r body" % encoding)
 
 
 def _header_line(decoded: bytes) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
+from ..util import json_text
+
 # Item type -> rate-limit data category: sentry-python's ``Item.data_category`` (2.x, with
 # trace_metric), plus the types only other SDKs send (replay, feedback, metric buckets), as Relay names them.
 CATEGORIES: Dict[str, str] = {
@@ -71,10 +73,14 @@ def endpoint_category(endpoint: str) -> Optional[str]:
 
 
 def json_object(line: bytes, what: str) -> Dict[str, Any]:
+    """``line`` parsed as ``json.loads(line)`` parses it, if it is a JSON object; EnvelopeError otherwise."""
     try:
-        value = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting overflows the decoder
-        raise EnvelopeError("%s is not valid JSON" % what) from None
+        if line[:3] == b"\xef\xbb\xbf" or b"\x00" in line[:4]:
+            value = json.loads(line)  # a BOM, or UTF-16/32: json.loads finds the encoding
+        else:
+            value = json_text.loads(line.decode("utf-8", "surrogatepass"))  # as json.loads decodes it
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise EnvelopeError("%s is %s" % (what, "not valid JSON" if line.strip() else "empty")) from None
     if not isinstance(value, dict):
         raise EnvelopeError("%s is not a JSON object" % what)
     return value
@@ -82,8 +88,6 @@ def json_object(line: bytes, what: str) -> Dict[str, Any]:
 
 def parse_header(line: bytes) -> Dict[str, Any]:
     """Parse the envelope header line; raises EnvelopeError."""
-    if not line.strip():
-        raise EnvelopeError("envelope header is empty")
     return json_object(line, "envelope header")
 
 

@@ -79,13 +79,8 @@ def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
 def _header(headers: Optional[Mapping[str, str]], name: str) -> Optional[str]:
     if not headers:
         return None
-    value = headers.get(name)
-    if value is None:  # a plain dict is case-sensitive; urllib3's HTTPHeaderDict is not
-        lower = name.lower()
-        for key, val in headers.items():
-            if key.lower() == lower:
-                return val
-    return value
+    value = headers.get(name)  # urllib3's HTTPHeaderDict: any case
+    return headers.get(name.lower()) if value is None else value  # http1's replies: lower-case names
 
 
 class RateLimits:

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from typing import Optional
 
 MAX_LENGTH_DIGITS = 12  # up to 999 GB: far past every body cap here; a longer value is not a size
-_DIGITS = frozenset("0123456789")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
@@ -20,7 +19,9 @@ def parse_number(text: str, max_digits: int, base: int = 10) -> Optional[int]:
     """The non-negative integer ``text`` spells in ASCII digits (surrounding whitespace ignored),
     or None: empty, longer than ``max_digits``, or any other character."""
     text = text.strip()
-    if not text or len(text) > max_digits or not set(text) <= (_HEX_DIGITS if base == 16 else _DIGITS):
+    if not 0 < len(text) <= max_digits or not text.isascii():
+        return None
+    if not (text.isdigit() if base == 10 else set(text) <= _HEX_DIGITS):  # ASCII: isdigit is 0-9
         return None
     return int(text, base)
 

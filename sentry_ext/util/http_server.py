@@ -8,10 +8,12 @@ and the bytes of bodies being read; ``BoundedHandler`` reads headers with the bo
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -170,6 +172,24 @@ class BoundedServer(ThreadingHTTPServer):
         log.exception("%s connection error (survived)", self.counter_prefix.rstrip("_") or "ingest")
 
 
+class _Received(io.RawIOBase):
+    """A connection's bytes for ``BufferedReader``, as ``socket.makefile`` gives them, except that
+    a receive timed out by the kernel (SO_RCVTIMEO: ``EAGAIN``) raises ``socket.timeout``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._recv_into = sock.recv_into
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+        try:
+            return self._recv_into(buffer)
+        except BlockingIOError:
+            raise socket.timeout("client timed out") from None
+
+
 class BoundedHandler(BaseHTTPRequestHandler):
     """Request line and headers read within bounds; waiting on the client is visible to the server."""
 
@@ -178,43 +198,74 @@ class BoundedHandler(BaseHTTPRequestHandler):
     server: BoundedServer
     sys_version = ""
 
-    def handle_one_request(self) -> None:
-        self.server.client_wait(self.connection, True)
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.client_wait(self.connection, False)
+    def setup(self) -> None:
+        # The client's time limit (``timeout``) is kept by the kernel (SO_RCVTIMEO, SO_SNDTIMEO),
+        # not the socket module: with a module timeout every recv and send polls first, a syscall
+        # and a GIL hand-off more each. A receive that runs out of time raises socket.timeout
+        # (``_Received``), a send BlockingIOError: either way the connection ends, as before.
+        timeout, self.timeout = self.timeout, None
+        super().setup()
+        if timeout is not None:
+            limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1_000_000))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            self.rfile.close()  # makefile's: only its reference to the socket goes
+            self.rfile = io.BufferedReader(_Received(self.connection), io.DEFAULT_BUFFER_SIZE)
 
-    def parse_request(self) -> bool:
-        """Request line and headers, as ``BaseHTTPRequestHandler.parse_request`` but without
-        ``email.parser``; returns False after answering an error itself."""
-        # The request line is in: the client gets EVICT_AFTER_S afresh for its headers and body.
-        self.server.client_wait(self.connection, True)
-        self.command = None  # type: ignore[assignment]
-        self.request_version = "HTTP/0.9"
-        self.close_connection = True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if len(words) != 3:
-            if words:
-                self.send_error(400, "Bad request syntax (%r)" % self.requestline[:100])
-            return False
-        command, path, version = words
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self.send_error(505 if version.startswith("HTTP/") else 400, "Unsupported HTTP version")
-            return False
-        self.command, self.path, self.request_version = command, path, version
+    def handle_one_request(self) -> None:
+        """One request: ``BaseHTTPRequestHandler``'s ``handle_one_request`` and ``parse_request`` in
+        one, with the bounded header reader of ``headers.py`` (not ``email.parser``); whatever is
+        refused is answered here."""
+        server, conn = self.server, self.connection
+        server.client_wait(conn, True)  # waiting on the client; ``_post`` marks it busy once a request is in
         try:
-            self.headers = read_headers(self.rfile)  # type: ignore[assignment]
-        except HeaderError as exc:
-            self.send_error(exc.status, str(exc))
-            return False
-        connection = (self.headers.get("Connection") or "").lower()
-        self.close_connection = version == "HTTP/1.0" and connection != "keep-alive" or connection == "close"
-        expect = (self.headers.get("Expect") or "").lower()
-        if expect == "100-continue" and version == "HTTP/1.1":
-            return self.handle_expect_100()
-        return True
+            self.raw_requestline = raw = self.rfile.readline(65537)
+            if len(raw) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not raw:
+                self.close_connection = True
+                return
+            # The request line is in: the client gets EVICT_AFTER_S afresh for its headers and body.
+            server.client_wait(conn, True)
+            self.command = None  # type: ignore[assignment]
+            self.request_version = "HTTP/0.9"
+            self.close_connection = True
+            self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
+            words = self.requestline.split()
+            if len(words) != 3:
+                if words:
+                    self.send_error(400, "Bad request syntax (%r)" % self.requestline[:100])
+                return
+            command, self.path, version = words
+            if version != "HTTP/1.1" and version != "HTTP/1.0":
+                self.send_error(505 if version.startswith("HTTP/") else 400, "Unsupported HTTP version")
+                return
+            self.command, self.request_version = command, version
+            try:
+                self.headers = headers = read_headers(self.rfile)  # type: ignore[assignment]
+            except HeaderError as exc:
+                self.send_error(exc.status, str(exc))
+                return
+            connection = (headers.get("connection") or "").lower()
+            self.close_connection = version == "HTTP/1.0" and connection != "keep-alive" or connection == "close"
+            expect = headers.get("expect")
+            if (expect is not None and expect.lower() == "100-continue" and version == "HTTP/1.1"
+                    and not self.handle_expect_100()):
+                return
+            method = getattr(self, "do_" + command, None)
+            if method is None:
+                self.send_error(501, "Unsupported method (%r)" % command)
+                return
+            method()
+        except socket.timeout as exc:  # a read or a write timed out: discard this connection
+            self.log_error("Request timed out: %r", exc)
+            self.close_connection = True
+
+    def finish(self) -> None:
+        self.server.client_wait(self.connection, False)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)

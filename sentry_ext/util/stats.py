@@ -17,6 +17,12 @@ class Stats:
         self._dropped: Dict[str, int] = {}
         self._rejected: Dict[str, int] = {}
 
+    def add(self, **counts: int) -> None:
+        """``incr`` for several counters at once (one lock)."""
+        with self._lock:
+            for name, n in counts.items():
+                self._counts[name] = self._counts.get(name, 0) + n
+
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + n
