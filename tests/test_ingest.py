@@ -223,3 +223,28 @@ def test_a_malformed_content_length_is_a_clean_400(pipe: Pipeline, value: bytes,
     assert pipe.stats.get("received") == 0
     status, _, _ = post(port_of(pipe), "/api/42/envelope/", envelope(), auth())
     assert status == 200  # still serving
+
+
+def test_a_reply_the_client_takes_too_long_to_read_ends_the_connection_quietly(
+        pipe: Pipeline, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The client's time limit on sends is the kernel's (SO_SNDTIMEO): a reply it does not take in
+    # time raises BlockingIOError (EAGAIN), as a module timeout raised socket.timeout. The request
+    # was queued before the reply: it is delivered, and the connection just ends, with no error logged.
+    from sentry_ext.ingest.server import IngestHandler
+
+    reply = IngestHandler._reply
+
+    def stalled(self: IngestHandler, status: int, *args: object, **kwargs: object) -> None:
+        if status == 200:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        reply(self, status, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(IngestHandler, "_reply", stalled)
+    caplog.set_level(logging.DEBUG, logger="sentry_ext")
+    body = envelope("%032x" % 7)
+    request = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key=%s\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (KEY.encode(), len(body), body))
+    assert raw_exchange(port_of(pipe), request) == b""  # no answer, and the connection closed
+    assert upstream.wait_for(lambda reqs: len(reqs) == 1, 5)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -136,7 +136,8 @@ class IngestHandler(BoundedHandler):
             self._post()
         except BadRequest as exc:
             self._fail(exc)
-        except (ConnectionError, socket.timeout):
+        except (ConnectionError, socket.timeout, BlockingIOError):
+            # BlockingIOError: a send ran out of the client's time (SO_SNDTIMEO, BoundedHandler.setup)
             self.close_connection = True
         except Exception:
             log.exception("ingest handler error (survived)")
