@@ -7,14 +7,12 @@ numbers are not targets, but every envelope must arrive and every figure must be
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import run_quick_bench
-from tools.bench_cost import IDLE_CLOSE_S, Contender, main as cost_main, run_sandbox, summarize
-from tools.bench_support import opt_floor
+from tools.bench_cost import IDLE_CLOSE_S, floor_relay, main as cost_main, run_sandbox, summarize
 from tools.cgroup_cpu import CpuQuota, lambda_quota_us
 from tools.tlsutil import openssl, self_signed
 
@@ -81,8 +79,7 @@ def test_floor_relay_relays_every_envelope_in_both_cases(tmp_path: Path) -> None
     # tools/floor_relay.py, the CPU suite's floor (--floor-relay), through the emulator with the real
     # SDK: every envelope reaches the upstream, whether connections survive the freeze or not.
     cert, key = self_signed(tmp_path / "tls")
-    relay = Contender("floor-relay", "floor", "relay", opt_floor(tmp_path / "relay", sys.executable,
-                                                                 "floor_relay.py", "floor-relay"), "floor-relay")
+    relay = floor_relay(tmp_path)
     for idle_close_s in (None, IDLE_CLOSE_S):
         run = run_sandbox(relay, tmp_path, cert, key, 3, None, idle_close_s=idle_close_s)
         assert run["failed"] == 0 and run["delivered"] == run["expected"] == 9, run

@@ -111,6 +111,12 @@ class Contender:
         return {"envelopes": 3} if self.kind == "peer" else {"messages": 1}
 
 
+def floor_relay(tmp: Path) -> Contender:
+    """``tools/floor_relay.py`` installed under ``tmp``, as the CPU suite runs it (``--floor-relay``)."""
+    return Contender("floor-relay", "floor: `tools/floor_relay.py` (the I/O alone, stdlib, `python -IS`)", "relay",
+                     opt_floor(tmp / "relay", sys.executable, "floor_relay.py", "floor-relay"), "floor-relay")
+
+
 def _env(contender: Contender, dsn: str, cert: Path, spool: Path) -> Dict[str, Dict[str, str]]:
     if contender.kind == "floor":  # the SDK's own work: its posts find a closed local port at once
         return {"env": {}, "runtime_env": {"SENTRY_DSN": local_dsn(dsn, str(free_port()))}}
@@ -505,9 +511,7 @@ def main(argv: Optional[List[str]] = None, script: str = "tools/bench_cost.py") 
                 contenders.append(Contender("peer", "Sentry Node extension (tunnel function)", "peer", peer_dir, PEER_NAME))
             if peer_skipped:
                 say("SKIPPING the Node extension peer: %s" % peer_skipped)
-        relay = [Contender("floor-relay", "floor: `tools/floor_relay.py` (the I/O alone, stdlib, `python -IS`)",
-                           "relay", opt_floor(tmp / "relay", sys.executable, "floor_relay.py", "floor-relay"),
-                           "floor-relay")] if opts.floor_relay else []  # the CPU suite only
+        relay = [floor_relay(tmp)] if opts.floor_relay else []  # the CPU suite only
         labels = {c.key: c.label for c in contenders + relay}
         data: Dict[str, Any] = {"labels": labels, "invocations": invocations, "rounds": opts.rounds, "idle_close_s": idle,
                                 "peer_skipped": peer_skipped, "peer_note": peer_note, "baseline": baseline_note}

@@ -34,11 +34,14 @@ MAX_POLLS = 10_000_000  # bounded, yet forever for any real sandbox
 SENDERS = 4
 FORWARDED = (b"content-type", b"content-encoding", b"x-sentry-auth", b"user-agent")
 DRAIN_S = 1.5
+MAX_MESSAGE = 4 * 1024 * 1024  # every recv adds a byte at least: the read loops end within this many
 
 
 def read_message(sock, buf):
     """One HTTP/1.1 message with a Content-Length body: (head lines, body, bytes read past it)."""
     while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_MESSAGE:
+            raise ValueError("header section too large")
         chunk = sock.recv(65536)
         if not chunk:
             raise EOFError("connection closed")
@@ -50,6 +53,8 @@ def read_message(sock, buf):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
+    if length > MAX_MESSAGE:
+        raise ValueError("body too large")
     while len(buf) < length:
         chunk = sock.recv(65536)
         if not chunk:
@@ -130,7 +135,7 @@ class Upstream:
 
 
 def sender(work, upstream):
-    while True:
+    for _ in range(MAX_POLLS):
         path, headers, body = work.get()
         try:
             upstream.send(path, headers, body)
@@ -141,7 +146,7 @@ def sender(work, upstream):
 def ingest_connection(conn, work):
     buf = b""
     with conn:
-        while True:
+        for _ in range(MAX_POLLS):
             try:
                 lines, body, buf = read_message(conn, buf)
             except (OSError, EOFError, ValueError):
@@ -155,7 +160,7 @@ def ingest_connection(conn, work):
 
 
 def accept_loop(listener, serve, inline):
-    while True:
+    for _ in range(MAX_POLLS):
         conn, _ = listener.accept()
         if inline:
             serve(conn)
