@@ -16,7 +16,7 @@ from ..delivery.queue import BoundedQueue
 from ..delivery.request import Request
 from ..config import Config
 from ..protocol.dsn import Dsn, DsnError, parse_auth_header, query_auth
-from ..protocol.envelope import EnvelopeError, json_object
+from ..protocol.envelope import EnvelopeError, parse_header
 from ..protocol.body import header_and_body
 from ..util.http_numbers import content_length
 from ..util.stats import Stats
@@ -313,7 +313,7 @@ class IngestHandler(BoundedHandler):
             return None, None  # not inspectable with the stdlib; forwarded untouched
         try:
             line, decoded = header_and_body(body, encoding)
-            return json_object(line, "envelope header"), decoded
+            return parse_header(line), decoded
         except EnvelopeError as exc:
             raise BadRequest(400, "malformed envelope: %s" % exc) from None
 

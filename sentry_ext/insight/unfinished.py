@@ -241,11 +241,10 @@ class UnfinishedTracker:
     def _unambiguous(self) -> Optional[_Request]:
         """The request an SDK envelope arriving now belongs to, when that is clear."""
         req = self._current
-        if req is None or req.runtime_done is not None or req.report is not None:  # ``ended``, inline
+        if req is None or req.ended:
             return None
         for other in itertools.islice(reversed(self._requests.values()), OVERLAP_LOOKBACK):
-            # started and not ended (``ended``, inline: this runs for every SDK post)
-            if other is not req and other.start is not None and other.runtime_done is None and other.report is None:
+            if other is not req and other.start is not None and not other.ended:
                 return None  # overlapping requests (Managed Instances)
         return req
 
